@@ -1,0 +1,30 @@
+"""Hydra callbacks: after a multirun, one comparison table over every job's report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+
+
+class ComparisonCallback(Callback):
+    """Collects ``report.json`` from every job of a sweep and writes/prints one comparison table."""
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        from pipeline.report import comparison_table, write_comparison
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        reports = []
+        for path in sorted(sweep_dir.glob("*/report.json")):
+            try:
+                reports.append(json.loads(path.read_text()))
+            except (OSError, json.JSONDecodeError) as err:
+                print(f"warning: could not read {path}: {err}")
+        if not reports:
+            print(f"No report.json under {sweep_dir}: every job failed before its report stage.")
+            return
+        paths = write_comparison(reports, sweep_dir)
+        print("\n" + comparison_table(reports))
+        print(f"\nComparison of {len(reports)} runs: {paths.get('md', sweep_dir)}")

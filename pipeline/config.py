@@ -1,0 +1,247 @@
+"""Typed configuration: the structured-config schemas Hydra validates overrides against.
+
+Only ``pipeline/run.py`` knows Hydra. It composes ``conf/``, validates it against
+:class:`PipelineConfig` (a typo in an override fails there, with the valid keys listed) and hands the
+typed object to :func:`pipeline.orchestrate.run_pipeline`. Code below the entry point reads typed
+fields, never ``cfg.get("x", default)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+#: Every stage the pipeline knows, in execution order. Stages not yet implemented are not listed.
+KNOWN_STAGES = ("export", "analyze", "quantize", "build", "profile", "report")
+
+#: Precisions the ``precision`` group offers.
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8", "fp8", "best")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = REPO_ROOT / "conf"
+
+
+@dataclass
+class ModelConfig:
+    """What to deploy.
+
+    Attributes:
+        name: zoo name (resnet18, resnet50, mobilenet_v2, bert, digits_cnn, minilm), ``custom``
+            (any torch module through ``builder._target_``) or ``onnx`` (start from ``onnx_path``).
+        input_kind: ``image`` (N,C,H,W float), ``tokens`` (N,S int64 ids + attention mask) or
+            ``features`` (any float tensor, for ``custom`` modules such as an MLP).
+        input_shape: shape of one sample without the batch dimension, e.g. [3, 224, 224] or [128].
+        num_classes: classifier outputs (image models).
+        layers/hidden/heads/intermediate/vocab_size: encoder shape (bert).
+        builder: for ``custom``: a Hydra ``_target_`` dict that builds the torch module.
+        onnx_path: for ``onnx``: the ONNX file to start from.
+        pretrained: load real weights where the model has them in a package (digits_cnn trains on
+            scikit-learn's digits; minilm ships its weights). Random weights otherwise.
+        seed: weight initialisation seed (random-weight models are deterministic).
+        encoder_output: for ``bert``: ``last_hidden_state`` (N,S,hidden) or ``pooled``
+            (tanh(dense(CLS)), BERT's pooler, (N,hidden)). Other models ignore it.
+    """
+
+    name: str = "resnet18"
+    input_kind: str = "image"
+    input_shape: List[int] = field(default_factory=lambda: [3, 224, 224])
+    num_classes: int = 1000
+    layers: int = 12
+    hidden: int = 768
+    heads: int = 12
+    intermediate: int = 3072
+    vocab_size: int = 30522
+    builder: Optional[Dict[str, Any]] = None
+    onnx_path: Optional[str] = None
+    pretrained: bool = True
+    seed: int = 0
+    encoder_output: str = "last_hidden_state"
+
+
+@dataclass
+class PrecisionConfig:
+    """Numeric precision of the deployed engine.
+
+    Attributes:
+        name: one of :data:`PRECISIONS`.
+        weight_bytes / activation_bytes: bytes per element used by the analyze stage's byte model.
+        peak: which theoretical peak the precision runs at (a key of the hardware's ``units``),
+            e.g. ``fp16_tensor``; ``best`` takes the fastest peak the hardware has.
+    """
+
+    name: str = "fp32"
+    weight_bytes: float = 4.0
+    activation_bytes: float = 4.0
+    peak: str = "fp32_cuda"
+
+
+@dataclass
+class UnitSpec:
+    """One execution unit type for one precision, e.g. Tensor Cores doing FP16.
+
+    Peak ops/s = clock_mhz * 1e6 * sm_count * units_per_sm * fma_per_clk_per_unit * 2 (one FMA is
+    two operations), times ``sparse_speedup`` for 2:4 structured sparsity where the unit has it.
+    """
+
+    precision: str = "fp32"
+    core: str = "cuda"  # cuda | tensor | simd (CPU)
+    units_per_sm: float = 0.0
+    fma_per_clk_per_unit: float = 0.0
+    clock_mhz: float = 0.0
+    sparse_speedup: float = 1.0
+    source: str = ""
+
+
+@dataclass
+class HardwareConfig:
+    """A processor's theoretical capabilities (conf/hardware/*.yaml), or ``auto``/``cpu`` to detect.
+
+    For GPUs ``sm_count`` counts SMs; for CPUs it counts cores (the formula is the same).
+    """
+
+    name: str = "auto"
+    kind: str = "auto"  # auto | gpu | cpu
+    vendor_names: List[str] = field(default_factory=list)  # nvidia-smi names that select this file
+    sm_count: int = 0
+    clock_mhz_max: float = 0.0
+    memory_bandwidth_gbs: float = 0.0
+    l2_mb: float = 0.0
+    compute_capability: Optional[str] = None
+    units: Dict[str, UnitSpec] = field(default_factory=dict)
+    sources: Dict[str, str] = field(default_factory=dict)
+    notes: str = ""
+
+
+@dataclass
+class BackendConfig:
+    """Which runtime executes the model: ``auto`` (TensorRT where present, else ONNX Runtime),
+    ``tensorrt`` (fails clearly without it) or ``onnxruntime``."""
+
+    name: str = "auto"
+
+
+@dataclass
+class DataConfig:
+    """Input data for checks, calibration and evaluation.
+
+    Attributes:
+        name: ``random``, ``digits`` (scikit-learn's 8x8 digits, real labels), ``folder`` (images
+            under ``path``), ``npz`` (arrays in ``path``: ``inputs`` or ``x``, optional ``labels``/``y``),
+            ``text`` (English sentences from Python's own help texts, tokenized for token models).
+        path: folder or .npz file for ``folder``/``npz``.
+        num_samples: samples drawn for checks and evaluation.
+        calib_samples: samples used for calibration (kept apart from evaluation samples).
+        seed: sampling seed.
+        normalize: how ``folder`` images become floats: ``imagenet`` (scale to [0,1], then the
+            ImageNet mean/std per channel; 3-channel inputs only, others fall back to ``unit``) or
+            ``unit`` (scale to [0,1]). ``digits`` always scales to [0,1], as digits_cnn was trained.
+    """
+
+    name: str = "random"
+    path: Optional[str] = None
+    num_samples: int = 64
+    calib_samples: int = 64
+    seed: int = 0
+    normalize: str = "imagenet"
+
+
+@dataclass
+class ProfileConfig:
+    """Timing settings (trtexec-style: warm up, then measure for a duration, not a few runs).
+
+    Attributes:
+        warmup_s: warm-up time before measuring, seconds.
+        duration_s: minimum measuring time, seconds.
+        min_iterations: minimum number of timed runs.
+        threads: ONNX Runtime intra-op threads (0 = all cores).
+        cuda_graph: replay the engine through a CUDA graph (TensorRT backend).
+    """
+
+    warmup_s: float = 0.5
+    duration_s: float = 2.0
+    min_iterations: int = 10
+    threads: int = 0
+    cuda_graph: bool = False
+
+
+@dataclass
+class BuildConfig:
+    """TensorRT engine build settings (the build stage; see pipeline/build/).
+
+    Attributes:
+        min_batch/opt_batch/max_batch: optimization profile for the batch dimension; 0 = use
+            ``batch_size`` for that entry.
+        workspace_mb: builder workspace memory-pool limit, MiB.
+        optimization_level: builder optimization level (0-5) where the version has it.
+        sparse_weights: allow 2:4 structured-sparse tactics (BuilderFlag.SPARSE_WEIGHTS).
+        timing_cache: keep and reuse a timing cache in ``engines_dir``.
+        qdq_onnx: an explicit-quantization (Q/DQ) ONNX to build instead of calibrating.
+        calibrator: implicit INT8 calibrator where the version has one: ``entropy`` or ``minmax``.
+        force_rebuild: ignore a cached engine.
+    """
+
+    min_batch: int = 0
+    opt_batch: int = 0
+    max_batch: int = 0
+    workspace_mb: int = 4096
+    optimization_level: int = 3
+    sparse_weights: bool = False
+    timing_cache: bool = True
+    qdq_onnx: Optional[str] = None
+    calibrator: str = "entropy"
+    force_rebuild: bool = False
+
+
+@dataclass
+class QuantConfig:
+    """Post-training quantization settings (the quantize stage; see pipeline/quantize/).
+
+    Attributes:
+        calib: calibration algorithm: ``max``, ``percentile``, ``entropy`` or ``mse``.
+        percentile: percentile for ``percentile`` calibration (99.9, 99.99, 99.999...).
+        symmetric: symmetric int8 (zero point 0, what TensorRT supports) or asymmetric uint8.
+        per_channel: per-output-channel weight scales (else per-tensor).
+        num_bins: histogram bins for entropy/percentile/mse statistics.
+        compare: also evaluate every algorithm and granularity for the comparison report.
+    """
+
+    calib: str = "entropy"
+    percentile: float = 99.99
+    symmetric: bool = True
+    per_channel: bool = True
+    num_bins: int = 2048
+    compare: bool = False
+
+
+@dataclass
+class PipelineConfig:
+    """The whole run. See ``conf/config.yaml`` for defaults and ``README.md`` for examples."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    build: BuildConfig = field(default_factory=BuildConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    stages: List[str] = field(default_factory=lambda: list(KNOWN_STAGES))
+    batch_size: int = 1
+    opset: int = 17
+    output_dir: str = "."
+    engines_dir: str = str(REPO_ROOT / "engines")
+    command_line: str = ""
+
+
+def register_configs() -> None:
+    """Register the schemas with Hydra's ConfigStore (called by the entry point only)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="pipeline_schema", node=PipelineConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="precision", name="precision_schema", node=PrecisionConfig)
+    cs.store(group="hardware", name="hardware_schema", node=HardwareConfig)
+    cs.store(group="backend", name="backend_schema", node=BackendConfig)
+    cs.store(group="data", name="data_schema", node=DataConfig)

@@ -1,0 +1,441 @@
+"""Runs the configured stages in order and writes the report.
+
+Each stage is recorded as ``ran``, ``skipped`` (with the reason: no GPU, no TensorRT, nothing to do for
+this precision...) or ``failed`` (with the error). A failed stage stops the run after the report is
+written, so the user always sees what ran and what did not. Stage functions live in their folders
+(``pipeline/export``, ``pipeline/analyze``...) and know nothing of this module.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.config import KNOWN_STAGES, PipelineConfig
+from pipeline.errors import PipelineError, StageSkipped
+
+SCHEMA_VERSION = 1
+
+#: Precisions that ONNX Runtime on the CPU executes as such; others run in FP32 there (and say so).
+ORT_CPU_EXECUTES = {"fp32": "fp32", "tf32": "fp32", "int8": "int8"}
+
+
+@dataclass
+class StageRecord:
+    """Outcome of one stage, as the report shows it."""
+
+    status: str = "pending"  # ran | skipped | failed | not requested
+    reason: str = ""
+    seconds: float = 0.0
+    outputs: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunState:
+    """What the stages hand each other during one run."""
+
+    cfg: PipelineConfig
+    out_dir: Path
+    model_name: str
+    backend: str = "onnxruntime"
+    backend_reason: str = ""
+    onnx_path: Path | None = None
+    qdq_onnx_path: Path | None = None
+    inputs: list = field(default_factory=list)  # list[InputSpec]
+    output_names: list = field(default_factory=list)
+    model_info: dict = field(default_factory=dict)
+    hardware: Any = None  # HardwareSpec
+    analysis: Any = None  # Analysis
+    engine: Any = None  # EngineArtifact
+    measured: dict | None = None
+    layer_times: dict = field(default_factory=dict)  # ONNX node name -> measured seconds
+    accuracy: dict = field(default_factory=dict)
+    quantization: dict | None = None
+    stages: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _model_name(cfg: PipelineConfig) -> str:
+    if cfg.model.name == "onnx":
+        if not cfg.model.onnx_path:
+            raise PipelineError("model=onnx needs a file.", "Pass model.onnx_path=/path/to/model.onnx.")
+        return Path(cfg.model.onnx_path).stem
+    return cfg.model.name
+
+
+def _validate(cfg: PipelineConfig) -> None:
+    unknown = [s for s in cfg.stages if s not in KNOWN_STAGES]
+    if unknown:
+        raise PipelineError(f"Unknown stage(s) {unknown}.", f"Choose from {list(KNOWN_STAGES)}, e.g. stages=[export,analyze].")
+    if cfg.batch_size < 1:
+        raise PipelineError(f"batch_size must be >= 1, got {cfg.batch_size}.", "Pass e.g. batch_size=8.")
+    if cfg.backend.name not in ("auto", "tensorrt", "onnxruntime"):
+        raise PipelineError(f"Unknown backend {cfg.backend.name!r}.", "Use backend=auto, tensorrt or onnxruntime.")
+
+
+def _select_backend(cfg: PipelineConfig) -> tuple[str, str]:
+    """Pick the runtime; ``backend=tensorrt`` without TensorRT or a GPU is an error before any work is done."""
+    if cfg.backend.name == "onnxruntime":
+        return "onnxruntime", "backend=onnxruntime was requested"
+    from pipeline.build import tensorrt_status
+
+    ok, why = tensorrt_status()
+    if ok:
+        return "tensorrt", why
+    if cfg.backend.name == "tensorrt":
+        raise PipelineError(
+            f"backend=tensorrt, but TensorRT cannot run here: {why}",
+            "Run on a machine with an NVIDIA GPU and TensorRT (e.g. the NGC container in docker/), "
+            "or use backend=onnxruntime (or backend=auto) to run on the CPU.",
+        )
+    return "onnxruntime", f"TensorRT not usable here ({why}); ONNX Runtime on the CPU runs the model"
+
+
+def _dataset(state: RunState, split: str, num_samples: int):
+    from pipeline.data import load_dataset
+
+    return load_dataset(state.cfg.data, state.inputs, split=split, num_samples=num_samples)
+
+
+def _first_batch(state: RunState, batch_size: int) -> dict:
+    """One batch of real inputs from the data source, repeated to ``batch_size`` if the source is smaller."""
+    import numpy as np
+
+    ds = _dataset(state, "eval", min(batch_size, state.cfg.data.num_samples))
+    out = {}
+    for name, arr in ds.inputs.items():
+        reps = -(-batch_size // len(arr))
+        out[name] = np.ascontiguousarray(np.concatenate([arr] * reps)[:batch_size])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ stages
+def stage_export(state: RunState) -> dict:
+    """Model -> checked, shape-inferred ONNX (or import a given ONNX)."""
+    from pipeline.export import export_onnx, onnx_from_file
+
+    cfg = state.cfg
+    out = state.out_dir / f"{state.model_name}.onnx"
+    if cfg.model.name == "onnx":
+        res = onnx_from_file(cfg.model.onnx_path, out)
+        state.model_info.update(task="unknown", notes=f"imported from {cfg.model.onnx_path}")
+    else:
+        from pipeline.models import build_model
+
+        bundle = build_model(cfg.model)
+        res = export_onnx(bundle, out, opset=cfg.opset, batch_size=cfg.batch_size)
+        state.model_info.update(task=bundle.task, num_classes=bundle.num_classes, notes=bundle.notes,
+                                metrics=dict(bundle.metrics))
+    state.onnx_path = res.onnx_path
+    state.inputs = list(res.inputs)
+    state.output_names = list(res.output_names)
+    state.model_info.update(parameters=res.parameters, opset=res.opset)
+    state.accuracy["export_check"] = dict(res.check)
+    return {"onnx": str(res.onnx_path), "opset": res.opset, "check": res.check,
+            "warnings": list(getattr(res, "warnings", []) or [])}
+
+
+def _require_onnx(state: RunState, stage: str) -> Path:
+    if state.onnx_path is not None:
+        return state.onnx_path
+    cfg = state.cfg
+    if cfg.model.name == "onnx":
+        # export not requested: import the file (cheap, no torch needed) so later stages have it.
+        stage_export(state)
+        return state.onnx_path  # type: ignore[return-value]
+    raise PipelineError(
+        f"Stage {stage!r} needs an ONNX model, but the export stage was not run.",
+        "Add export to stages, or start from a file with model=onnx model.onnx_path=...",
+    )
+
+
+def stage_analyze(state: RunState) -> dict:
+    """Theoretical model: per-layer FLOPs/bytes, peaks, roofline."""
+    from pipeline.analyze import analyze_onnx
+
+    onnx_path = _require_onnx(state, "analyze")
+    try:
+        state.hardware.peak_for(state.cfg.precision)
+    except PipelineError as err:
+        raise StageSkipped(f"{err.message} Pass hardware=<gpu> (e.g. hardware=h100_sxm) to see the theoretical "
+                           f"model of {state.cfg.precision.name} on a GPU.") from err
+    state.analysis = analyze_onnx(onnx_path, state.hardware, state.cfg.precision, state.cfg.batch_size)
+    d = state.analysis.to_dict()
+    return {"predicted_latency_s": d.get("predicted_latency_s"), "layers": len(state.analysis.layers)}
+
+
+def stage_quantize(state: RunState) -> dict:
+    """INT8 post-training quantization: calibration + explicit Q/DQ ONNX (+ TensorRT calibration cache)."""
+    prec = state.cfg.precision.name
+    if prec == "fp8":
+        raise StageSkipped("FP8 Q/DQ needs ONNX opset 19 and TensorRT 10+ on Hopper/Ada; this pipeline's "
+                           "quantize stage writes INT8 Q/DQ at opset 17 only.")
+    if prec not in ("int8", "best"):
+        raise StageSkipped(f"precision={prec} needs no quantization (only int8 and best do).")
+    from pipeline.quantize import compare_calibrations, quantize_onnx
+
+    onnx_path = _require_onnx(state, "quantize")
+    bs = state.cfg.batch_size
+    calib = _dataset(state, "calib", state.cfg.data.calib_samples)
+    if len(calib) == 0:
+        raise PipelineError("The calibration set is empty.", "Raise data.calib_samples or point data at real samples.")
+    evals = _dataset(state, "eval", state.cfg.data.num_samples)
+    out = state.out_dir / f"{state.model_name}.int8.qdq.onnx"
+    res = quantize_onnx(onnx_path, list(calib.batches(bs)), state.cfg.quant, out,
+                        eval_batches=list(evals.batches(bs)))
+    state.qdq_onnx_path = Path(res.qdq_onnx_path)
+    state.quantization = res.to_dict()
+    if state.cfg.quant.compare:
+        state.quantization["comparison"] = compare_calibrations(
+            onnx_path, list(calib.batches(bs)), list(evals.batches(bs)), eval_labels=evals.labels)
+    return {"qdq_onnx": str(res.qdq_onnx_path), "calib_cache": str(getattr(res, "calibration_cache_path", "")),
+            "algorithm": state.cfg.quant.calib}
+
+
+def stage_build(state: RunState) -> dict:
+    """TensorRT engine (cached in engines/)."""
+    if state.backend != "tensorrt":
+        raise StageSkipped(f"no TensorRT engine is built: {state.backend_reason}")
+    from pipeline.build import engine_from_onnx
+
+    onnx_path = _require_onnx(state, "build")
+    calib_batches = None
+    if state.cfg.precision.name in ("int8", "best") and state.qdq_onnx_path is None and not state.cfg.build.qdq_onnx:
+        calib = _dataset(state, "calib", state.cfg.data.calib_samples)
+        calib_batches = list(calib.batches(state.cfg.batch_size))
+    source = Path(state.cfg.build.qdq_onnx) if state.cfg.build.qdq_onnx else (state.qdq_onnx_path or onnx_path)
+    state.engine = engine_from_onnx(
+        source, precision=state.cfg.precision, build=state.cfg.build, batch_size=state.cfg.batch_size,
+        engines_dir=Path(state.cfg.engines_dir), model_name=state.model_name, calib_batches=calib_batches,
+        calibration_cache=state.out_dir / f"{state.model_name}.calib.cache")
+    return {"engine": str(state.engine.plan_path), "cache_hit": state.engine.cache_hit,
+            "build_seconds": state.engine.build_seconds, "built_from": str(source)}
+
+
+def _achieved(state: RunState) -> None:
+    """Add achieved ops/s and % of the theoretical peak to the measurement."""
+    if state.measured is None or state.analysis is None or state.hardware is None:
+        return
+    from pipeline.profile import achieved
+
+    executed = state.measured.get("precision_executed") or state.cfg.precision.name
+    from pipeline.config import PrecisionConfig
+
+    try:
+        peak = state.hardware.peak_for(PrecisionConfig(name=executed, peak=_peak_key(state, executed)))
+    except PipelineError:
+        return
+    total_flops = state.analysis.to_dict()["totals"]["flops"]
+    lat_s = state.measured["latency_ms"]["median"] / 1e3
+    state.measured.update(achieved(total_flops, lat_s, peak.ops_per_s_dense))
+    state.measured["peak_key"] = peak.key
+    state.measured["model_flops_per_batch"] = total_flops
+
+
+def _peak_key(state: RunState, precision: str) -> str:
+    """Peak key of an executed precision (the configured one when they agree)."""
+    if precision == state.cfg.precision.name:
+        return state.cfg.precision.peak
+    from omegaconf import OmegaConf
+
+    from pipeline.config import CONF_DIR
+
+    return str(OmegaConf.load(CONF_DIR / "precision" / f"{precision}.yaml").peak)
+
+
+def stage_profile(state: RunState) -> dict:
+    """Measure latency/throughput on the selected backend and check outputs against the reference."""
+    cfg = state.cfg
+    onnx_path = _require_onnx(state, "profile")
+    inputs = _first_batch(state, cfg.batch_size)
+    outputs: dict = {}
+    if state.backend == "tensorrt":
+        from pipeline.profile.tensorrt_runner import profile_engine
+
+        if state.engine is None:
+            raise PipelineError("The profile stage on TensorRT needs an engine.", "Add build to stages.")
+        prof = profile_engine(state.engine.plan_path, inputs, cfg.profile, onnx_path=onnx_path,
+                              precision=cfg.precision)
+        state.measured = prof.measurement.to_dict()
+        state.layer_times = dict(prof.layer_times)
+        state.accuracy["engine_vs_onnxruntime"] = prof.accuracy
+        outputs["per_layer_times"] = len(state.layer_times)
+    else:
+        from pipeline.profile import measure_onnxruntime
+
+        prec = cfg.precision.name
+        target = onnx_path
+        executed = ORT_CPU_EXECUTES.get(prec, "fp32")
+        notes = []
+        if prec in ("int8", "best") and state.qdq_onnx_path is not None:
+            target, executed = state.qdq_onnx_path, "int8"
+        elif prec in ("int8", "best"):
+            executed = "fp32"
+            notes.append("no Q/DQ model (quantize stage not run): ONNX Runtime measured the FP32 model")
+        if executed != prec and prec != "best":
+            notes.append(f"ONNX Runtime on the CPU has no {prec} execution here: measured {executed}")
+        m = measure_onnxruntime(target, inputs, cfg.profile, precision_executed=executed)
+        m.notes.extend(notes)
+        state.measured = m.to_dict()
+        if target != onnx_path:
+            state.accuracy["int8_vs_fp32"] = _compare_outputs(state, onnx_path, target)
+        outputs["measured_model"] = str(target)
+    _achieved(state)
+    outputs["latency_ms_median"] = state.measured["latency_ms"]["median"]
+    outputs["throughput_samples_s"] = state.measured["throughput_samples_s"]
+    return outputs
+
+
+def _compare_outputs(state: RunState, ref_onnx: Path, test_onnx: Path) -> dict:
+    """Cosine, relative L2 error and (classifiers) top-1 agreement of two ONNX models on the eval data."""
+    import numpy as np
+
+    from pipeline.profile import run_onnxruntime
+
+    ds = _dataset(state, "eval", state.cfg.data.num_samples)
+    refs, tests = [], []
+    for batch in ds.batches(state.cfg.batch_size):
+        refs.append(run_onnxruntime(ref_onnx, batch)[0])
+        tests.append(run_onnxruntime(test_onnx, batch)[0])
+    ref = np.concatenate(refs).astype(np.float64)
+    tst = np.concatenate(tests).astype(np.float64)
+    r, t = ref.reshape(len(ref), -1), tst.reshape(len(tst), -1)
+    cos = float(np.mean(np.sum(r * t, 1) / (np.linalg.norm(r, axis=1) * np.linalg.norm(t, axis=1) + 1e-30)))
+    out = {"samples": int(len(ref)), "cosine_mean": cos,
+           "rel_l2": float(np.linalg.norm(r - t) / (np.linalg.norm(r) + 1e-30))}
+    if state.model_info.get("task") == "classification" and r.shape[1] > 1:
+        out["top1_agreement"] = float(np.mean(r.argmax(1) == t.argmax(1)))
+        if ds.labels is not None:
+            out["top1_reference"] = float(np.mean(r.argmax(1) == ds.labels[: len(r)]))
+            out["top1_test"] = float(np.mean(t.argmax(1) == ds.labels[: len(t)]))
+    return out
+
+
+STAGE_FUNCS: dict[str, Callable[[RunState], dict]] = {
+    "export": stage_export,
+    "analyze": stage_analyze,
+    "quantize": stage_quantize,
+    "build": stage_build,
+    "profile": stage_profile,
+}
+
+
+# ------------------------------------------------------------------------------------------------ report
+def assemble_report(state: RunState, resolved_config: dict | None) -> dict:
+    """The report dict (schema in docs/ARCHITECTURE.md)."""
+    from pipeline.environment import environment
+
+    cfg = state.cfg
+    layers = []
+    analysis = None
+    if state.analysis is not None:
+        analysis = state.analysis.to_dict()
+        layers = [dict(layer) for layer in analysis.pop("layers", [])]
+        for layer in layers:
+            if layer.get("name") in state.layer_times:
+                layer["measured_s"] = state.layer_times[layer["name"]]
+    model = {
+        "name": state.model_name,
+        "onnx_path": str(state.onnx_path) if state.onnx_path else None,
+        "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in state.inputs],
+        "outputs": list(state.output_names),
+        "batch_size": cfg.batch_size,
+        **state.model_info,
+    }
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "model": model,
+        "precision": {"name": cfg.precision.name, "weight_bytes": cfg.precision.weight_bytes,
+                      "activation_bytes": cfg.precision.activation_bytes, "peak": cfg.precision.peak},
+        "backend": {"requested": cfg.backend.name, "selected": state.backend, "reason": state.backend_reason},
+        "hardware": state.hardware.to_dict() if state.hardware is not None else None,
+        "stages": {name: vars(rec) for name, rec in state.stages.items()},
+        "analysis": analysis,
+        "layers": layers,
+        "measured": state.measured,
+        "accuracy": state.accuracy or None,
+        "quantization": state.quantization,
+        "environment": environment(cfg.command_line, resolved_config),
+    }
+
+
+def _print_summary(state: RunState, report_paths: dict) -> None:
+    print(f"\n== {state.model_name} | precision={state.cfg.precision.name} | batch={state.cfg.batch_size} | "
+          f"hardware={getattr(state.hardware, 'name', '?')} | backend={state.backend}")
+    for name, rec in state.stages.items():
+        line = f"  {name:<9} {rec.status:<8} {rec.seconds:7.2f}s"
+        if rec.reason:
+            line += f"  ({rec.reason})"
+        print(line)
+    if state.analysis is not None:
+        d = state.analysis.to_dict()
+        print(f"  theory: {d['totals']['flops'] / 1e9:.2f} GFLOPs/batch, predicted lower bound "
+              f"{d['predicted_latency_s'] * 1e3:.3f} ms on {state.hardware.name}")
+    if state.measured:
+        m = state.measured
+        line = (f"  measured ({m['backend']}, {m.get('precision_executed')}): median {m['latency_ms']['median']:.3f} ms, "
+                f"{m['throughput_samples_s']:.1f} samples/s")
+        if m.get("pct_of_peak") is not None:
+            line += f", {m['achieved_ops_per_s'] / 1e9:.1f} GOPS = {m['pct_of_peak']:.1f}% of peak"
+        print(line)
+    for kind, path in report_paths.items():
+        print(f"  report.{kind}: {path}")
+
+
+def run_pipeline(cfg: PipelineConfig, resolved_config: dict | None = None) -> dict:
+    """Run ``cfg.stages`` in order and write report.json/.md/.html to ``cfg.output_dir``.
+
+    Returns:
+        The report dict. Raises PipelineError (after writing the report) when a stage failed.
+    """
+    from pipeline.analyze import resolve_hardware
+
+    _validate(cfg)
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = RunState(cfg=cfg, out_dir=out_dir, model_name=_model_name(cfg))
+    state.backend, state.backend_reason = _select_backend(cfg)
+    state.hardware = resolve_hardware(cfg.hardware)
+
+    failure: PipelineError | None = None
+    for name in KNOWN_STAGES:
+        rec = StageRecord()
+        state.stages[name] = rec
+        if name not in cfg.stages:
+            rec.status, rec.reason = "not requested", "not in stages"
+            continue
+        if name == "report":
+            continue  # written below, once every other stage has a status
+        if failure is not None:
+            rec.status, rec.reason = "skipped", f"an earlier stage failed: {failure.message}"
+            continue
+        t0 = time.perf_counter()
+        try:
+            rec.outputs = STAGE_FUNCS[name](state) or {}
+            rec.status = "ran"
+        except StageSkipped as skip:
+            rec.status, rec.reason = "skipped", skip.reason
+        except PipelineError as err:
+            rec.status, rec.reason = "failed", err.message + (f" ({err.hint})" if err.hint else "")
+            failure = err
+        rec.seconds = round(time.perf_counter() - t0, 3)
+
+    report_paths: dict = {}
+    if "report" in cfg.stages:
+        from pipeline.report import write_reports
+
+        rec = state.stages["report"]
+        rec.status = "ran"
+        t0 = time.perf_counter()
+        report = assemble_report(state, resolved_config)
+        report_paths = write_reports(report, out_dir)
+        rec.seconds = round(time.perf_counter() - t0, 3)
+        rec.outputs = {k: str(v) for k, v in report_paths.items()}
+    else:
+        report = assemble_report(state, resolved_config)
+    _print_summary(state, report_paths)
+    if failure is not None:
+        raise failure
+    return report

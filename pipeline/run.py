@@ -1,0 +1,52 @@
+#!/usr/bin/env python
+"""Entry point: ``python pipeline/run.py [overrides]`` (Hydra).
+
+Examples::
+
+    python pipeline/run.py                                  # resnet18, fp32, hardware/backend detected
+    python pipeline/run.py precision=int8 model=resnet50 batch_size=32
+    python pipeline/run.py -m precision=fp32,int8           # multirun, ends with one comparison table
+    python pipeline/run.py model=onnx model.onnx_path=my.onnx hardware=h100_sxm
+
+This is the only module that knows Hydra: it validates the composed config against
+``pipeline.config.PipelineConfig`` and hands a typed object to ``pipeline.orchestrate.run_pipeline``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# `python pipeline/run.py` puts pipeline/ first on sys.path, where the stage folders (profile/, ...) would
+# shadow standard-library modules of the same name. Put the repository root there instead.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if sys.path and os.path.abspath(sys.path[0] or os.getcwd()) == _HERE:
+    sys.path[0] = os.path.dirname(_HERE)
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from pipeline.config import PipelineConfig, register_configs  # noqa: E402
+from pipeline.errors import PipelineError  # noqa: E402
+
+register_configs()
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from pipeline.orchestrate import run_pipeline
+
+    try:
+        typed: PipelineConfig = OmegaConf.to_object(cfg)  # validates types and fills interpolations
+        typed.command_line = " ".join(["python", *sys.argv])
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        run_pipeline(typed, resolved_config=resolved)
+    except PipelineError as err:
+        print(f"\nerror: {err.message}", file=sys.stderr)
+        if err.hint:
+            print(f"  -> {err.hint}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
