@@ -1,0 +1,764 @@
+"""Per-node FLOPs and bytes of an ONNX graph (the theory half of the roofline).
+
+Conventions (every number the report shows follows these):
+
+* **FLOPs = 2 x MACs** for Conv, ConvTranspose, Gemm, MatMul, Einsum (and their QLinear/Integer
+  forms); a bias adds one FLOP per output element. ``macs`` counts only these real
+  multiply-accumulates, so ``macs > 0`` marks the layers Tensor Cores can run.
+* Other ops count arithmetic steps per element from :data:`ELEMENTWISE_FLOPS` and the per-op
+  rules below (a transcendental such as exp or erf counts 1). These are conventions, not
+  instruction counts; they matter little because such layers are memory-bound.
+* **Bytes** are DRAM traffic of the node run on its own: every input read once and every output
+  written once. Floating-point tensors take ``precision.weight_bytes`` (constant inputs) or
+  ``precision.activation_bytes`` (the rest); integer/bool tensors (token ids, masks, shapes) keep
+  their own element size. Fusion removes some of this traffic, which is why the roofline also
+  gives a whole-model bound.
+* **Constants are folded**: a node whose inputs are all constant (initializers, Constant nodes,
+  shapes known after batch substitution, weight DequantizeLinear in Q/DQ models) is computed at
+  engine build time, so it costs nothing (category ``constant``) and its outputs count as weights.
+* **Data movement** ops cost 0 FLOPs. Views (Reshape, Flatten, Squeeze, Unsqueeze, Identity,
+  Dropout) and metadata (Shape, Size) also move 0 bytes; copies (Transpose, Concat, Slice, Gather,
+  Pad, Cast...) read and write their tensors. A Gather from a constant table reads only the rows it
+  returns (output-sized), not the whole table.
+* **Q/DQ models**: weight DequantizeLinear nodes fold (above); activation QuantizeLinear /
+  DequantizeLinear pairs are costed as written, although TensorRT fuses them into their
+  neighbours, so the per-layer sum over-counts them.
+* **Unsupported op types** cost 0 FLOPs (bytes still counted), get category ``unknown`` and are
+  listed in :attr:`GraphCosts.unsupported_ops`. **Unknown shapes** never raise: the node gets
+  ``note`` "shape unknown: ..." and 0 FLOPs and is listed in :attr:`GraphCosts.unknown_shape_nodes`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from pipeline.config import PrecisionConfig
+from pipeline.errors import PipelineError
+
+Shape = Tuple[int, ...]
+
+#: TensorProto data types stored as floats (take the precision's byte size):
+#: FLOAT, FLOAT16, DOUBLE, BFLOAT16, FLOAT8E4M3FN, E4M3FNUZ, E5M2, E5M2FNUZ, FLOAT4E2M1.
+_FLOAT_TYPES = {1, 10, 11, 16, 17, 18, 19, 20, 23}
+#: TensorProto integer/bool types and their element sizes in bytes (INT4/UINT4 pack two per byte).
+_INT_SIZES = {2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 12: 4, 13: 8, 21: 0.5, 22: 0.5}
+
+#: FLOPs per output element of elementwise ops (one per arithmetic step; exp/erf/tanh count 1).
+ELEMENTWISE_FLOPS: Dict[str, float] = {
+    **{op: 1 for op in (
+        "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Exp", "Log", "Neg", "Abs", "Relu",
+        "Sign", "Floor", "Ceil", "Round", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual",
+        "And", "Or", "Xor", "Not", "Where", "Mod", "BitShift", "IsNaN", "IsInf", "Erf", "Tanh", "Sin",
+        "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh",
+        "ThresholdedRelu", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot")},
+    "Sigmoid": 3,  # exp(-x), +1, reciprocal
+    "LeakyRelu": 2,  # compare, multiply
+    "PRelu": 2,
+    "Clip": 2,  # max, min
+    "Shrink": 2,
+    "Elu": 3,  # exp, -1, multiply
+    "Celu": 4,
+    "Selu": 4,
+    "HardSigmoid": 4,  # multiply, add, max, min
+    "HardSwish": 5,  # HardSigmoid + multiply
+    "Softplus": 3,  # exp, +1, log
+    "Softsign": 3,  # abs, +1, divide
+    "Mish": 5,  # softplus + tanh + multiply
+    "Gelu": 5,  # exact: x/sqrt2, erf, +1, x*, 0.5*  (tanh approximation: 8, see _gelu)
+}
+#: Variadic elementwise ops: (inputs - 1) FLOPs per output element (Mean adds one divide).
+_VARIADIC = {"Max", "Min", "Sum", "Mean"}
+
+#: FLOPs per element of normalizations: mean (1) + subtract (1) + square (1) + variance sum (1)
+#: + multiply by 1/std (1) = 5, then scale (1) and bias (1) where the op has them.
+NORM_FLOPS = {
+    "BatchNormalization": 2,  # inference: folded to x * a + b
+    "LayerNormalization": 6,  # + 1 with the optional bias input
+    "InstanceNormalization": 7,
+    "GroupNormalization": 7,
+    "MeanVarianceNormalization": 5,
+    "RMSNormalization": 4,  # square, sum, multiply by 1/rms, scale
+    "LpNormalization": 3,  # |x| or x^2, sum, divide
+}
+
+#: Reductions: (FLOPs per input element, FLOPs per output element).
+REDUCE_FLOPS = {
+    "ReduceSum": (1, 0), "ReduceMax": (1, 0), "ReduceMin": (1, 0), "ReduceProd": (1, 0),
+    "ReduceMean": (1, 1), "ReduceSumSquare": (2, 0), "ReduceL1": (2, 0), "ReduceL2": (2, 1),
+    "ReduceLogSum": (1, 1), "ReduceLogSumExp": (2, 1), "ArgMax": (1, 0), "ArgMin": (1, 0),
+    "CumSum": (1, 0),
+}
+
+#: Views and metadata: no data moves (TensorRT changes strides, not memory).
+VIEW_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Shape", "Size",
+            "Constant"}
+#: Copies: 0 FLOPs, inputs read and outputs written.
+COPY_OPS = {"Transpose", "Concat", "Split", "Slice", "Gather", "GatherElements", "GatherND",
+            "ScatterND", "ScatterElements", "Scatter", "Expand", "Tile", "Pad", "DepthToSpace",
+            "SpaceToDepth", "Cast", "CastLike", "ConstantOfShape", "Range", "OneHot", "Trilu",
+            "ReverseSequence", "Compress", "NonZero", "EyeLike", "SplitToSequence"}
+_GATHER_OPS = {"Gather", "GatherElements", "GatherND"}
+#: Ops never folded even with constant inputs (their output changes run to run).
+_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                     "Multinomial", "Bernoulli"}
+#: Quantization: Q = divide + round + zero-point add + saturate; DQ = subtract zero point + multiply.
+QUANT_FLOPS = {"QuantizeLinear": 4, "DequantizeLinear": 2, "DynamicQuantizeLinear": 6}
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Work and traffic of some part of a model; costs add up (``sum(costs, Cost())``).
+
+    Attributes:
+        flops: floating-point (or integer) operations, 1 MAC = 2.
+        macs: multiply-accumulates of conv/gemm/matmul layers only.
+        weight_bytes: bytes of constant inputs read.
+        activation_bytes: bytes of non-constant inputs read plus outputs written.
+    """
+
+    flops: float = 0
+    macs: float = 0
+    weight_bytes: float = 0.0
+    activation_bytes: float = 0.0
+
+    @property
+    def bytes(self) -> float:
+        """All DRAM traffic, bytes."""
+        return self.weight_bytes + self.activation_bytes
+
+    @property
+    def intensity(self) -> float:
+        """Arithmetic intensity, FLOP per byte (0 when nothing moves)."""
+        return self.flops / self.bytes if self.bytes else 0.0
+
+    def __add__(self, other: "Cost") -> "Cost":
+        if not isinstance(other, Cost):
+            return NotImplemented
+        return Cost(self.flops + other.flops, self.macs + other.macs,
+                    self.weight_bytes + other.weight_bytes, self.activation_bytes + other.activation_bytes)
+
+    def __radd__(self, other: Any) -> "Cost":
+        if other == 0:  # lets sum() start from its default 0
+            return self
+        return self.__add__(other)
+
+    def to_dict(self) -> Dict[str, float]:
+        """JSON-ready dict including ``bytes`` and ``intensity``."""
+        return {"flops": self.flops, "macs": self.macs, "weight_bytes": self.weight_bytes,
+                "activation_bytes": self.activation_bytes, "bytes": self.bytes, "intensity": self.intensity}
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """Cost of one ONNX node.
+
+    Attributes:
+        name: node name (``<op_type>_<index>`` when the node has none).
+        op_type: ONNX op type.
+        category: conv, conv_1x1, conv_depthwise, conv_transpose, gemm, matmul, norm, elementwise,
+            pool, softmax, resize, reduce, data_movement, quantize, constant (folded) or unknown.
+        flops / macs / weight_bytes / activation_bytes / bytes / intensity: as in :class:`Cost`
+            (bytes in bytes, intensity in FLOP/byte).
+        note: why a number is 0 or approximate ("shape unknown: x", "unsupported op"), else "".
+    """
+
+    name: str
+    op_type: str
+    category: str
+    flops: float
+    macs: float
+    weight_bytes: float
+    activation_bytes: float
+    bytes: float
+    intensity: float
+    note: str = ""
+
+    @property
+    def cost(self) -> Cost:
+        """This layer as a :class:`Cost`."""
+        return Cost(self.flops, self.macs, self.weight_bytes, self.activation_bytes)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass
+class GraphCosts:
+    """Every node's cost plus what the whole-model bound needs.
+
+    Attributes:
+        layers: one :class:`LayerCost` per node, in graph order.
+        total: sum of the layers.
+        unique_weight_bytes: each constant tensor counted once (shared weights, folded chains).
+        io_bytes: graph inputs read plus graph outputs written, bytes.
+        unsupported_ops: op type -> node count for types without a cost rule.
+        unknown_shape_nodes: nodes whose shapes could not be inferred (0 FLOPs recorded).
+        batch_size: the batch the shapes were inferred with.
+        notes: assumptions made (fixed batch in the model, symbolic dims left...).
+    """
+
+    layers: List[LayerCost]
+    total: Cost
+    unique_weight_bytes: float
+    io_bytes: float
+    unsupported_ops: Dict[str, int] = field(default_factory=dict)
+    unknown_shape_nodes: List[str] = field(default_factory=list)
+    batch_size: int = 1
+    notes: List[str] = field(default_factory=list)
+
+
+class _UnknownShape(Exception):
+    def __init__(self, tensor: str):
+        super().__init__(tensor)
+        self.tensor = tensor
+
+
+def _numel(shape: Sequence[int]) -> int:
+    return math.prod(shape) if shape else 1
+
+
+class _Graph:
+    """Shapes, types and constness of every tensor of a shape-inferred graph."""
+
+    def __init__(self, model: Any, weight_inputs: frozenset = frozenset()):
+        graph = model.graph
+        self.shapes: Dict[str, Optional[Shape]] = {}
+        self.types: Dict[str, int] = {}
+        self.values: Dict[str, Any] = {}  # small constant int tensors (Shape outputs, Constant nodes)
+        for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
+            t = vi.type.tensor_type
+            if not vi.type.HasField("tensor_type"):
+                continue
+            self.types[vi.name] = t.elem_type
+            if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
+                self.shapes[vi.name] = tuple(int(d.dim_value) for d in t.shape.dim)
+            else:
+                self.shapes.setdefault(vi.name, None)
+        self.constants = set(weight_inputs)
+        for init in graph.initializer:
+            self.shapes[init.name] = tuple(int(d) for d in init.dims)
+            self.types[init.name] = init.data_type
+            self.constants.add(init.name)
+        for node in graph.node:
+            if node.op_type == "Constant" and node.output:
+                for attr in node.attribute:
+                    if attr.name == "value":
+                        self.shapes[node.output[0]] = tuple(int(d) for d in attr.t.dims)
+                        self.types[node.output[0]] = attr.t.data_type
+                    elif attr.name in ("value_float", "value_int"):
+                        self.shapes[node.output[0]] = ()
+                    elif attr.name in ("value_floats", "value_ints"):
+                        self.shapes[node.output[0]] = (len(attr.floats) or len(attr.ints),)
+        self.graph_inputs = [i.name for i in graph.input if i.name not in self.constants]
+        self.graph_outputs = [o.name for o in graph.output]
+
+    def shape(self, name: str) -> Shape:
+        shape = self.shapes.get(name)
+        if shape is None:
+            raise _UnknownShape(name)
+        return shape
+
+    def known(self, name: str) -> bool:
+        return self.shapes.get(name) is not None
+
+    def elem_bytes(self, name: str, precision_bytes: float) -> float:
+        elem = self.types.get(name, 1)
+        if elem in _FLOAT_TYPES or elem not in _INT_SIZES:
+            return precision_bytes
+        return _INT_SIZES[elem]
+
+
+def _attr(node: Any, name: str, default: Any = None) -> Any:
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _present(names: Sequence[str]) -> List[str]:
+    return [n for n in names if n]
+
+
+# --- per-op FLOP rules: (flops, macs, category) --------------------------------------------------
+
+def _conv(node: Any, g: _Graph, x: str, w: str, bias: Optional[str]) -> Tuple[float, float, str]:
+    y = g.shape(node.output[0])
+    wshape = g.shape(w)
+    kernel = wshape[2:]
+    macs = _numel(y) * wshape[1] * _numel(kernel)
+    flops = 2 * macs + (_numel(y) if bias else 0)
+    groups = int(_attr(node, "group", 1))
+    if groups > 1 and wshape[1] == 1:
+        category = "conv_depthwise"
+    elif groups == 1 and all(k == 1 for k in kernel):
+        category = "conv_1x1"
+    else:
+        category = "conv"
+    return flops, macs, category
+
+
+def _conv_transpose(node: Any, g: _Graph) -> Tuple[float, float, str]:
+    x = g.shape(node.input[0])
+    w = g.shape(node.input[1])  # [C_in, C_out / group, k...]
+    y = g.shape(node.output[0])
+    # Every input element is scattered into C_out/group x kernel outputs.
+    macs = _numel(x) * w[1] * _numel(w[2:])
+    bias = len(node.input) > 2 and node.input[2]
+    return 2 * macs + (_numel(y) if bias else 0), macs, "conv_transpose"
+
+
+def _gemm(node: Any, g: _Graph) -> Tuple[float, float, str]:
+    a = g.shape(node.input[0])
+    b = g.shape(node.input[1])
+    m, k = (a[1], a[0]) if _attr(node, "transA", 0) else (a[0], a[1])
+    n = b[0] if _attr(node, "transB", 0) else b[1]
+    macs = m * n * k
+    bias = len(node.input) > 2 and node.input[2]
+    return 2 * macs + (m * n if bias else 0), macs, "gemm"
+
+
+def _matmul(node: Any, g: _Graph, a: str) -> Tuple[float, float, str]:
+    # out = broadcast(batch) x M x N (1-D operands drop their dim); each output needs K MACs.
+    k = g.shape(a)[-1]
+    macs = _numel(g.shape(node.output[0])) * k
+    return 2 * macs, macs, "matmul"
+
+
+def _einsum(node: Any, g: _Graph) -> Tuple[float, float, str]:
+    equation = _attr(node, "equation", b"")
+    equation = (equation.decode() if isinstance(equation, bytes) else str(equation)).replace(" ", "")
+    lhs = equation.split("->")[0]
+    terms = lhs.split(",")
+    inputs = _present(node.input)
+    sizes: Dict[str, int] = {}
+    for term, name in zip(terms, inputs):
+        shape = g.shape(name)
+        if "..." in term:
+            # Ellipsis dims become upper-case pseudo letters, broadcast to the largest size.
+            explicit = term.replace("...", "")
+            n_ell = len(shape) - len(explicit)
+            term = term.replace("...", "".join(chr(0x100 + i) for i in range(n_ell)))
+        for letter, dim in zip(term, shape):
+            sizes[letter] = max(sizes.get(letter, 1), dim)
+    total = _numel(list(sizes.values()))
+    if len(inputs) == 1:  # transpose / trace / sum: one add per element at most
+        return total, 0, "reduce"
+    macs = total * (len(inputs) - 1)
+    return 2 * macs, macs, "matmul"
+
+
+def _gelu(node: Any) -> float:
+    approx = _attr(node, "approximate", b"none")
+    approx = approx.decode() if isinstance(approx, bytes) else str(approx)
+    # tanh form: x^3 (2), *0.044715, +x, *sqrt(2/pi), tanh, +1, *x, *0.5 = 9 -> counted 8 (x^3 as 1 pow)
+    return 8 if approx == "tanh" else ELEMENTWISE_FLOPS["Gelu"]
+
+
+def _pool(node: Any, g: _Graph) -> float:
+    op = node.op_type
+    if op.startswith("Global"):
+        return _numel(g.shape(node.input[0]))
+    kernel = _attr(node, "kernel_shape", [])
+    return _numel(g.shape(node.output[0])) * _numel(kernel)
+
+
+def _resize(node: Any, g: _Graph) -> float:
+    x = g.shape(node.input[0])
+    y = g.shape(node.output[0])
+    mode = _attr(node, "mode", b"nearest")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    resized = sum(1 for a, b in zip(x, y) if a != b)
+    # Each interpolation tap is one multiply + one add: linear 2 taps per resized axis, cubic 4.
+    taps = {"nearest": 0, "linear": 2, "cubic": 4}.get(mode, 0)
+    return _numel(y) * (2 * taps**resized if taps else 0)
+
+
+def _flops_of(node: Any, g: _Graph) -> Tuple[float, float, str, str]:
+    """(flops, macs, category, note) of a node that is not folded."""
+    op = node.op_type
+    inputs = list(node.input)
+    out = node.output[0] if node.output else ""
+    if op == "Conv":
+        return (*_conv(node, g, inputs[0], inputs[1], inputs[2] if len(inputs) > 2 and inputs[2] else None), "")
+    if op == "ConvInteger":
+        return (*_conv(node, g, inputs[0], inputs[1], None), "")
+    if op == "QLinearConv":
+        return (*_conv(node, g, inputs[0], inputs[3], inputs[8] if len(inputs) > 8 and inputs[8] else None), "")
+    if op == "ConvTranspose":
+        return (*_conv_transpose(node, g), "")
+    if op == "Gemm":
+        return (*_gemm(node, g), "")
+    if op in ("MatMul", "MatMulInteger"):
+        return (*_matmul(node, g, inputs[0]), "")
+    if op == "QLinearMatMul":
+        return (*_matmul(node, g, inputs[0]), "")
+    if op == "Einsum":
+        return (*_einsum(node, g), "")
+    if op in NORM_FLOPS:
+        per = NORM_FLOPS[op]
+        if op == "LayerNormalization" and len(inputs) > 2 and inputs[2]:
+            per += 1
+        return per * _numel(g.shape(inputs[0])), 0, "norm", ""
+    if op == "Gelu":
+        return _gelu(node) * _numel(g.shape(out)), 0, "elementwise", ""
+    if op in ELEMENTWISE_FLOPS:
+        return ELEMENTWISE_FLOPS[op] * _numel(g.shape(out)), 0, "elementwise", ""
+    if op in _VARIADIC:
+        n = len(_present(inputs))
+        per = (n - 1) + (1 if op == "Mean" else 0)
+        return per * _numel(g.shape(out)), 0, "elementwise", ""
+    if op in QUANT_FLOPS:
+        return QUANT_FLOPS[op] * _numel(g.shape(inputs[0])), 0, "quantize", ""
+    if op in ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"):
+        return _pool(node, g), 0, "pool", ""
+    if op in ("Resize", "Upsample"):
+        return _resize(node, g), 0, "resize", ""
+    if op in ("Softmax", "LogSoftmax"):
+        # max, subtract, exp, sum, divide (log-softmax: log instead of divide)
+        return 5 * _numel(g.shape(out)), 0, "softmax", ""
+    if op == "Hardmax":
+        return _numel(g.shape(out)), 0, "softmax", ""
+    if op in REDUCE_FLOPS:
+        per_in, per_out = REDUCE_FLOPS[op]
+        return per_in * _numel(g.shape(inputs[0])) + per_out * _numel(g.shape(out)), 0, "reduce", ""
+    if op in VIEW_OPS or op in COPY_OPS:
+        return 0, 0, "data_movement", ""
+    return 0, 0, "unknown", "unsupported op: counted 0 FLOPs"
+
+
+# --- model preparation ---------------------------------------------------------------------------
+
+def _load(model: Union[str, os.PathLike, Any]) -> Any:
+    import onnx
+
+    if isinstance(model, (str, os.PathLike)):
+        try:
+            # Only dims are needed, so external weight files are not read.
+            return onnx.load(os.fspath(model), load_external_data=False)
+        except Exception as err:  # OSError, protobuf DecodeError, onnx's own types
+            raise PipelineError(
+                f"cannot read ONNX model {model}: {err}",
+                hint="check the path (the export stage writes <output_dir>/<model>.onnx)",
+            ) from err
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def _substitute_dims(model: Any, batch_size: int, dims: Mapping[str, int]) -> Tuple[int, List[str]]:
+    """Give symbolic dims values: the leading dim of every graph input is the batch."""
+    notes: List[str] = []
+    graph = model.graph
+    init_names = {i.name for i in graph.initializer}
+    values = dict(dims)
+    effective = batch_size
+    for inp in graph.input:
+        if inp.name in init_names or not inp.type.HasField("tensor_type"):
+            continue
+        shape = inp.type.tensor_type.shape
+        if not shape.dim:
+            continue
+        d0 = shape.dim[0]
+        if d0.HasField("dim_value"):
+            if d0.dim_value != batch_size:
+                effective = int(d0.dim_value)
+                notes.append(f"input '{inp.name}' has a fixed batch of {d0.dim_value}; batch_size "
+                             f"{batch_size} cannot change it, costs are for batch {d0.dim_value}")
+        elif d0.dim_param:
+            values.setdefault(d0.dim_param, batch_size)
+        else:  # anonymous dynamic dim
+            d0.dim_value = batch_size
+    # Exporters annotate intermediates with their own symbolic dims ("Add227_dim_0"); shape
+    # inference would keep those instead of computing values, so intermediates are re-inferred.
+    del graph.value_info[:]
+    left = set()
+    for vi in graph.input:
+        if not vi.type.HasField("tensor_type"):
+            continue
+        for d in vi.type.tensor_type.shape.dim:
+            if d.dim_param and d.dim_param in values:
+                d.dim_value = int(values[d.dim_param])  # setting the value clears dim_param
+            elif d.dim_param:
+                left.add(d.dim_param)
+    for vi in graph.output:
+        if not vi.type.HasField("tensor_type"):
+            continue
+        for d in vi.type.tensor_type.shape.dim:
+            if d.dim_param:
+                if d.dim_param in values:
+                    d.dim_value = int(values[d.dim_param])
+                else:
+                    d.ClearField("dim_param")  # let inference compute it
+    if left:
+        notes.append(f"symbolic dims without a value: {sorted(left)} (pass dims={{name: size}});"
+                     " nodes that depend on them are marked 'shape unknown'")
+    return effective, notes
+
+
+def _infer(model: Any) -> Any:
+    import onnx
+
+    try:
+        return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+    except Exception as err:  # onnx raises InferenceError / ValidationError / RuntimeError
+        raise PipelineError(
+            f"ONNX shape inference failed: {err}",
+            hint="check the model with onnx.checker.check_model, or re-export it with static shapes",
+        ) from err
+
+
+#: Constants up to this many elements are evaluated to propagate shapes (shape arithmetic,
+#: scales); bigger ones (weights) only contribute their dims.
+_FOLD_MAX_ELEMENTS = 1 << 16
+_FOLD_MAX_ROUNDS = 8
+
+
+def _infer_with_folding(proto: Any) -> Tuple[Any, frozenset]:
+    """Shape-infer ``proto``, evaluating small constant subgraphs so that shapes computed at run time
+    (Shape -> Gather -> Concat -> Reshape chains of exported attention) become static.
+
+    ONNX shape inference alone propagates values through few ops, so exported multi-head attention
+    often ends with unknown shapes. Here every node whose inputs are known small constants is
+    evaluated with ``onnx.reference`` and replaced by an initializer, and inference reruns until
+    nothing new folds. Large initializers (weights) become typed graph inputs of the helper model:
+    their dims are all inference needs, and their data is never copied or read.
+
+    Returns:
+        (inferred helper model, names of the weights turned into inputs).
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = proto.graph
+    opset = {o.domain or "": o.version for o in proto.opset_import}
+    input_names = {i.name for i in graph.input}
+    values: Dict[str, Any] = {}
+    small, big_inputs = [], []
+    for init in graph.initializer:
+        external = init.data_location == TensorProto.EXTERNAL
+        if not external and _numel(init.dims) <= _FOLD_MAX_ELEMENTS:
+            small.append(init)
+            values[init.name] = numpy_helper.to_array(init)
+        elif init.name not in input_names:
+            big_inputs.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+        else:
+            big_inputs.append(None)  # already declared as an input (IR < 4 models)
+    weights = frozenset(init.name for init in graph.initializer if init.name not in values)
+    nodes = list(graph.node)
+    inputs = [i for i in graph.input if i.name not in values] + [b for b in big_inputs if b is not None]
+    inputs = [i for i in inputs if i.name not in values]
+
+    def build(nodes_: List[Any], inits: List[Any]) -> Any:
+        g = helper.make_graph(nodes_, graph.name or "g", inputs, list(graph.output), initializer=inits)
+        m = helper.make_model(g, opset_imports=list(proto.opset_import))
+        m.ir_version = max(proto.ir_version, 4)
+        return m
+
+    inits = list(small)
+    inferred = _infer(build(nodes, inits))
+    for _ in range(_FOLD_MAX_ROUNDS):
+        g = _Graph(inferred, weights)
+        keep, changed = [], False
+        for node in nodes:
+            outs = _fold_node(node, g, values, opset)
+            if outs is None:
+                keep.append(node)
+                continue
+            changed = True
+            for name, array in outs.items():
+                values[name] = array
+                inits.append(numpy_helper.from_array(array, name))
+        if not changed:
+            break
+        nodes = keep
+        inferred = _infer(build(nodes, inits))
+    return inferred, weights
+
+
+def _fold_node(node: Any, g: "_Graph", values: Dict[str, Any], opset: Dict[str, int]) -> Optional[Dict[str, Any]]:
+    """Values of ``node``'s outputs when they are small constants, else None."""
+    import numpy as np
+
+    if node.op_type in _NONDETERMINISTIC or node.domain not in ("", "ai.onnx") or not node.output:
+        return None
+    present = _present(node.input)
+    if node.op_type in ("Shape", "Size") and g.known(node.input[0]):
+        shape = g.shape(node.input[0])
+        if node.op_type == "Size":
+            return {node.output[0]: np.array(_numel(shape), dtype=np.int64)}
+        rank = len(shape)
+        start, end = int(_attr(node, "start", 0)), _attr(node, "end", None)
+        start = max(0, start + rank if start < 0 else start)
+        end = rank if end is None else max(0, int(end) + rank if int(end) < 0 else int(end))
+        return {node.output[0]: np.array(shape[start:end], dtype=np.int64)}
+    if not all(i in values for i in present) or (node.op_type != "Constant" and not present):
+        return None
+    from onnx.reference import ReferenceEvaluator
+
+    try:
+        evaluator = ReferenceEvaluator(node, opsets={"": opset.get("", 17)})
+        results = evaluator.run(None, {i: values[i] for i in present})
+    except Exception:  # an op the reference runtime lacks or rejects: leave it to inference
+        return None
+    outs = {}
+    for name, array in zip(node.output, results):
+        array = np.asarray(array)
+        if not name or array.size > _FOLD_MAX_ELEMENTS or array.dtype == object:
+            return None
+        outs[name] = array
+    return outs
+
+
+def _shape_value(node: Any, g: _Graph) -> bool:
+    """Record Shape/Size outputs of fully known tensors as constants (they fold after batch substitution)."""
+    if node.op_type not in ("Shape", "Size") or not g.known(node.input[0]):
+        return False
+    return True
+
+
+def graph_costs(
+    model: Union[str, os.PathLike, Any],
+    batch_size: int = 1,
+    precision: Optional[PrecisionConfig] = None,
+    dims: Optional[Mapping[str, int]] = None,
+) -> GraphCosts:
+    """Cost every node of an ONNX model (see the module docstring for the conventions).
+
+    Args:
+        model: path to a ``.onnx`` file or a ``ModelProto`` (not modified).
+        batch_size: value for the symbolic leading dim of the graph inputs.
+        precision: byte sizes (default fp32: 4 bytes).
+        dims: values for other symbolic dims, e.g. ``{"sequence": 128}``.
+
+    Raises:
+        PipelineError: unreadable file, or shape inference rejects the model.
+    """
+    if batch_size < 1:
+        raise PipelineError(f"batch_size must be >= 1, got {batch_size}", hint="set batch_size=1 or more")
+    precision = precision or PrecisionConfig()
+    proto = _load(model)
+    effective, notes = _substitute_dims(proto, batch_size, dims or {})
+    inferred, weights = _infer_with_folding(proto)
+    g = _Graph(inferred, weights)
+
+    layers: List[LayerCost] = []
+    unsupported: Dict[str, int] = {}
+    unknown_shapes: List[str] = []
+    weight_seen: Dict[str, float] = {}
+    wb, ab = precision.weight_bytes, precision.activation_bytes
+
+    for index, node in enumerate(proto.graph.node):
+        name = node.name or f"{node.op_type}_{index}"
+        present = _present(node.input)
+        folded = node.op_type not in _NONDETERMINISTIC and (
+            (node.op_type == "Constant")
+            or (present and all(i in g.constants for i in present))
+            or _shape_value(node, g)
+        )
+        if folded:
+            g.constants.update(o for o in node.output if o)
+            layers.append(LayerCost(name, node.op_type, "constant", 0, 0, 0.0, 0.0, 0.0, 0.0,
+                                    "constant-folded at build time"))
+            continue
+
+        note = ""
+        try:
+            flops, macs, category, note = _flops_of(node, g)
+        except _UnknownShape as err:
+            flops, macs = 0, 0
+            category = _flops_of_category(node.op_type)
+            note = f"shape unknown: {err.tensor}"
+            unknown_shapes.append(name)
+        if category == "unknown":
+            unsupported[node.op_type] = unsupported.get(node.op_type, 0) + 1
+
+        weight, act, missing = 0.0, 0.0, []
+        if node.op_type not in VIEW_OPS:
+            gather_rows = node.op_type in _GATHER_OPS and present and present[0] in g.constants
+            for i in present:
+                if not g.known(i):
+                    missing.append(i)
+                    continue
+                if i in g.constants:
+                    # A Gather from a constant table (embeddings) reads only the rows it returns.
+                    if gather_rows and i == present[0] and node.output and g.known(node.output[0]):
+                        nbytes = _numel(g.shape(node.output[0])) * g.elem_bytes(i, wb)
+                    else:
+                        nbytes = _numel(g.shape(i)) * g.elem_bytes(i, wb)
+                    weight += nbytes
+                    weight_seen[i] = max(weight_seen.get(i, 0.0), nbytes)
+                else:
+                    act += _numel(g.shape(i)) * g.elem_bytes(i, ab)
+            for o in node.output:
+                if not o:
+                    continue
+                if not g.known(o):
+                    missing.append(o)
+                    continue
+                act += _numel(g.shape(o)) * g.elem_bytes(o, ab)
+        if missing and not note:
+            note = f"shape unknown: {missing[0]} (bytes partial)"
+            unknown_shapes.append(name)
+        cost = Cost(flops, macs, weight, act)
+        layers.append(LayerCost(name, node.op_type, category, cost.flops, cost.macs, cost.weight_bytes,
+                                cost.activation_bytes, cost.bytes, cost.intensity, note))
+
+    io_bytes = 0.0
+    for t in g.graph_inputs + g.graph_outputs:
+        if g.known(t):
+            io_bytes += _numel(g.shape(t)) * g.elem_bytes(t, ab)
+    total = sum((layer.cost for layer in layers), Cost())
+    return GraphCosts(layers, total, sum(weight_seen.values()), io_bytes, unsupported, unknown_shapes,
+                      effective, notes)
+
+
+def _flops_of_category(op_type: str) -> str:
+    """Category of an op without looking at shapes (for nodes whose shapes are unknown)."""
+    table: List[Tuple[Callable[[str], bool], str]] = [
+        (lambda o: o in ("Conv", "ConvInteger", "QLinearConv"), "conv"),
+        (lambda o: o == "ConvTranspose", "conv_transpose"),
+        (lambda o: o == "Gemm", "gemm"),
+        (lambda o: o in ("MatMul", "MatMulInteger", "QLinearMatMul", "Einsum"), "matmul"),
+        (lambda o: o in NORM_FLOPS, "norm"),
+        (lambda o: o in ELEMENTWISE_FLOPS or o in _VARIADIC, "elementwise"),
+        (lambda o: o in QUANT_FLOPS, "quantize"),
+        (lambda o: "Pool" in o, "pool"),
+        (lambda o: o in ("Resize", "Upsample"), "resize"),
+        (lambda o: o in ("Softmax", "LogSoftmax", "Hardmax"), "softmax"),
+        (lambda o: o in REDUCE_FLOPS, "reduce"),
+        (lambda o: o in VIEW_OPS or o in COPY_OPS, "data_movement"),
+    ]
+    for test, category in table:
+        if test(op_type):
+            return category
+    return "unknown"
+
+
+def layer_costs(
+    model: Union[str, os.PathLike, Any],
+    batch_size: int = 1,
+    precision: Optional[PrecisionConfig] = None,
+    dims: Optional[Mapping[str, int]] = None,
+) -> List[LayerCost]:
+    """Per-node costs of an ONNX model; see :func:`graph_costs` for the arguments."""
+    return graph_costs(model, batch_size, precision, dims).layers
+
+
+__all__ = [
+    "COPY_OPS",
+    "Cost",
+    "ELEMENTWISE_FLOPS",
+    "GraphCosts",
+    "LayerCost",
+    "NORM_FLOPS",
+    "QUANT_FLOPS",
+    "REDUCE_FLOPS",
+    "VIEW_OPS",
+    "graph_costs",
+    "layer_costs",
+]

@@ -1,0 +1,275 @@
+"""Roofline model (Williams, Waterman, Patterson, CACM 2009): how fast each layer could run at best.
+
+For each layer: ``compute_s = flops / peak``, ``memory_s = bytes / DRAM bandwidth`` and the layer
+can take no less than ``bound_s = max(compute_s, memory_s)``; whichever is larger *binds*. The
+ridge point ``peak / bandwidth`` (FLOP/byte) separates the two regimes.
+
+Which peak: MAC layers (conv, gemm, matmul: ``macs > 0``) use the precision's peak, a Tensor Core
+peak on GPUs. Everything else (elementwise, norms, softmax, pooling, resize, Q/DQ) cannot run on
+Tensor Cores and uses the CUDA-core (CPU: SIMD) peak of the same precision, or the nearest wider
+one (:meth:`HardwareSpec.vector_peak_for`). Depthwise convs are MAC layers here although cuDNN and
+TensorRT often run them on CUDA cores: the bound stays a lower bound, and they are memory-bound
+either way.
+
+Two model-level numbers:
+
+* ``predicted_latency_s``: the sum of layer bounds, each layer run alone (no fusion): the best an
+  engine that executes the ONNX graph node by node could do.
+* ``whole_model.bound_s``: perfect fusion, where only weights (once) and the graph's inputs and
+  outputs touch DRAM: ``max(sum of compute_s, (unique weights + I/O) / bandwidth)``. No engine
+  beats it.
+
+The by-category table puts each category's FLOPs share next to its predicted-time share (seed
+note 4.2: FLOPs do not predict speed; depthwise and 1x1 convs are memory-bound and take more time
+than their FLOPs suggest).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Union
+
+from pipeline.analyze.flops import Cost, GraphCosts, LayerCost, graph_costs
+from pipeline.analyze.hardware import HardwareSpec, Peak
+from pipeline.config import PrecisionConfig
+
+
+@dataclass(frozen=True)
+class LayerBound:
+    """One layer on the roofline.
+
+    Attributes:
+        layer: its cost.
+        peak_key: the peak it is bounded with (MAC peak or CUDA-core/SIMD peak).
+        peak_ops_per_s: that peak, ops/s.
+        compute_s / memory_s / bound_s: seconds at peak compute, at full bandwidth, and their max.
+        bound: ``compute``, ``memory`` or ``none`` (no work, e.g. a view or a folded constant).
+    """
+
+    layer: LayerCost
+    peak_key: str
+    peak_ops_per_s: float
+    compute_s: float
+    memory_s: float
+    bound_s: float
+    bound: str
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The report's per-layer row: the :class:`LayerCost` fields plus the roofline fields."""
+        row = self.layer.to_dict()
+        row.update(peak_key=self.peak_key, peak_ops_per_s=self.peak_ops_per_s, compute_s=self.compute_s,
+                   memory_s=self.memory_s, bound_s=self.bound_s, bound=self.bound)
+        return row
+
+
+@dataclass(frozen=True)
+class CategoryRow:
+    """FLOPs share vs predicted-time share of one layer category (shares are fractions of 1)."""
+
+    category: str
+    layers: int
+    flops: float
+    flops_share: float
+    bytes: float
+    predicted_s: float
+    time_share: float
+    memory_bound_layers: int
+    compute_bound_layers: int
+
+
+@dataclass
+class Analysis:
+    """The analyze stage's result (``report.json``'s ``analysis`` key, per-layer rows in ``layers``).
+
+    Attributes:
+        model_path: the ONNX analysed ("" for an in-memory model).
+        hardware: hardware name; precision: precision name; batch_size: batch the costs are for.
+        peak: the MAC peak; vector_peak: the peak for non-MAC layers.
+        sparse: whether 2:4-sparse Tensor Core peaks were used.
+        memory_bandwidth_bytes_s: DRAM bandwidth, bytes/s.
+        ridge_point: MAC peak / bandwidth, FLOP per byte.
+        total: sum of layer costs.
+        predicted_latency_s: sum of layer bounds (unfused), seconds per batch.
+        whole_model: perfect-fusion bound: compute_s, memory_s, bytes, bound_s, bound.
+        layers: per-layer bounds in graph order.
+        by_category: categories sorted by predicted time, largest first.
+        unsupported_ops: op type -> count (0 FLOPs counted); unknown_shape_nodes: node names.
+        notes: assumptions, fallbacks and detection notes.
+    """
+
+    model_path: str
+    hardware: str
+    precision: str
+    batch_size: int
+    peak: Peak
+    vector_peak: Peak
+    sparse: bool
+    memory_bandwidth_bytes_s: float
+    ridge_point: float
+    total: Cost
+    predicted_latency_s: float
+    whole_model: Dict[str, Any]
+    layers: List[LayerBound]
+    by_category: List[CategoryRow]
+    unsupported_ops: Dict[str, int] = field(default_factory=dict)
+    unknown_shape_nodes: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def predicted_throughput_samples_s(self) -> float:
+        """Samples per second at the unfused lower-bound latency (0 when nothing was costed)."""
+        return self.batch_size / self.predicted_latency_s if self.predicted_latency_s else 0.0
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready dict (``analysis`` key of report.json; ``layers`` are the report's layer rows)."""
+        return {
+            "model_path": self.model_path,
+            "hardware": self.hardware,
+            "precision": self.precision,
+            "batch_size": self.batch_size,
+            "peak_key": self.peak.key,
+            "peak": self.peak.to_dict(),
+            "peak_ops_per_s": self.peak.ops_per_s(self.sparse),
+            "vector_peak_key": self.vector_peak.key,
+            "vector_peak": self.vector_peak.to_dict(),
+            "sparse": self.sparse,
+            "memory_bandwidth_bytes_s": self.memory_bandwidth_bytes_s,
+            "ridge_point": self.ridge_point,
+            "totals": self.total.to_dict(),
+            "predicted_latency_s": self.predicted_latency_s,
+            "predicted_throughput_samples_s": self.predicted_throughput_samples_s,
+            "whole_model": dict(self.whole_model),
+            "by_category": [asdict(row) for row in self.by_category],
+            "unsupported_ops": dict(self.unsupported_ops),
+            "unknown_shape_nodes": list(self.unknown_shape_nodes),
+            "notes": list(self.notes),
+            "layers": [layer.to_dict() for layer in self.layers],
+        }
+
+
+def bound_layer(layer: LayerCost, peak: Peak, bandwidth_bytes_s: float, sparse: bool = False) -> LayerBound:
+    """Put one layer on the roofline of ``peak`` and ``bandwidth_bytes_s`` (bytes/s)."""
+    ops = peak.ops_per_s(sparse)
+    compute_s = layer.flops / ops if layer.flops else 0.0
+    memory_s = layer.bytes / bandwidth_bytes_s if layer.bytes else 0.0
+    if compute_s == 0.0 and memory_s == 0.0:
+        bound = "none"
+    else:
+        bound = "compute" if compute_s >= memory_s else "memory"
+    return LayerBound(layer, peak.key, ops, compute_s, memory_s, max(compute_s, memory_s), bound)
+
+
+def roofline(
+    costs: GraphCosts,
+    hardware: HardwareSpec,
+    precision: PrecisionConfig,
+    sparse: bool = False,
+    model_path: str = "",
+) -> Analysis:
+    """Bound every layer of ``costs`` on ``hardware`` at ``precision``.
+
+    Raises:
+        PipelineError: ``hardware`` has no peak for ``precision`` (from :meth:`HardwareSpec.peak_for`).
+    """
+    peak = hardware.peak_for(precision)
+    vector = hardware.vector_peak_for(peak)
+    bandwidth = hardware.memory_bandwidth_bytes_s
+    layers = [
+        bound_layer(layer, peak if layer.macs > 0 else vector, bandwidth, sparse and layer.macs > 0)
+        for layer in costs.layers
+    ]
+    predicted = sum(b.bound_s for b in layers)
+
+    compute_s = sum(b.compute_s for b in layers)
+    min_bytes = costs.unique_weight_bytes + costs.io_bytes
+    memory_s = min_bytes / bandwidth
+    whole = {
+        "compute_s": compute_s,
+        "memory_s": memory_s,
+        "bytes": min_bytes,
+        "bound_s": max(compute_s, memory_s),
+        "bound": "compute" if compute_s >= memory_s else "memory",
+        "meaning": "perfect fusion: weights read once, only graph inputs/outputs touch DRAM",
+    }
+
+    total_flops = costs.total.flops
+    by_cat: Dict[str, List[LayerBound]] = {}
+    for b in layers:
+        by_cat.setdefault(b.layer.category, []).append(b)
+    rows = [
+        CategoryRow(
+            category=cat,
+            layers=len(items),
+            flops=sum(b.layer.flops for b in items),
+            flops_share=sum(b.layer.flops for b in items) / total_flops if total_flops else 0.0,
+            bytes=sum(b.layer.bytes for b in items),
+            predicted_s=sum(b.bound_s for b in items),
+            time_share=sum(b.bound_s for b in items) / predicted if predicted else 0.0,
+            memory_bound_layers=sum(1 for b in items if b.bound == "memory"),
+            compute_bound_layers=sum(1 for b in items if b.bound == "compute"),
+        )
+        for cat, items in by_cat.items()
+    ]
+    rows.sort(key=lambda r: (-r.predicted_s, r.category))
+
+    notes = list(costs.notes)
+    for p in (peak, vector):
+        if p.note and p.note not in notes:
+            notes.append(p.note)
+    for key in ("assumption", "note"):
+        if hardware.detection.get(key):
+            notes.append(f"hardware {key}: {hardware.detection[key]}")
+    if costs.unsupported_ops:
+        notes.append("unsupported ops counted as 0 FLOPs: "
+                     + ", ".join(f"{k} x{v}" for k, v in sorted(costs.unsupported_ops.items())))
+
+    return Analysis(
+        model_path=model_path,
+        hardware=hardware.name,
+        precision=precision.name,
+        batch_size=costs.batch_size,
+        peak=peak,
+        vector_peak=vector,
+        sparse=sparse,
+        memory_bandwidth_bytes_s=bandwidth,
+        ridge_point=peak.ops_per_s(sparse) / bandwidth,
+        total=costs.total,
+        predicted_latency_s=predicted,
+        whole_model=whole,
+        layers=layers,
+        by_category=rows,
+        unsupported_ops=dict(costs.unsupported_ops),
+        unknown_shape_nodes=list(costs.unknown_shape_nodes),
+        notes=notes,
+    )
+
+
+def analyze_onnx(
+    onnx_path: Union[str, os.PathLike, Any],
+    hardware: HardwareSpec,
+    precision: PrecisionConfig,
+    batch_size: int = 1,
+    sparse: bool = False,
+    dims: Optional[Dict[str, int]] = None,
+) -> Analysis:
+    """The analyze stage: FLOPs, bytes and the roofline of an ONNX model on ``hardware``.
+
+    Args:
+        onnx_path: ``.onnx`` path (or a ``ModelProto``).
+        hardware: from :func:`pipeline.analyze.resolve_hardware`.
+        precision: byte sizes and the peak key.
+        batch_size: value of the symbolic batch dim.
+        sparse: use 2:4-sparse Tensor Core peaks for MAC layers (``build.sparse_weights``).
+        dims: values for other symbolic dims, e.g. ``{"sequence": 128}``.
+
+    Raises:
+        PipelineError: unreadable model, failed shape inference, or no peak for ``precision``.
+    """
+    hardware.peak_for(precision)  # fail on a missing precision before the (slower) graph walk
+    costs = graph_costs(onnx_path, batch_size, precision, dims)
+    path = os.fspath(onnx_path) if isinstance(onnx_path, (str, os.PathLike)) else ""
+    return roofline(costs, hardware, precision, sparse, path)
+
+
+__all__ = ["Analysis", "CategoryRow", "LayerBound", "analyze_onnx", "bound_layer", "roofline"]

@@ -1,0 +1,148 @@
+"""One comparison table across the runs of a Hydra multirun (one row per run)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Sequence
+
+from pipeline.artifacts import write_json, write_text
+from pipeline.config import KNOWN_STAGES
+from pipeline.errors import PipelineError
+from pipeline.report import data
+from pipeline.report.document import Table
+from pipeline.report.fmt import MISSING, _num, fmt_ms, fmt_pct, fmt_time
+from pipeline.report.markdown import md_table
+from pipeline.report.schema import report_problems
+
+#: Fixed columns, in order; one ``stage:<name>`` column per stage follows.
+COLUMNS = (
+    "model",
+    "precision",
+    "batch",
+    "hardware",
+    "backend",
+    "predicted_latency_s",
+    "measured_median_ms",
+    "throughput_samples_s",
+    "pct_of_peak",
+    "accuracy",
+)
+
+_TITLES = {
+    "model": "model",
+    "precision": "precision",
+    "batch": "batch",
+    "hardware": "hardware",
+    "backend": "backend",
+    "predicted_latency_s": "predicted",
+    "measured_median_ms": "measured median",
+    "throughput_samples_s": "throughput (samples/s)",
+    "pct_of_peak": "% of peak",
+    "accuracy": "accuracy",
+}
+
+
+def _stage_names(reports: Sequence[Mapping[str, Any]]) -> List[str]:
+    names = [s for s in KNOWN_STAGES if any(s in (r.get("stages") or {}) for r in reports)]
+    for r in reports:  # stages added later that KNOWN_STAGES does not list yet, in first-seen order
+        names += [s for s in (r.get("stages") or {}) if s not in names]
+    return names
+
+
+def _check(reports: Sequence[Mapping[str, Any]]) -> None:
+    if not reports:
+        raise PipelineError("no reports to compare", "run a multirun (-m) with at least one job that wrote report.json")
+    for i, r in enumerate(reports):
+        problems = report_problems(r)
+        if problems:
+            raise PipelineError(
+                f"report #{i} is malformed: " + "; ".join(problems), "compare reports written by write_reports"
+            )
+
+
+def comparison_rows(reports: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """Raw (unformatted) values per run: the :data:`COLUMNS` plus ``stage:<name>`` statuses."""
+    _check(reports)
+    stage_names = _stage_names(reports)
+    rows = []
+    for r in reports:
+        m = data.section(r, "measured")
+        hw_name = data.section(r, "hardware").get("name")
+        ach = data.measured_achieved(r) if m else {"pct_of_peak": None}
+        row: Dict[str, Any] = {
+            "model": data.section(r, "model").get("name"),
+            "precision": data.section(r, "precision").get("name"),
+            "batch": data.batch_size(r),
+            "hardware": hw_name,
+            "backend": m.get("backend"),
+            "predicted_latency_s": data.predicted_latency_s(r),
+            "measured_median_ms": _num((m.get("latency_ms") or {}).get("median")),
+            "throughput_samples_s": _num(m.get("throughput_samples_s")),
+            "pct_of_peak": ach["pct_of_peak"],
+            "accuracy": data.accuracy_verdict(r),
+        }
+        stages = r.get("stages") or {}
+        for s in stage_names:
+            row[f"stage:{s}"] = (stages.get(s) or {}).get("status", "-")
+        rows.append(row)
+    return rows
+
+
+def _formatted(rows: List[Dict[str, Any]]) -> Table:
+    stage_cols = [k for k in rows[0] if k.startswith("stage:")] if rows else []
+    headers = [_TITLES[c] for c in COLUMNS] + [c.split(":", 1)[1] for c in stage_cols]
+    out = []
+    for row in rows:
+        out.append(
+            [
+                str(row["model"] or MISSING),
+                str(row["precision"] or MISSING),
+                str(row["batch"]) if row["batch"] is not None else MISSING,
+                str(row["hardware"] or MISSING),
+                str(row["backend"] or MISSING),
+                fmt_time(row["predicted_latency_s"]),
+                fmt_ms(row["measured_median_ms"]),
+                f"{row['throughput_samples_s']:.1f}" if row["throughput_samples_s"] is not None else MISSING,
+                fmt_pct(row["pct_of_peak"]),
+                str(row["accuracy"]),
+            ]
+            + [str(row[c]) for c in stage_cols]
+        )
+    return Table(headers, out)
+
+
+def comparison_table(reports: Sequence[Mapping[str, Any]]) -> str:
+    """Plain-text table (aligned columns) with one row per report, for printing after a multirun."""
+    table = _formatted(comparison_rows(reports))
+    widths = [max(len(h), *(len(r[i]) for r in table.rows)) for i, h in enumerate(table.headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(table.headers, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table.rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_comparison(reports: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike) -> Dict[str, Path]:
+    """Write ``comparison.md`` and ``comparison.json`` (one row per run) atomically.
+
+    Args:
+        reports: report dicts of the runs (e.g. each job's report.json, loaded).
+        out_dir: directory to write into, typically the multirun's sweep directory.
+
+    Returns:
+        ``{"md": path, "json": path}``.
+
+    Raises:
+        PipelineError: no reports, or a malformed one (its index is named).
+    """
+    rows = comparison_rows(reports)
+    table = _formatted(rows)
+    out = Path(out_dir)
+    md = ["# Comparison of runs", "", f"{len(rows)} run(s); predicted = roofline lower bound, measured = median.", ""]
+    md += md_table(table)
+    return {
+        "json": write_json(
+            out / "comparison.json", {"schema_version": 1, "columns": list(rows[0].keys()), "rows": rows}
+        ),
+        "md": write_text(out / "comparison.md", "\n".join(md).rstrip() + "\n"),
+    }

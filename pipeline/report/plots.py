@@ -1,0 +1,237 @@
+"""The report's plots as inline SVG strings (matplotlib, no pyplot, no global backend state).
+
+Each function returns ``None`` when the data it needs is missing, so the caller can say why in
+place of the plot. matplotlib is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from typing import Any, Dict, List, Mapping, Optional
+
+from pipeline.report import data
+from pipeline.report.fmt import _num, fmt_ops_per_s
+
+#: How many layers the "top layers" bar chart shows.
+TOP_N = 15
+
+_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+
+
+def _label(text: str, width: int = 42) -> str:
+    """Plot-safe label: '$' would start matplotlib mathtext; long ONNX names are shortened in the middle."""
+    text = str(text).replace("$", r"\$")
+    return text if len(text) <= width else text[: width // 2 - 1] + "…" + text[-(width // 2) :]
+
+
+def _to_svg(fig: Any, salt: str) -> str:
+    """Serialize ``fig`` as an SVG fragment fit for inlining in HTML (no XML prolog/DOCTYPE/metadata)."""
+    import matplotlib
+
+    buf = io.StringIO()
+    # Text stays text (smaller, searchable); a per-plot salt keeps element ids unique within a page.
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": salt}):
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    svg = buf.getvalue()
+    svg = svg[svg.index("<svg") :]
+    return re.sub(r"<metadata>.*?</metadata>\s*", "", svg, flags=re.S)
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _same_ceiling(peaks: List[data.Peak], rel: float = 0.005) -> List[List[data.Peak]]:
+    """Group peaks (sorted fastest first) whose values agree within ``rel``: one line, one label."""
+    groups: List[List[data.Peak]] = []
+    for p in peaks:
+        if groups and abs(groups[-1][0].dense - p.dense) <= rel * groups[-1][0].dense:
+            groups[-1].append(p)
+        else:
+            groups.append([p])
+    return groups
+
+
+def roofline_svg(report: Mapping[str, Any]) -> Optional[str]:
+    """Log-log roofline: one ceiling per hardware peak, the bandwidth slope, layers as points.
+
+    x = arithmetic intensity (FLOP/byte), y = attainable ops/s. Predicted points sit at
+    ``flops / bound_s``; measured layers (``measured_s``) get a second, hollow marker at
+    ``flops / measured_s``. Returns None when the hardware has neither peaks nor bandwidth.
+    """
+    peaks = [p for p in data.peaks(report) if p.dense and p.dense > 0]
+    bw = data.bandwidth(report).bytes_per_s
+    if not peaks and not bw:
+        return None
+    layers = [
+        layer
+        for layer in data.layers(report)
+        if (_num(layer.get("intensity")) or 0) > 0 and (_num(layer.get("flops")) or 0) > 0
+    ]
+    xs = [float(layer["intensity"]) for layer in layers]
+    ridges = [p.dense / bw for p in peaks] if bw else []
+    lo = min(xs + ridges + [1.0]) / 4
+    hi = max(xs + ridges + [1.0]) * 4
+
+    fig = _figure(8.0, 5.2)
+    ax = fig.add_subplot()
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    top = max((p.dense for p in peaks), default=bw * hi if bw else 1.0)
+    if bw:
+        x_end = (top / bw) if peaks else hi
+        ax.plot([lo, x_end], [bw * lo, bw * x_end], color="black", lw=1.8, label=f"memory {bw / 1e9:.0f} GB/s")
+    used = data.peak_key(report)
+    for group in _same_ceiling(peaks):
+        value, is_used = group[0].dense, any(p.key == used for p in group)
+        x0 = value / bw if bw else lo
+        style = {"lw": 2.2, "ls": "-", "color": "black"} if is_used else {"lw": 1.2, "ls": "--", "color": "0.35"}
+        ax.plot([x0, hi], [value, value], **style)
+        kinds = {p.integer for p in group}
+        amount = fmt_ops_per_s(value, True in kinds) if len(kinds) == 1 else f"{value / 1e12:.1f} T(FL)OPS"
+        ax.annotate(
+            " = ".join(p.key for p in group) + f": {amount}" + (" (used)" if is_used else ""),
+            (hi, value),
+            xytext=(-4, 3),
+            textcoords="offset points",
+            ha="right",
+            fontsize=8,
+            fontweight="bold" if is_used else "normal",
+        )
+
+    cats = sorted({str(layer.get("category") or layer.get("op_type") or "other") for layer in layers})
+    color = {c: _COLORS[i % len(_COLORS)] for i, c in enumerate(cats)}
+    any_measured = False
+    for cat in cats:
+        mine = [layer for layer in layers if str(layer.get("category") or layer.get("op_type") or "other") == cat]
+        pred = [
+            (float(layer["intensity"]), float(layer["flops"]) / float(layer["bound_s"]))
+            for layer in mine
+            if (_num(layer.get("bound_s")) or 0) > 0
+        ]
+        if pred:
+            ax.scatter(*zip(*pred, strict=True), s=22, color=color[cat], label=_label(cat, 24), zorder=3, alpha=0.85)
+        meas = [
+            (float(layer["intensity"]), float(layer["flops"]) / float(layer["measured_s"]))
+            for layer in mine
+            if (_num(layer.get("measured_s")) or 0) > 0
+        ]
+        if meas:
+            any_measured = True
+            ax.scatter(*zip(*meas, strict=True), s=30, facecolors="none", edgecolors=color[cat], marker="D", zorder=3)
+    if any_measured:
+        ax.scatter([], [], s=30, facecolors="none", edgecolors="black", marker="D", label="measured (per layer)")
+    t = data.totals(report)
+    pred_lat = data.predicted_latency_s(report)
+    if t["intensity"] and t["flops"] and pred_lat:
+        ax.scatter(
+            [t["intensity"]],
+            [t["flops"] / pred_lat],
+            marker="*",
+            s=160,
+            color="gold",
+            edgecolors="black",
+            zorder=4,
+            label="model (predicted)",
+        )
+    median_ms = _num((data.section(report, "measured").get("latency_ms") or {}).get("median"))
+    if t["intensity"] and t["flops"] and median_ms:
+        ax.scatter(
+            [t["intensity"]],
+            [t["flops"] / (median_ms / 1e3)],
+            marker="*",
+            s=160,
+            facecolors="none",
+            edgecolors="red",
+            zorder=4,
+            label="model (measured)",
+        )
+
+    ax.set_xlim(lo, hi)
+    ax.set_xlabel("arithmetic intensity (FLOP/byte)")
+    ax.set_ylabel("attainable performance (ops/s)")
+    ax.set_title("Roofline: " + _label(data.section(report, "hardware").get("name") or "hardware", 60))
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    return _to_svg(fig, "roofline")
+
+
+def top_layers_svg(report: Mapping[str, Any], n: int = TOP_N) -> Optional[str]:
+    """Horizontal bars of the ``n`` layers with the largest predicted time (and measured time if any)."""
+    top = data.top_layers(report, n)
+    if not top:
+        return None
+    names = [_label(f"{layer['name']} ({layer.get('op_type', '?')})") for layer in top]
+    longest = max(max(float(layer["bound_s"]), _num(layer.get("measured_s")) or 0.0) for layer in top)
+    scale, unit = (1e3, "ms") if longest >= 1e-3 else (1e6, "µs")  # keep tick labels readable
+    pred_ms = [float(layer["bound_s"]) * scale for layer in top]
+    meas_ms = [(_num(layer.get("measured_s")) or 0.0) * scale for layer in top]
+    has_meas = any(meas_ms)
+    fig = _figure(8.0, 0.32 * len(top) + 1.4)
+    ax = fig.add_subplot()
+    ys = list(range(len(top)))
+    h = 0.4 if has_meas else 0.7
+    colors = ["#d62728" if str(layer.get("bound", "")).startswith("mem") else "#1f77b4" for layer in top]
+    ax.barh(
+        [y - (h / 2 if has_meas else 0) for y in ys],
+        pred_ms,
+        height=h,
+        color=colors,
+        label="predicted (roofline bound)",
+    )
+    if has_meas:
+        ax.barh([y + h / 2 for y in ys], meas_ms, height=h, color="0.55", label="measured")
+    ax.set_yticks(ys, names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"time per inference ({unit})")
+    ax.set_title(f"Top {len(top)} layers by predicted time (red = memory-bound, blue = compute-bound)", fontsize=9)
+    ax.grid(True, axis="x", alpha=0.25)
+    if has_meas:
+        ax.legend(fontsize=7, loc="lower right")
+    return _to_svg(fig, "top_layers")
+
+
+def category_share_svg(report: Mapping[str, Any]) -> Optional[str]:
+    """Grouped bars per category: share of FLOPs vs share of predicted time (and measured time)."""
+    cats = data.category_shares(report)
+    if not cats:
+        return None
+    has_meas = any(c.measured_share is not None for c in cats)
+    series: List[Dict[str, Any]] = [
+        {"label": "FLOPs share", "values": [c.flops_share * 100 for c in cats], "color": "#1f77b4"},
+        {"label": "predicted time share", "values": [c.time_share * 100 for c in cats], "color": "#d62728"},
+    ]
+    if has_meas:
+        series.append(
+            {"label": "measured time share", "values": [(c.measured_share or 0) * 100 for c in cats], "color": "0.55"}
+        )
+    fig = _figure(max(6.0, 0.9 * len(cats) + 2.5), 4.2)
+    ax = fig.add_subplot()
+    width = 0.8 / len(series)
+    for i, s in enumerate(series):
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(cats))]
+        ax.bar(xs, s["values"], width=width, color=s["color"], label=s["label"])
+    ax.set_xticks(range(len(cats)), [_label(c.category, 18) for c in cats], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("% of model total")
+    ax.set_title("FLOPs share vs time share by layer category", fontsize=10)
+    ax.grid(True, axis="y", alpha=0.25)
+    ax.legend(fontsize=8)
+    return _to_svg(fig, "category_share")
+
+
+def all_plots(report: Mapping[str, Any]) -> Dict[str, Optional[str] | Exception]:
+    """Every plot by key (``roofline``, ``top_layers``, ``category_share``).
+
+    A plot that fails to render becomes its exception, so the HTML still gets written with the
+    error in place of that one plot.
+    """
+    out: Dict[str, Optional[str] | Exception] = {}
+    for key, fn in (("roofline", roofline_svg), ("top_layers", top_layers_svg), ("category_share", category_share_svg)):
+        try:
+            out[key] = fn(report)
+        except Exception as err:  # noqa: BLE001 - one bad plot must not lose the whole report
+            out[key] = err
+    return out
