@@ -156,6 +156,12 @@ class ProfileConfig:
         min_iterations: minimum number of timed runs.
         threads: ONNX Runtime intra-op threads (0 = all cores).
         cuda_graph: replay the engine through a CUDA graph (TensorRT backend).
+        with_copies: also time host->device input and device->host output copies around each run
+            (TensorRT backend; the headline number is GPU compute without copies, like trtexec
+            ``--noDataTransfers``).
+        layer_times: collect per-layer times through ``trt.IProfiler`` (TensorRT backend).
+        layer_runs: profiled runs averaged for per-layer times (each is slower than a normal run).
+        accuracy_check: compare the engine's outputs with ONNX Runtime's (Polygraphy TrtRunner).
     """
 
     warmup_s: float = 0.5
@@ -163,6 +169,10 @@ class ProfileConfig:
     min_iterations: int = 10
     threads: int = 0
     cuda_graph: bool = False
+    with_copies: bool = True
+    layer_times: bool = True
+    layer_runs: int = 10
+    accuracy_check: bool = True
 
 
 @dataclass
@@ -179,6 +189,8 @@ class BuildConfig:
         qdq_onnx: an explicit-quantization (Q/DQ) ONNX to build instead of calibrating.
         calibrator: implicit INT8 calibrator where the version has one: ``entropy`` or ``minmax``.
         force_rebuild: ignore a cached engine.
+        tactic_sources: TensorRT tactic sources to enable (``cublas``, ``cublas_lt``, ``cudnn``,
+            ``edge_mask_convolutions``, ``jit_convolutions``); None keeps the version's default.
     """
 
     min_batch: int = 0
@@ -191,6 +203,7 @@ class BuildConfig:
     qdq_onnx: Optional[str] = None
     calibrator: str = "entropy"
     force_rebuild: bool = False
+    tactic_sources: Optional[List[str]] = None
 
 
 @dataclass
@@ -204,6 +217,18 @@ class QuantConfig:
         per_channel: per-output-channel weight scales (else per-tensor).
         num_bins: histogram bins for entropy/percentile/mse statistics.
         compare: also evaluate every algorithm and granularity for the comparison report.
+        op_types: compute ops whose activation and weight inputs get Q/DQ.
+        quantize_bmm: also quantize MatMuls of two activations (attention ``QK^T`` and ``PV``).
+        residual_add: Q/DQ on the residual input of Adds after a Conv (TensorRT fuses the add).
+        pooling: Q/DQ on pooling inputs (TensorRT runs the pool in INT8 between INT8 convs).
+        exclude_nodes: node names or fnmatch patterns kept in float.
+        sensitivity_max_float: at most this many compute nodes returned to float by the layer-wise
+            sensitivity search (needs evaluation data; 0 = off).
+        sensitivity_target: stop the search once the primary metric vs FP32 reaches this (e.g. 0.99).
+        cache_all_tensors: write every float tensor to the TensorRT calibration cache (what TensorRT's
+            implicit INT8 path needs), not only the Q/DQ'd ones; costs extra statistics time.
+        trt_version: TensorRT version written in the calibration cache header.
+        cache_algorithm: calibrator named in the cache header (build with the matching calibrator).
     """
 
     calib: str = "entropy"
@@ -212,6 +237,16 @@ class QuantConfig:
     per_channel: bool = True
     num_bins: int = 2048
     compare: bool = False
+    op_types: List[str] = field(default_factory=lambda: ["Conv", "Gemm", "MatMul"])
+    quantize_bmm: bool = True
+    residual_add: bool = True
+    pooling: bool = True
+    exclude_nodes: List[str] = field(default_factory=list)
+    sensitivity_max_float: int = 0
+    sensitivity_target: float = 0.99
+    cache_all_tensors: bool = True
+    trt_version: str = "8.6.1"
+    cache_algorithm: str = "EntropyCalibration2"
 
 
 @dataclass

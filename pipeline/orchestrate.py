@@ -44,6 +44,7 @@ class RunState:
     onnx_path: Path | None = None
     qdq_onnx_path: Path | None = None
     inputs: list = field(default_factory=list)  # list[InputSpec]
+    tokenizer: Any = None  # the model's own tokenizer for text data (minilm), else None
     output_names: list = field(default_factory=list)
     model_info: dict = field(default_factory=dict)
     hardware: Any = None  # HardwareSpec
@@ -96,7 +97,8 @@ def _select_backend(cfg: PipelineConfig) -> tuple[str, str]:
 def _dataset(state: RunState, split: str, num_samples: int):
     from pipeline.data import load_dataset
 
-    return load_dataset(state.cfg.data, state.inputs, split=split, num_samples=num_samples)
+    return load_dataset(state.cfg.data, state.inputs, split=split, num_samples=num_samples,
+                        tokenizer=state.tokenizer)
 
 
 def _first_batch(state: RunState, batch_size: int) -> dict:
@@ -115,26 +117,43 @@ def _first_batch(state: RunState, batch_size: int) -> dict:
 def stage_export(state: RunState) -> dict:
     """Model -> checked, shape-inferred ONNX (or import a given ONNX)."""
     from pipeline.export import export_onnx, onnx_from_file
+    from pipeline.models import build_model
 
     cfg = state.cfg
     out = state.out_dir / f"{state.model_name}.onnx"
-    if cfg.model.name == "onnx":
-        res = onnx_from_file(cfg.model.onnx_path, out)
-        state.model_info.update(task="unknown", notes=f"imported from {cfg.model.onnx_path}")
+    bundle = build_model(cfg.model)
+    if bundle.module is None:  # model=onnx: validate and import the file
+        res = onnx_from_file(bundle.onnx_path, out)
     else:
-        from pipeline.models import build_model
-
-        bundle = build_model(cfg.model)
         res = export_onnx(bundle, out, opset=cfg.opset, batch_size=cfg.batch_size)
-        state.model_info.update(task=bundle.task, num_classes=bundle.num_classes, notes=bundle.notes,
-                                metrics=dict(bundle.metrics))
+    state.tokenizer = getattr(bundle, "tokenizer", None)
+    state.model_info.update(task=bundle.task, num_classes=bundle.num_classes, notes=bundle.notes,
+                            metrics=dict(bundle.metrics or {}))
     state.onnx_path = res.onnx_path
-    state.inputs = list(res.inputs)
+    # The bundle's specs have every dimension filled (model.input_shape fills an ONNX file's dynamic ones).
+    state.inputs = list(bundle.inputs)
     state.output_names = list(res.output_names)
     state.model_info.update(parameters=res.parameters, opset=res.opset)
     state.accuracy["export_check"] = dict(res.check)
     return {"onnx": str(res.onnx_path), "opset": res.opset, "check": res.check,
             "warnings": list(getattr(res, "warnings", []) or [])}
+
+
+def _symbolic_dims(onnx_path: Path, specs: list) -> dict[str, int]:
+    """Values for the ONNX inputs' symbolic non-batch dimensions (e.g. a dynamic sequence length)."""
+    import onnx
+
+    by_name = {s.name: s for s in specs}
+    dims: dict[str, int] = {}
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    for inp in graph.input:
+        spec = by_name.get(inp.name)
+        if spec is None:
+            continue
+        for i, d in enumerate(inp.type.tensor_type.shape.dim[1:]):
+            if d.dim_param and i < len(spec.shape) and int(spec.shape[i]) > 0:
+                dims[d.dim_param] = int(spec.shape[i])
+    return dims
 
 
 def _require_onnx(state: RunState, stage: str) -> Path:
@@ -161,7 +180,9 @@ def stage_analyze(state: RunState) -> dict:
     except PipelineError as err:
         raise StageSkipped(f"{err.message} Pass hardware=<gpu> (e.g. hardware=h100_sxm) to see the theoretical "
                            f"model of {state.cfg.precision.name} on a GPU.") from err
-    state.analysis = analyze_onnx(onnx_path, state.hardware, state.cfg.precision, state.cfg.batch_size)
+    state.analysis = analyze_onnx(onnx_path, state.hardware, state.cfg.precision, state.cfg.batch_size,
+                                  sparse=state.cfg.build.sparse_weights,
+                                  dims=_symbolic_dims(onnx_path, state.inputs) or None)
     d = state.analysis.to_dict()
     return {"predicted_latency_s": d.get("predicted_latency_s"), "layers": len(state.analysis.layers)}
 
@@ -221,16 +242,27 @@ def _achieved(state: RunState) -> None:
     from pipeline.profile import achieved
 
     executed = state.measured.get("precision_executed") or state.cfg.precision.name
-    from pipeline.config import PrecisionConfig
+    from pipeline.analyze import resolve_hardware
+    from pipeline.config import HardwareConfig, PrecisionConfig
 
+    # The % of peak is against the processor that ran the model: with hardware=<gpu> analysed but ONNX
+    # Runtime measuring on the CPU, the CPU's peak (not the GPU's) is the honest denominator.
+    hw = state.hardware
+    ran_on = "gpu" if state.backend == "tensorrt" else "cpu"
+    if hw.kind != ran_on:
+        hw = resolve_hardware(HardwareConfig(name="auto" if ran_on == "gpu" else "cpu", kind=ran_on if ran_on == "cpu" else "auto"))
+        state.measured.setdefault("notes", []).append(
+            f"% of peak is against {hw.name} (where the model ran), not the analysed {state.hardware.name}")
     try:
-        peak = state.hardware.peak_for(PrecisionConfig(name=executed, peak=_peak_key(state, executed)))
+        peak = hw.peak_for(PrecisionConfig(name=executed, peak=_peak_key(state, executed)))
     except PipelineError:
         return
     total_flops = state.analysis.to_dict()["totals"]["flops"]
     lat_s = state.measured["latency_ms"]["median"] / 1e3
     state.measured.update(achieved(total_flops, lat_s, peak.ops_per_s_dense))
     state.measured["peak_key"] = peak.key
+    state.measured["peak_hardware"] = hw.name
+    state.measured["peak_ops_per_s"] = peak.ops_per_s_dense
     state.measured["model_flops_per_batch"] = total_flops
 
 
@@ -292,13 +324,16 @@ def _compare_outputs(state: RunState, ref_onnx: Path, test_onnx: Path) -> dict:
     """Cosine, relative L2 error and (classifiers) top-1 agreement of two ONNX models on the eval data."""
     import numpy as np
 
-    from pipeline.profile import run_onnxruntime
+    from pipeline.profile.onnxruntime_runner import ort_session, validate_inputs
 
     ds = _dataset(state, "eval", state.cfg.data.num_samples)
+    ref_sess = ort_session(ref_onnx, threads=state.cfg.profile.threads)
+    test_sess = ort_session(test_onnx, threads=state.cfg.profile.threads)
     refs, tests = [], []
     for batch in ds.batches(state.cfg.batch_size):
-        refs.append(run_onnxruntime(ref_onnx, batch)[0])
-        tests.append(run_onnxruntime(test_onnx, batch)[0])
+        validate_inputs(ref_sess, batch)
+        refs.append(ref_sess.run(None, batch)[0])
+        tests.append(test_sess.run(None, batch)[0])
     ref = np.concatenate(refs).astype(np.float64)
     tst = np.concatenate(tests).astype(np.float64)
     r, t = ref.reshape(len(ref), -1), tst.reshape(len(tst), -1)
@@ -362,6 +397,8 @@ def assemble_report(state: RunState, resolved_config: dict | None) -> dict:
 
 
 def _print_summary(state: RunState, report_paths: dict) -> None:
+    from pipeline.report.fmt import fmt_si, fmt_time
+
     print(f"\n== {state.model_name} | precision={state.cfg.precision.name} | batch={state.cfg.batch_size} | "
           f"hardware={getattr(state.hardware, 'name', '?')} | backend={state.backend}")
     for name, rec in state.stages.items():
@@ -371,14 +408,15 @@ def _print_summary(state: RunState, report_paths: dict) -> None:
         print(line)
     if state.analysis is not None:
         d = state.analysis.to_dict()
-        print(f"  theory: {d['totals']['flops'] / 1e9:.2f} GFLOPs/batch, predicted lower bound "
-              f"{d['predicted_latency_s'] * 1e3:.3f} ms on {state.hardware.name}")
+        print(f"  theory: {fmt_si(d['totals']['flops'], 'FLOPs')}/batch, predicted lower bound "
+              f"{fmt_time(d['predicted_latency_s'])} on {state.hardware.name}")
     if state.measured:
         m = state.measured
         line = (f"  measured ({m['backend']}, {m.get('precision_executed')}): median {m['latency_ms']['median']:.3f} ms, "
                 f"{m['throughput_samples_s']:.1f} samples/s")
         if m.get("pct_of_peak") is not None:
-            line += f", {m['achieved_ops_per_s'] / 1e9:.1f} GOPS = {m['pct_of_peak']:.1f}% of peak"
+            line += (f", {fmt_si(m['achieved_ops_per_s'], 'OPS')} = {m['pct_of_peak']:.1f}% of the "
+                     f"{m.get('peak_key')} peak of {m.get('peak_hardware')}")
         print(line)
     for kind, path in report_paths.items():
         print(f"  report.{kind}: {path}")

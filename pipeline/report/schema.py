@@ -31,7 +31,7 @@ _ALWAYS_DICT = ("model", "precision", "stages", "environment")
 #: Sections that are a dict, or null when the stage producing them did not run.
 _DICT_OR_NULL = ("hardware", "analysis", "measured", "accuracy", "quantization")
 
-STAGE_STATUSES = ("ran", "skipped", "failed")
+STAGE_STATUSES = ("ran", "skipped", "failed", "not requested")
 
 
 def validate_report(report: Any) -> None:

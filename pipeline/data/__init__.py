@@ -1,0 +1,155 @@
+"""Data sources: arrays adapted to a model's inputs, for export checks, calibration and evaluation.
+
+``load_dataset(DataConfig, specs, split, num_samples) -> Dataset``. The ``calib`` and ``eval`` splits
+never share a sample: calibrating on the samples used to measure accuracy would flatter int8.
+
+Sources (``data.name``):
+
+* ``random``: seeded N(0, 1) floats; token ids uniform in ``[0, vocab)`` with a full attention mask.
+  calib and eval come from independent random streams.
+* ``digits``: scikit-learn's 8x8 digits. eval = exactly digits_cnn's test split (in order), calib =
+  samples of its train split. Adapted to image models: scaled to [0, 1], resized (bilinear),
+  channels replicated.
+* ``folder``: PNG/JPEG images under ``data.path`` (labels from subfolder names when every image sits
+  in one), resized and normalized.
+* ``npz``: arrays in ``data.path``: ``inputs``/``x`` or one key per input name; optional ``labels``/``y``.
+* ``text``: English sentences from Python's help texts (``pydoc_data``), tokenized with the model's
+  tokenizer where it has one, else a deterministic hash tokenizer.
+
+Only numpy (and scikit-learn / Pillow for their sources) is imported; never torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    from pipeline.config import DataConfig
+    from pipeline.models import InputSpec
+
+#: The two uses of data; they never overlap.
+SPLITS = ("calib", "eval")
+
+
+@dataclass
+class Dataset:
+    """Model-ready samples.
+
+    Attributes:
+        name: source name (``data.name``).
+        inputs: one array per model input name, leading sample dimension, dtype and per-sample
+            shape exactly as the model's :class:`InputSpec` says.
+        labels: int64 class labels (N,) where the source has them, else None.
+        description: where the samples came from and how they were adapted (for the report).
+    """
+
+    name: str
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None
+    description: str
+
+    def __len__(self) -> int:
+        return int(len(next(iter(self.inputs.values())))) if self.inputs else 0
+
+    def batches(self, batch_size: int, drop_last: bool = False) -> Iterator[dict[str, np.ndarray]]:
+        """Yield input dicts of ``batch_size`` samples, in order (feeds for a runtime or calibrator).
+
+        Args:
+            batch_size: samples per batch (> 0).
+            drop_last: skip a final batch smaller than ``batch_size`` (for fixed-batch engines).
+        """
+        for start, stop in self._ranges(batch_size, drop_last):
+            yield {k: v[start:stop] for k, v in self.inputs.items()}
+
+    def labeled_batches(
+        self, batch_size: int, drop_last: bool = False
+    ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
+        """Like :meth:`batches`, yielding ``(inputs, labels or None)`` pairs (for accuracy)."""
+        for start, stop in self._ranges(batch_size, drop_last):
+            labels = None if self.labels is None else self.labels[start:stop]
+            yield {k: v[start:stop] for k, v in self.inputs.items()}, labels
+
+    def _ranges(self, batch_size: int, drop_last: bool) -> Iterator[tuple[int, int]]:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        n = len(self)
+        stop_at = n - n % batch_size if drop_last else n
+        for start in range(0, stop_at, batch_size):
+            yield start, min(start + batch_size, n)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-friendly description: name, samples, input shapes/dtypes, labels, description."""
+        return {
+            "name": self.name,
+            "num_samples": len(self),
+            "inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in self.inputs.items()},
+            "labels": self.labels is not None,
+            "description": self.description,
+        }
+
+
+def data_names() -> list[str]:
+    """Every name ``data.name`` accepts."""
+    from pipeline.data import sources
+
+    return list(sources.SOURCES)
+
+
+def load_dataset(
+    cfg: "DataConfig",
+    specs: "list[InputSpec]",
+    split: str,
+    num_samples: int | None = None,
+    *,
+    tokenizer: Callable[[list[str], int], dict[str, np.ndarray]] | None = None,
+) -> Dataset:
+    """Load ``num_samples`` samples of ``split`` from the source ``cfg.name``, adapted to ``specs``.
+
+    Args:
+        cfg: the ``data`` config group.
+        specs: the model's inputs (``ModelBundle.inputs``).
+        split: ``calib`` (calibration) or ``eval`` (checks and accuracy); disjoint.
+        num_samples: how many; default ``cfg.calib_samples`` for calib, ``cfg.num_samples`` for eval.
+        tokenizer: the model's tokenizer (``ModelBundle.tokenizer``) for the ``text`` source.
+
+    Returns:
+        A :class:`Dataset` whose arrays match ``specs`` in name, dtype and per-sample shape.
+
+    Raises:
+        PipelineError: unknown source, missing/corrupt file, data that cannot be adapted to the
+            model, fewer samples than asked.
+    """
+    from pipeline.data import sources
+
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    n = num_samples if num_samples is not None else (cfg.calib_samples if split == "calib" else cfg.num_samples)
+    if n <= 0:
+        key = "data.calib_samples" if split == "calib" else "data.num_samples"
+        raise PipelineError(f"asked for {n} {split} samples", f"set {key} to a positive number")
+    if not specs:
+        raise PipelineError("the model declares no inputs", "check the model (or ONNX file) has graph inputs")
+    if cfg.name not in sources.SOURCES:
+        raise PipelineError(
+            f"unknown data source '{cfg.name}'", f"use one of: {', '.join(sources.SOURCES)} (data=<name>)"
+        )
+    ds = sources.SOURCES[cfg.name](cfg, list(specs), split, int(n), tokenizer)
+    _validate(ds, specs, n)
+    return ds
+
+
+def _validate(ds: Dataset, specs: "list[InputSpec]", n: int) -> None:
+    # The contract every source must meet; a violation is a bug in a source, not a user error.
+    for spec in specs:
+        arr = ds.inputs[spec.name]
+        assert arr.shape == (n, *spec.shape), (spec, arr.shape)
+        assert arr.dtype == np.dtype(spec.dtype), (spec, arr.dtype)
+    assert ds.labels is None or ds.labels.shape == (n,), ds.labels.shape
+
+
+__all__ = ["SPLITS", "Dataset", "data_names", "load_dataset"]

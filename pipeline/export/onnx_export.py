@@ -1,0 +1,516 @@
+"""torch -> ONNX export with verification, and validation of user-supplied ONNX files.
+
+The export uses torch's TorchScript exporter (``torch.onnx.export(..., dynamo=False)``): it emits
+opset 17, which TensorRT 8.6 parses (the dynamo exporter targets opset 18+). Every exported file is
+checked (``onnx.checker``), shape-inferred in strict mode (so TensorRT and the analyze stage see
+every tensor's shape), kept at IR version <= 9 (loadable by onnx 1.14+), and run in ONNX Runtime on
+CPU against torch at batch 2 before it is renamed to its final name: a file under the final name has
+always passed that comparison.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.artifacts import atomic_path
+from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    import onnx
+
+    from pipeline.models import InputSpec, ModelBundle
+
+#: Highest opset TensorRT 8.6's ONNX parser supports.
+TENSORRT_MAX_OPSET = 17
+#: Highest IR version written (onnx 1.14..1.17 load IR 9; opsets up to 19 need no more).
+MAX_IR_VERSION = 9
+#: Default tolerances of the ONNX Runtime vs torch comparison (float32 on CPU):
+#: an output passes when max|ort - torch| <= atol + rtol * max|torch|.
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-3
+#: Batch size of the verification run; not 1, so that a batch dimension baked in at export fails.
+CHECK_BATCH = 2
+BATCH_DIM = "batch"
+
+
+@dataclass
+class ExportResult:
+    """What the export stage produced.
+
+    Attributes:
+        onnx_path: the written ONNX file.
+        opset: default-domain opset of the file.
+        inputs: input specs (per sample, batch dimension dynamic).
+        output_names: graph output names.
+        check: ONNX Runtime vs torch comparison: ``max_abs_diff``, ``rel_l2`` (||ort-torch|| /
+            ||torch||), ``atol``, ``rtol``, ``passed``, ``batch_size``, per-output numbers under
+            ``outputs``. For ``onnx_from_file`` there is no reference: ``passed`` is None.
+        parameters: parameter count (torch module parameters; initializer elements for a file).
+        seconds: wall time of the stage, seconds.
+        ir_version: IR version of the file.
+        warnings: things the user should know (opset above TensorRT 8.6's, tracer warnings...).
+    """
+
+    onnx_path: Path
+    opset: int
+    inputs: "list[InputSpec]"
+    output_names: list[str]
+    check: dict[str, Any]
+    parameters: int
+    seconds: float
+    ir_version: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form for the report's ``stages.export.outputs``."""
+        d = asdict(self)
+        d["onnx_path"] = str(self.onnx_path)
+        d["inputs"] = [s.to_dict() for s in self.inputs]
+        return d
+
+
+@dataclass
+class OnnxDescription:
+    """What an ONNX file takes and returns (see :func:`describe_onnx`).
+
+    Attributes:
+        inputs: per-sample input specs (first dimension taken as batch; ``-1`` = dynamic).
+        output_names: graph outputs.
+        output_shapes: per-output shapes including batch (``-1`` = dynamic/unknown).
+        opset: default-domain opset.
+        ir_version: IR version.
+        task: ``classification`` (one (N, K) output of an image model), ``embedding`` ((N, D) of a
+            token model) or ``features``.
+        num_classes: K for classification.
+        batch_dynamic: whether every input's first dimension is dynamic.
+        warnings: opset/IR/batch remarks.
+    """
+
+    inputs: "list[InputSpec]"
+    output_names: list[str]
+    output_shapes: list[list[int]]
+    opset: int
+    ir_version: int
+    task: str
+    num_classes: int | None
+    batch_dynamic: bool
+    warnings: list[str]
+
+
+# ----------------------------------------------------------------------------- ONNX inspection
+
+
+def _dims(value_info: Any) -> list[int]:
+    shape = value_info.type.tensor_type.shape
+    return [d.dim_value if d.HasField("dim_value") else -1 for d in shape.dim]
+
+
+def _opset(model: "onnx.ModelProto") -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _graph_inputs(model: "onnx.ModelProto") -> list[Any]:
+    # Old IR versions list initializers among the inputs; those are weights, not runtime inputs.
+    inits = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def _vocab_sizes(model: "onnx.ModelProto") -> dict[str, int]:
+    # An integer input that indexes an embedding table (Gather(table, input)) takes ids below the
+    # table's row count; knowing it lets data sources generate valid ids for any BERT-like file.
+    tables = {i.name: list(i.dims) for i in model.graph.initializer}
+    sizes: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type == "Gather" and len(node.input) == 2 and node.input[0] in tables:
+            dims = tables[node.input[0]]
+            if dims:
+                sizes[node.input[1]] = min(sizes.get(node.input[1], dims[0]), dims[0])
+    return sizes
+
+
+def _specs(model: "onnx.ModelProto") -> "list[InputSpec]":
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    from pipeline.models import InputSpec
+
+    vocab = _vocab_sizes(model)
+    specs = []
+    for inp in _graph_inputs(model):
+        dims = _dims(inp)
+        dtype = np.dtype(tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)).name
+        is_mask = "mask" in inp.name.lower() and np.issubdtype(np.dtype(dtype), np.integer)
+        specs.append(InputSpec(inp.name, tuple(dims[1:]), dtype, vocab_size=2 if is_mask else vocab.get(inp.name)))
+    return specs
+
+
+def _load(path: str | Path) -> "onnx.ModelProto":
+    """Load and check an ONNX file, turning every way it can be unusable into a PipelineError."""
+    import onnx
+
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise PipelineError(f"ONNX file not found: {path}", "check model.onnx_path (absolute, or relative to the working directory)")
+    if not path.is_file():
+        raise PipelineError(f"{path} is not a file", "point model.onnx_path at a .onnx file")
+    try:
+        model = onnx.load(str(path))
+    except Exception as err:  # noqa: BLE001 - protobuf DecodeError, bad external data, OSError...
+        raise PipelineError(
+            f"{path} is not a readable ONNX model ({type(err).__name__}: {err})",
+            "re-export the model to ONNX (torch.onnx.export), or check the file was copied completely",
+        ) from err
+    # Arbitrary bytes sometimes decode as an (empty) protobuf message: reject what has no graph.
+    if not model.graph.node or not model.opset_import:
+        raise PipelineError(
+            f"{path} is not an ONNX model (no graph nodes or opset)",
+            "point model.onnx_path at a model exported to ONNX",
+        )
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PipelineError(
+            f"{path} fails the ONNX checker: {first}",
+            "re-export it with a current exporter (opset 17 for TensorRT 8.6), or fix the graph with onnx-graphsurgeon",
+        ) from err
+    return model
+
+
+def describe_onnx(path: str | Path) -> OnnxDescription:
+    """Inputs, outputs, opset and likely task of an ONNX file.
+
+    Args:
+        path: ONNX file.
+
+    Raises:
+        PipelineError: missing, unreadable or invalid file.
+    """
+    return _describe(_load(path))
+
+
+def _describe(model: "onnx.ModelProto") -> OnnxDescription:
+    import onnx
+
+    try:
+        model = onnx.shape_inference.infer_shapes(model)  # fills output shapes where the file omits them
+    except Exception:  # noqa: BLE001 - description only; onnx_from_file reports inference problems
+        pass
+    specs = _specs(model)
+    outputs = list(model.graph.output)
+    out_shapes = [_dims(o) for o in outputs]
+    opset, ir = _opset(model), int(model.ir_version)
+    batch_dynamic = all(_dims(i)[:1] == [-1] for i in _graph_inputs(model))
+    notes = []
+    if opset > TENSORRT_MAX_OPSET:
+        notes.append(
+            f"opset {opset} > {TENSORRT_MAX_OPSET}: TensorRT 8.6 parses up to opset {TENSORRT_MAX_OPSET}; "
+            "re-export with opset_version=17 for TensorRT 8.6 (TensorRT 10 parses newer opsets)"
+        )
+    if ir > MAX_IR_VERSION + 1:
+        notes.append(f"IR version {ir}: onnx < 1.18 cannot load it; re-export with an older exporter")
+    if not batch_dynamic:
+        fixed = [f"{i.name}={_dims(i)[:1]}" for i in _graph_inputs(model) if _dims(i)[:1] != [-1]]
+        notes.append(f"batch dimension fixed ({', '.join(fixed)}): only that batch size can run")
+    task, classes = "features", None
+    if len(out_shapes) == 1 and len(out_shapes[0]) == 2:
+        if specs and all(not np.issubdtype(np.dtype(s.dtype), np.integer) for s in specs) and out_shapes[0][1] > 0:
+            task, classes = "classification", out_shapes[0][1]
+        elif any(np.issubdtype(np.dtype(s.dtype), np.integer) for s in specs):
+            task = "embedding"
+    return OnnxDescription(specs, [o.name for o in outputs], out_shapes, opset, ir, task, classes, batch_dynamic, notes)
+
+
+def onnx_input_specs(path: str | Path) -> "list[InputSpec]":
+    """Per-sample input specs of an ONNX file (first dimension = batch; ``-1`` = dynamic)."""
+    return describe_onnx(path).inputs
+
+
+def onnx_output_names(path: str | Path) -> list[str]:
+    """Graph output names of an ONNX file."""
+    return describe_onnx(path).output_names
+
+
+# ----------------------------------------------------------------------------- running and comparing
+
+
+def make_check_inputs(
+    specs: "list[InputSpec]", batch_size: int = CHECK_BATCH, seed: int = 0, pad_first: bool = False
+) -> dict[str, np.ndarray]:
+    """Deterministic inputs for export and checks: random data, and attention masks that pad the last
+    quarter of every sample but the first (so that both the masked and the unmasked path are compared).
+
+    Args:
+        specs: model inputs.
+        batch_size: samples.
+        seed: numpy seed.
+        pad_first: pad the first sample too. Used for tracing: some encoders (Hugging Face's) skip
+            the mask when it is all ones, and tracing would freeze that shortcut into the graph.
+    """
+    from pipeline.data.sources import random_inputs, token_role
+
+    feeds = random_inputs(specs, batch_size, np.random.default_rng(seed))
+    first = 0 if pad_first else 1
+    for spec in specs:
+        if token_role(spec) == "mask" and np.issubdtype(np.dtype(spec.dtype), np.integer) and spec.shape and spec.shape[-1] >= 4:
+            feeds[spec.name][first:, ..., -(spec.shape[-1] // 4) :] = 0
+    return feeds
+
+
+def run_onnxruntime(path: str | Path, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run an ONNX file once in ONNX Runtime on CPU.
+
+    Args:
+        path: ONNX file.
+        inputs: one array per graph input.
+
+    Returns:
+        The outputs, in graph order.
+
+    Raises:
+        PipelineError: ONNX Runtime cannot load or run the model.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise here
+    try:
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return sess.run(None, inputs)
+    except Exception as err:  # noqa: BLE001 - ORT raises its own exception classes per failure
+        raise PipelineError(
+            f"ONNX Runtime (CPU) cannot run {Path(path).name}: {str(err).strip().splitlines()[0]}",
+            "the graph uses an op or type ONNX Runtime does not support; try another opset, or replace the op in the model",
+        ) from err
+
+
+def compare_outputs(
+    reference: list[np.ndarray], actual: list[np.ndarray], names: list[str], atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL
+) -> dict[str, Any]:
+    """Compare outputs element-wise.
+
+    An output passes when ``max|actual - reference| <= atol + rtol * max|reference|`` and both are
+    finite. The tolerance scales with the output's largest magnitude, not per element, because
+    outputs of random-weight networks have near-zero entries whose relative error means nothing.
+
+    Returns:
+        ``{max_abs_diff, rel_l2, atol, rtol, passed, outputs: {name: {...}}}``; max over outputs.
+    """
+    per: dict[str, Any] = {}
+    for name, ref, act in zip(names, reference, actual):
+        ref = np.asarray(ref, dtype=np.float64)
+        act = np.asarray(act, dtype=np.float64)
+        if ref.shape != act.shape:
+            per[name] = {"max_abs_diff": float("inf"), "rel_l2": float("inf"), "max_abs_ref": 0.0, "passed": False,
+                         "error": f"shape {list(act.shape)} != reference {list(ref.shape)}"}
+            continue
+        finite = bool(np.isfinite(ref).all() and np.isfinite(act).all())
+        diff = float(np.abs(act - ref).max()) if ref.size and finite else (0.0 if finite else float("inf"))
+        max_ref = float(np.abs(ref).max()) if ref.size and finite else 0.0
+        norm = float(np.linalg.norm(ref)) if finite else 0.0
+        rel = float(np.linalg.norm(act - ref) / norm) if norm > 0 else (0.0 if diff == 0 else float("inf"))
+        per[name] = {"max_abs_diff": diff, "rel_l2": rel, "max_abs_ref": max_ref, "passed": finite and diff <= atol + rtol * max_ref}
+    return {
+        "max_abs_diff": max((p["max_abs_diff"] for p in per.values()), default=0.0),
+        "rel_l2": max((p["rel_l2"] for p in per.values()), default=0.0),
+        "atol": atol,
+        "rtol": rtol,
+        "passed": bool(per) and all(p["passed"] for p in per.values()),
+        "outputs": per,
+    }
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _torch_outputs(module: Any, inputs: dict[str, np.ndarray], specs: "list[InputSpec]") -> list[np.ndarray]:
+    import torch
+
+    with torch.no_grad():
+        out = module(*(torch.from_numpy(np.ascontiguousarray(inputs[s.name])) for s in specs))
+    outs = out if isinstance(out, (tuple, list)) else [out]
+    return [o.detach().cpu().numpy() for o in outs]
+
+
+def _trace_to_onnx(bundle: "ModelBundle", opset: int, batch_size: int) -> tuple[bytes, list[str]]:
+    # Returns the serialized model and the tracer warnings worth showing to the user.
+    import torch
+
+    specs = bundle.inputs
+    example = make_check_inputs(specs, batch_size, seed=0, pad_first=True)
+    args = tuple(torch.from_numpy(example[s.name]) for s in specs)
+    names_in = [s.name for s in specs]
+    dynamic = {n: {0: BATCH_DIM} for n in [*names_in, *bundle.output_names]}
+    buf = io.BytesIO()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            torch.onnx.export(
+                bundle.module,
+                args,
+                buf,
+                dynamo=False,  # TorchScript exporter: opset 17 (dynamo targets 18+)
+                export_params=True,
+                opset_version=opset,
+                do_constant_folding=True,
+                input_names=names_in,
+                output_names=list(bundle.output_names),
+                dynamic_axes=dynamic,
+            )
+        except torch.onnx.errors.UnsupportedOperatorError as err:
+            raise PipelineError(
+                f"export of '{bundle.name}' failed: {str(err).strip().splitlines()[0]}",
+                "rewrite that part of the model with supported ops, or export it yourself and use model=onnx",
+            ) from err
+        except (torch.onnx.errors.OnnxExporterError, RuntimeError, TypeError, ValueError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise PipelineError(
+                f"export of '{bundle.name}' to ONNX opset {opset} failed: {first}",
+                "check the model traces with the inputs' shapes (model.input_shape); for data-dependent "
+                "control flow export it yourself and use model=onnx",
+            ) from err
+    notes = sorted({str(w.message).splitlines()[0] for w in caught if issubclass(w.category, torch.jit.TracerWarning)})
+    return buf.getvalue(), [f"tracer: {n}" for n in notes]
+
+
+def _finalize(model: "onnx.ModelProto", where: str) -> "onnx.ModelProto":
+    # Check, then infer every intermediate shape (strict: a failure is an error, not a silent gap).
+    import onnx
+
+    if model.ir_version > MAX_IR_VERSION and _opset(model) <= 19:
+        model.ir_version = MAX_IR_VERSION  # IR 9 covers opsets up to 19; older onnx refuses IR 10
+    try:
+        onnx.checker.check_model(model)
+        model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+        raise PipelineError(
+            f"the exported ONNX of {where} is invalid: {str(err).strip().splitlines()[0]}",
+            "try another opset (opset=17 is what TensorRT 8.6 parses), or simplify the model's unusual ops",
+        ) from err
+    return model
+
+
+def export_onnx(
+    bundle: "ModelBundle",
+    out_path: str | Path,
+    opset: int = 17,
+    batch_size: int = 1,
+    check_inputs: dict[str, np.ndarray] | None = None,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+) -> ExportResult:
+    """Export ``bundle.module`` to a verified ONNX file with a dynamic batch dimension.
+
+    Args:
+        bundle: the model (``build_model``); must have a torch module.
+        out_path: where to write the ``.onnx`` file (atomically).
+        opset: ONNX opset (17 = TensorRT 8.6's maximum).
+        batch_size: batch of the example used for tracing (the batch axis stays dynamic).
+        check_inputs: inputs for the ONNX Runtime vs torch comparison (any batch); default: seeded
+            random inputs at batch 2.
+        atol / rtol: comparison tolerances (see :func:`compare_outputs`).
+
+    Returns:
+        The :class:`ExportResult`.
+
+    Raises:
+        PipelineError: no torch module, unsupported op, invalid graph, or ONNX Runtime disagreeing
+            with torch beyond tolerance (the file is then not written).
+    """
+    import onnx
+
+    start = time.perf_counter()
+    if bundle.module is None:
+        raise PipelineError(
+            f"model '{bundle.name}' has no torch module to export",
+            "for model=onnx use pipeline.export.onnx_from_file(model.onnx_path, out_path)",
+        )
+    if batch_size < 1:
+        raise PipelineError(f"batch_size must be >= 1, got {batch_size}", "pass batch_size=1 or more")
+    bundle.module.eval()
+    raw, notes = _trace_to_onnx(bundle, opset, batch_size)
+    model = _finalize(onnx.load_model_from_string(raw), f"'{bundle.name}'")
+    actual_opset = _opset(model)
+    if actual_opset > TENSORRT_MAX_OPSET:
+        notes.append(f"opset {actual_opset} > {TENSORRT_MAX_OPSET}: TensorRT 8.6 cannot parse it (TensorRT 10 can)")
+    feeds = check_inputs if check_inputs is not None else make_check_inputs(bundle.inputs, CHECK_BATCH, seed=1)
+    feeds = {s.name: np.ascontiguousarray(feeds[s.name], dtype=s.dtype) for s in bundle.inputs}
+    out_names = [o.name for o in model.graph.output]
+    out_path = Path(out_path)
+    with atomic_path(out_path) as tmp:
+        onnx.save(model, str(tmp))
+        check = compare_outputs(
+            _torch_outputs(bundle.module, feeds, bundle.inputs), run_onnxruntime(tmp, feeds), out_names, atol, rtol
+        )
+        check["batch_size"] = int(next(iter(feeds.values())).shape[0])
+        check["backend"] = "onnxruntime-cpu"
+        if not check["passed"]:
+            worst = max(check["outputs"].items(), key=lambda kv: kv[1]["max_abs_diff"])
+            raise PipelineError(
+                f"ONNX Runtime disagrees with torch for '{bundle.name}': output '{worst[0]}' max |diff| = "
+                f"{worst[1]['max_abs_diff']:.3g} (largest |value| {worst[1]['max_abs_ref']:.3g}, rel L2 "
+                f"{worst[1]['rel_l2']:.3g}) > atol {atol:g} + rtol {rtol:g} * largest; {out_path} not written",
+                "the model may use an op that exports incorrectly at this opset (try another opset), or has "
+                "data-dependent behaviour that tracing froze; loosen atol/rtol only if the difference is expected",
+            )
+    return ExportResult(
+        onnx_path=out_path,
+        opset=actual_opset,
+        inputs=list(bundle.inputs),
+        output_names=out_names,
+        check=check,
+        parameters=bundle.parameters(),
+        seconds=round(time.perf_counter() - start, 3),
+        ir_version=int(model.ir_version),
+        warnings=notes,
+    )
+
+
+def onnx_from_file(path: str | Path, out_path: str | Path) -> ExportResult:
+    """``model=onnx``: validate a user's ONNX file and copy it, shape-inferred, to ``out_path``.
+
+    Args:
+        path: the user's ONNX file.
+        out_path: where the pipeline's copy goes (atomically).
+
+    Returns:
+        The :class:`ExportResult` (``check.passed`` is None: there is no torch reference); opset
+        above 17, IR too new for old onnx, or a fixed batch dimension appear in ``warnings``.
+
+    Raises:
+        PipelineError: missing file, not an ONNX model, corrupt protobuf, checker failure.
+    """
+    import onnx
+
+    start = time.perf_counter()
+    model = _load(path)
+    desc = _describe(model)
+    notes = list(desc.warnings)
+    try:
+        model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except onnx.shape_inference.InferenceError as err:
+        # Files from other exporters sometimes carry custom-domain ops that strict inference rejects
+        # while the runtimes accept them: keep what non-strict inference finds and say so.
+        model = onnx.shape_inference.infer_shapes(model)
+        notes.append(f"strict shape inference failed ({str(err).strip().splitlines()[0]}); some shapes may be unknown")
+    with atomic_path(out_path) as tmp:
+        onnx.save(model, str(tmp))
+    params = int(sum(int(np.prod(i.dims)) for i in model.graph.initializer))
+    return ExportResult(
+        onnx_path=Path(out_path),
+        opset=desc.opset,
+        inputs=desc.inputs,
+        output_names=desc.output_names,
+        check={"passed": None, "reason": "model=onnx: no torch reference to compare against"},
+        parameters=params,
+        seconds=round(time.perf_counter() - start, 3),
+        ir_version=int(model.ir_version),
+        warnings=notes,
+    )

@@ -1,0 +1,275 @@
+"""Data sources: adaptation to model inputs, disjoint calib/eval splits, and every error path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from pipeline.config import CONF_DIR, DataConfig
+from pipeline.data import Dataset, data_names, load_dataset
+from pipeline.data.digits import digits_split
+from pipeline.data.image import resize_bilinear
+from pipeline.data.text import hash_tokenize, sentences
+from pipeline.errors import PipelineError
+from pipeline.models import InputSpec
+
+IMG = [InputSpec("input", (3, 32, 32), "float32")]
+GRAY8 = [InputSpec("input", (1, 8, 8), "float32")]
+TOK = [InputSpec("input_ids", (12,), "int64", vocab_size=500), InputSpec("attention_mask", (12,), "int64", vocab_size=2)]
+
+
+def test_every_data_yaml_matches_the_schema():
+    files = sorted((CONF_DIR / "data").glob("*.yaml"))
+    assert {f.stem for f in files} >= {"random", "digits", "folder", "npz", "text"}
+    for f in files:
+        assert f.read_text().startswith("#"), f
+        cfg = OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.load(f))  # unknown key -> raises
+        assert cfg.name in data_names()
+
+
+def test_random_source_shapes_determinism_and_independent_splits():
+    cfg = DataConfig(name="random", seed=7)
+    a = load_dataset(cfg, IMG + TOK, "eval", 5)
+    b = load_dataset(cfg, IMG + TOK, "eval", 5)
+    c = load_dataset(cfg, IMG + TOK, "calib", 5)
+    assert a.inputs["input"].shape == (5, 3, 32, 32) and a.inputs["input"].dtype == np.float32
+    assert a.inputs["input_ids"].dtype == np.int64 and a.inputs["input_ids"].max() < 500
+    assert (a.inputs["attention_mask"] == 1).all() and a.labels is None
+    np.testing.assert_array_equal(a.inputs["input"], b.inputs["input"])
+    assert not np.allclose(a.inputs["input"], c.inputs["input"])
+    assert abs(float(a.inputs["input"].std()) - 1.0) < 0.05
+    assert len(load_dataset(cfg, IMG, "eval")) == cfg.num_samples
+    assert len(load_dataset(cfg, IMG, "calib")) == cfg.calib_samples
+
+
+def test_digits_eval_is_exactly_the_digits_cnn_test_split():
+    split = digits_split()
+    assert (len(split.train_x), len(split.test_x)) == (1400, 397)
+    assert set(split.train_idx).isdisjoint(split.test_idx)
+    ds = load_dataset(DataConfig(name="digits"), GRAY8, "eval", 397)
+    np.testing.assert_array_equal(ds.inputs["input"][:, 0], split.test_x)
+    np.testing.assert_array_equal(ds.labels, split.test_y)
+    assert ds.inputs["input"].min() == 0.0 and ds.inputs["input"].max() == 1.0
+
+
+def test_digits_calib_comes_from_the_train_split():
+    split = digits_split()
+    ds = load_dataset(DataConfig(name="digits", seed=3), GRAY8, "calib", 50)
+    train_rows = {row.tobytes(): y for row, y in zip(split.train_x, split.train_y)}
+    for img, y in zip(ds.inputs["input"][:, 0], ds.labels):
+        assert train_rows[img.tobytes()] == y
+    other = load_dataset(DataConfig(name="digits", seed=4), GRAY8, "calib", 50)
+    assert not np.array_equal(ds.inputs["input"], other.inputs["input"])
+
+
+def test_digits_adapt_to_rgb_32x32_like_torch_interpolate():
+    split = digits_split()
+    ds = load_dataset(DataConfig(name="digits"), IMG, "eval", 6)
+    x = ds.inputs["input"]
+    assert x.shape == (6, 3, 32, 32) and x.dtype == np.float32
+    ref = torch.nn.functional.interpolate(torch.from_numpy(split.test_x[:6].copy())[:, None], size=(32, 32), mode="bilinear", align_corners=False)
+    np.testing.assert_allclose(x[:, :1], ref.numpy(), atol=1e-6)
+    np.testing.assert_array_equal(x[:, 0], x[:, 1])
+    np.testing.assert_array_equal(x[:, 0], x[:, 2])
+    (hw,) = [InputSpec("input", (16, 16))]
+    assert load_dataset(DataConfig(name="digits"), [hw], "eval", 2).inputs["input"].shape == (2, 16, 16)
+
+
+@pytest.mark.parametrize("src, dst", [((8, 8), (32, 32)), ((17, 9), (5, 12)), ((10, 10), (10, 3))])
+def test_resize_bilinear_matches_torch(src, dst):
+    x = np.random.default_rng(0).standard_normal((2, 3, *src)).astype(np.float32)
+    ref = torch.nn.functional.interpolate(torch.from_numpy(x), size=dst, mode="bilinear", align_corners=False).numpy()
+    np.testing.assert_allclose(resize_bilinear(x, dst), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "specs, n",
+    [
+        (TOK, 4),  # token model
+        ([InputSpec("input", (1, 1, 8, 8))], 4),  # rank 4 per sample: not an image input
+        ([InputSpec("input", (64,))], 4),  # not an image input
+        (IMG + IMG[:1], 4),  # two inputs
+        (GRAY8, 398),  # more than the test split has
+    ],
+)
+def test_digits_errors(specs, n):
+    with pytest.raises(PipelineError) as err:
+        load_dataset(DataConfig(name="digits"), specs, "eval", n)
+    assert err.value.hint
+
+
+def _write_png(path, value: int, size=(20, 12), mode="RGB"):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    color = (value, value, value) if mode == "RGB" else value
+    Image.new(mode, size, color).save(path)
+
+
+def test_folder_labels_disjoint_splits_and_normalization(tmp_path):
+    for i in range(6):
+        _write_png(tmp_path / ("cat" if i % 2 else "dog") / f"{i}.png", value=10 * i)
+    cfg = DataConfig(name="folder", path=str(tmp_path), num_samples=4, calib_samples=2, normalize="unit")
+    ev = load_dataset(cfg, IMG, "eval")
+    ca = load_dataset(cfg, IMG, "calib")
+    assert ev.inputs["input"].shape == (4, 3, 32, 32) and len(ca) == 2
+    ev_vals = {round(float(v) * 255) for v in ev.inputs["input"][:, 0, 0, 0]}
+    ca_vals = {round(float(v) * 255) for v in ca.inputs["input"][:, 0, 0, 0]}
+    assert ev_vals.isdisjoint(ca_vals) and ev_vals | ca_vals == {0, 10, 20, 30, 40, 50}
+    # Labels: sorted class names (cat=0, dog=1); odd values were cats.
+    for val, label in zip(ev.inputs["input"][:, 0, 0, 0], ev.labels):
+        assert label == (0 if round(float(val) * 255) // 10 % 2 else 1)
+    imnet = load_dataset(DataConfig(name="folder", path=str(tmp_path), num_samples=4, calib_samples=2), IMG, "eval")
+    expected = (ev.inputs["input"][:, :, 0, 0] - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(imnet.inputs["input"][:, :, 0, 0], expected, atol=1e-5)
+
+
+def test_folder_without_class_subfolders_has_no_labels(tmp_path):
+    for i in range(3):
+        _write_png(tmp_path / f"{i}.jpg", value=i, mode="L")
+    ds = load_dataset(DataConfig(name="folder", path=str(tmp_path), num_samples=2, calib_samples=1), GRAY8, "eval")
+    assert ds.labels is None and ds.inputs["input"].shape == (2, 1, 8, 8)
+
+
+def test_folder_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    _write_png(tmp_path / "few" / "a.png", 1)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "x.png").write_bytes(b"not a png")
+    cases = [
+        DataConfig(name="folder"),  # no path
+        DataConfig(name="folder", path=str(tmp_path / "absent")),
+        DataConfig(name="folder", path=str(tmp_path / "empty")),
+        DataConfig(name="folder", path=str(tmp_path / "few"), num_samples=4, calib_samples=1),  # too few
+        DataConfig(name="folder", path=str(tmp_path / "broken"), num_samples=1, calib_samples=0),
+        DataConfig(name="folder", path=str(tmp_path / "few" / "a.png")),  # a file, not a folder
+    ]
+    for cfg in cases:
+        with pytest.raises(PipelineError) as err:
+            load_dataset(cfg, IMG, "eval")
+        assert err.value.hint, cfg
+    with pytest.raises(PipelineError):
+        load_dataset(DataConfig(name="folder", path=str(tmp_path / "few"), num_samples=1, calib_samples=0), TOK, "eval")
+
+
+def test_npz_channels_last_images_are_adapted(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.random((10, 8, 8, 3)).astype(np.float64)
+    y = np.arange(10)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    cfg = DataConfig(name="npz", path=str(tmp_path / "d.npz"), num_samples=6, calib_samples=4)
+    ev = load_dataset(cfg, [InputSpec("input", (3, 16, 16))], "eval")
+    ca = load_dataset(cfg, [InputSpec("input", (3, 16, 16))], "calib")
+    assert ev.inputs["input"].dtype == np.float32 and ev.inputs["input"].shape == (6, 3, 16, 16)
+    assert set(ev.labels).isdisjoint(ca.labels) and len(set(ev.labels) | set(ca.labels)) == 10
+    ref = torch.nn.functional.interpolate(torch.from_numpy(x[ev.labels].transpose(0, 3, 1, 2).astype(np.float32)), size=(16, 16), mode="bilinear", align_corners=False)
+    np.testing.assert_allclose(ev.inputs["input"], ref.numpy(), atol=1e-5)
+    assert "NHWC" in ev.description
+
+
+def test_npz_grayscale_and_exact_shapes(tmp_path):
+    x = np.random.default_rng(1).random((5, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "g.npz", inputs=x)
+    ds = load_dataset(DataConfig(name="npz", path=str(tmp_path / "g.npz"), num_samples=5, calib_samples=0), IMG, "eval")
+    assert ds.inputs["input"].shape == (5, 3, 32, 32) and ds.labels is None
+    flat = load_dataset(DataConfig(name="npz", path=str(tmp_path / "g.npz"), num_samples=5, calib_samples=0), [InputSpec("input", (64,))], "eval")
+    assert sorted(flat.inputs["input"].sum(1).round(4)) == sorted(x.reshape(5, 64).sum(1).round(4))
+
+
+def test_npz_token_inputs_by_name_with_derived_mask(tmp_path):
+    ids = np.random.default_rng(2).integers(0, 500, (8, 12))
+    np.savez(tmp_path / "t.npz", input_ids=ids, labels=np.arange(8))
+    ds = load_dataset(DataConfig(name="npz", path=str(tmp_path / "t.npz"), num_samples=5, calib_samples=3), TOK, "eval")
+    np.testing.assert_array_equal(ds.inputs["input_ids"], ids[ds.labels])
+    assert (ds.inputs["attention_mask"] == 1).all() and ds.inputs["attention_mask"].dtype == np.int64
+
+
+@pytest.mark.parametrize(
+    "arrays, specs",
+    [
+        ({"inputs": np.zeros((4, 5), np.float32)}, IMG),  # rank cannot be adapted
+        ({"inputs": np.zeros((4, 2, 8, 8), np.float32)}, IMG),  # 2 channels
+        ({"other": np.zeros((4, 3, 32, 32), np.float32)}, IMG),  # no usable key
+        ({"inputs": np.zeros((4, 3, 32, 32), np.float32), "labels": np.zeros(3, np.int64)}, IMG),  # sizes differ
+        ({"input_ids": np.full((4, 12), 900)}, TOK),  # ids outside the vocabulary
+        ({"input_ids": np.zeros((4, 10), np.int64)}, TOK),  # wrong sequence length
+        ({"input_ids": np.zeros((4, 12), np.float32)}, TOK),  # float ids
+        ({"inputs": np.zeros((4, 3, 32, 32), np.float32), "labels": np.zeros(4, np.float32)}, IMG),  # float labels
+    ],
+)
+def test_npz_errors(arrays, specs, tmp_path):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(PipelineError) as err:
+        load_dataset(DataConfig(name="npz", path=str(tmp_path / "bad.npz"), num_samples=2, calib_samples=1), specs, "eval")
+    assert err.value.hint
+
+
+def test_npz_missing_and_corrupt_files(tmp_path):
+    (tmp_path / "c.npz").write_bytes(b"PK\x03\x04 garbage")
+    for path in (None, str(tmp_path / "absent.npz"), str(tmp_path / "c.npz"), str(tmp_path)):
+        with pytest.raises(PipelineError):
+            load_dataset(DataConfig(name="npz", path=path), IMG, "eval", 1)
+
+
+def test_text_source_hash_tokenized_and_disjoint():
+    corpus = sentences()
+    assert len(corpus) > 500 and len(set(corpus)) == len(corpus)
+    cfg = DataConfig(name="text", num_samples=20, calib_samples=30)
+    ev, ca = load_dataset(cfg, TOK, "eval"), load_dataset(cfg, TOK, "calib")
+    ids, mask = ev.inputs["input_ids"], ev.inputs["attention_mask"]
+    assert ids.shape == (20, 12) and ids.min() >= 0 and ids.max() < 500
+    assert (ids[:, 0] == 1).all() and (ids[mask == 0] == 0).all()  # [CLS] first, [PAD] where masked
+    assert {r.tobytes() for r in ids}.isdisjoint({r.tobytes() for r in ca.inputs["input_ids"]})
+    again = load_dataset(cfg, TOK, "eval")
+    np.testing.assert_array_equal(ids, again.inputs["input_ids"])
+
+
+def test_hash_tokenizer_uses_bert_specials_for_bert_vocabularies():
+    enc = hash_tokenize(["Hello, world.", "Hello again"], 6, 30522)
+    assert enc["input_ids"][0].tolist()[:1] == [101] and 102 in enc["input_ids"][0]
+    assert enc["input_ids"][0, 1] == enc["input_ids"][1, 1]  # same word, same id
+    assert enc["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]]
+    assert enc["input_ids"][enc["attention_mask"] == 1].min() >= 101
+
+
+def test_text_uses_the_model_tokenizer_when_given():
+    def tokenizer(texts, seq_len):
+        n = len(texts)
+        return {"input_ids": np.full((n, seq_len), 7), "attention_mask": np.ones((n, seq_len), np.int64)}
+
+    ds = load_dataset(DataConfig(name="text"), TOK, "eval", 3, tokenizer=tokenizer)
+    assert (ds.inputs["input_ids"] == 7).all() and "model's tokenizer" in ds.description
+
+
+def test_text_errors():
+    with pytest.raises(PipelineError):
+        load_dataset(DataConfig(name="text"), IMG, "eval", 2)
+    with pytest.raises(PipelineError):
+        load_dataset(DataConfig(name="text"), [InputSpec("input_ids", (12,), "int64")], "eval", 2)  # vocab unknown
+    with pytest.raises(PipelineError):
+        load_dataset(DataConfig(name="text", calib_samples=10), TOK, "calib", 11)
+
+
+def test_generic_errors():
+    with pytest.raises(PipelineError) as err:
+        load_dataset(DataConfig(name="imagenet"), IMG, "eval", 2)
+    assert "random" in err.value.hint
+    with pytest.raises(PipelineError):
+        load_dataset(DataConfig(name="random"), IMG, "eval", 0)
+    with pytest.raises(PipelineError):  # a dynamic dimension nobody filled in
+        load_dataset(DataConfig(name="random"), [InputSpec("x", (-1, 4))], "eval", 2)
+    with pytest.raises(ValueError):
+        load_dataset(DataConfig(name="random"), IMG, "train", 2)
+
+
+def test_batches_and_summary():
+    ds = Dataset("t", {"a": np.arange(10)[:, None], "b": np.zeros((10, 2))}, np.arange(10), "test")
+    sizes = [len(b["a"]) for b in ds.batches(4)]
+    assert sizes == [4, 4, 2] and [len(b["b"]) for b in ds.batches(4, drop_last=True)] == [4, 4]
+    labels = np.concatenate([y for _, y in ds.labeled_batches(3)])
+    np.testing.assert_array_equal(labels, np.arange(10))
+    assert ds.summary()["inputs"]["b"]["shape"] == [10, 2] and len(ds) == 10
+    with pytest.raises(ValueError):
+        next(ds.batches(0))
