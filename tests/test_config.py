@@ -23,8 +23,9 @@ def _compose(overrides: list[str]):
 
 
 def _typed(cfg) -> PipelineConfig:
-    OmegaConf.resolve(cfg)
-    del cfg["hydra"]
+    """The typed object run.py hands to the orchestrator (hydra:... paths replaced, as Hydra would)."""
+    cfg = OmegaConf.merge(OmegaConf.structured(PipelineConfig), OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+    cfg.output_dir, cfg.engines_dir = "out", "engines"
     return OmegaConf.to_object(cfg)
 
 
