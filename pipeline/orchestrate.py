@@ -204,15 +204,23 @@ def stage_quantize(state: RunState) -> dict:
         raise PipelineError("The calibration set is empty.", "Raise data.calib_samples or point data at real samples.")
     evals = _dataset(state, "eval", state.cfg.data.num_samples)
     out = state.out_dir / f"{state.model_name}.int8.qdq.onnx"
+    task = state.model_info.get("task") or "auto"
+    task = task if task in ("classification", "embedding") else "auto"
     res = quantize_onnx(onnx_path, list(calib.batches(bs)), state.cfg.quant, out,
-                        eval_batches=list(evals.batches(bs)))
+                        eval_batches=list(evals.batches(bs)), eval_labels=evals.labels,
+                        cache_path=state.out_dir / f"{state.model_name}.calib.cache", task=task)
     state.qdq_onnx_path = Path(res.qdq_onnx_path)
     state.quantization = res.to_dict()
+    outputs = {"qdq_onnx": str(res.qdq_onnx_path), "calib_cache": str(res.calibration_cache_path or ""),
+               "algorithm": state.cfg.quant.calib}
     if state.cfg.quant.compare:
-        state.quantization["comparison"] = compare_calibrations(
-            onnx_path, list(calib.batches(bs)), list(evals.batches(bs)), eval_labels=evals.labels)
-    return {"qdq_onnx": str(res.qdq_onnx_path), "calib_cache": str(getattr(res, "calibration_cache_path", "")),
-            "algorithm": state.cfg.quant.calib}
+        from pipeline.quantize import save_comparison_figures
+
+        comparison = compare_calibrations(onnx_path, list(calib.batches(bs)), list(evals.batches(bs)),
+                                          eval_labels=evals.labels, cfg=state.cfg.quant, task=task)
+        state.quantization["comparison"] = comparison
+        outputs["figures"] = [str(p) for p in save_comparison_figures(comparison, state.out_dir)]
+    return outputs
 
 
 def stage_build(state: RunState) -> dict:

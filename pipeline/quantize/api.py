@@ -1,0 +1,312 @@
+"""The quantize stage: calibrate an FP32 ONNX model and write its INT8 Q/DQ twin + calibration cache.
+
+``quantize_onnx`` is what the pipeline calls; ``compare_calibrations`` evaluates every algorithm and
+weight granularity on held-out data for the comparison report. Statistics are collected once (one
+ONNX Runtime pass over the calibration batches) and shared by every algorithm.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from pipeline.artifacts import atomic_path
+from pipeline.errors import PipelineError
+from pipeline.quantize.calibrate import METHODS, amax_from_stats
+from pipeline.quantize.qdq import QdqPlan, plan_qdq, qdq_onnx_from_onnx
+from pipeline.quantize.scales import QParams, activation_qparams
+from pipeline.quantize.stats import TensorStats, collect_stats, float_tensor_names
+from pipeline.quantize.trt_cache import write_calibration_cache
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx
+
+    from pipeline.config import QuantConfig
+
+Feed = Dict[str, np.ndarray]
+
+
+@dataclass
+class QuantResult:
+    """What the quantize stage produced.
+
+    Attributes:
+        qdq_onnx_path: the Q/DQ ONNX model.
+        calibration_cache_path: TensorRT calibration cache (None when not written).
+        algorithm: calibration method used for activations.
+        settings: the settings that shaped the result (symmetric, per_channel, percentile, ...).
+        ranges: ``{tensor: {amax, min, max, scale, zero_point}}`` for every Q/DQ'd activation
+            (tensor units).
+        seconds: wall times, seconds: ``statistics`` (the ORT calibration pass), ``thresholds``,
+            ``sensitivity``, ``write``, ``evaluate``, ``total``.
+        plan: where Q/DQ went (:meth:`QdqPlan.to_dict`).
+        calib_batches: calibration batches consumed.
+        calib_samples: calibration samples (sum of batch sizes).
+        metrics: INT8 vs FP32 on the evaluation batches (see :mod:`pipeline.quantize.metrics`), or None.
+            Top level: Q/DQ simulated in float (what TensorRT computes); ``onnxruntime_int8_kernels``:
+            the same model on ORT's fused integer CPU kernels (can differ: see README notes on U8S8).
+        float_nodes: compute nodes kept in float by the sensitivity search, with the metric after each.
+    """
+
+    qdq_onnx_path: Path
+    calibration_cache_path: Optional[Path]
+    algorithm: str
+    settings: Dict[str, object]
+    ranges: Dict[str, Dict[str, float]]
+    seconds: Dict[str, float]
+    plan: Dict[str, object]
+    calib_batches: int
+    calib_samples: int
+    metrics: Optional[Dict[str, object]] = None
+    float_nodes: List[Dict[str, object]] = field(default_factory=list)
+
+    def to_dict(self) -> Dict[str, object]:
+        """JSON-ready dict for the report's ``quantization`` section."""
+        d = asdict(self)
+        d["qdq_onnx_path"] = str(self.qdq_onnx_path)
+        d["calibration_cache_path"] = str(self.calibration_cache_path) if self.calibration_cache_path else None
+        d["num_quantized_nodes"] = len(self.plan.get("quantized_nodes", []))
+        return d
+
+
+class _Recorder:
+    """Pass batches through while counting them and keeping the first ``keep`` samples."""
+
+    def __init__(self, batches: Iterable[Feed], keep: int):
+        self.batches, self.keep = batches, keep
+        self.count, self.samples, self.kept = 0, 0, []  # type: ignore[var-annotated]
+        self._kept_samples = 0
+
+    def __iter__(self):
+        for feed in self.batches:
+            n = len(next(iter(feed.values()))) if feed else 0
+            self.count += 1
+            self.samples += n
+            if self._kept_samples < self.keep:
+                self.kept.append(feed)
+                self._kept_samples += n
+            yield feed
+
+
+def _load(onnx_path) -> "onnx.ModelProto":
+    import onnx
+
+    p = Path(onnx_path)
+    if not p.is_file():
+        raise PipelineError(f"ONNX model not found: {p}", "run the export stage first or fix the path")
+    try:
+        return onnx.load(str(p))
+    except Exception as err:  # onnx raises DecodeError and friends
+        raise PipelineError(f"cannot read ONNX model {p}: {err}", "re-export the model") from err
+
+
+def plan_for_config(model: "onnx.ModelProto", cfg: "QuantConfig", extra_exclude: Sequence[str] = (),
+                    float_tensors: Optional[set] = None) -> QdqPlan:
+    """:func:`plan_qdq` with the placement options of a :class:`QuantConfig`."""
+    return plan_qdq(model, op_types=tuple(cfg.op_types), per_channel=cfg.per_channel,
+                    residual_add=cfg.residual_add, pooling=cfg.pooling, quantize_bmm=cfg.quantize_bmm,
+                    exclude_nodes=list(cfg.exclude_nodes) + list(extra_exclude), float_tensors=float_tensors)
+
+
+def amaxes_from_stats(stats: Dict[str, TensorStats], method: str, percentile: float = 99.99) -> Dict[str, float]:
+    """Per-tensor thresholds (tensor units) from one calibration method."""
+    return {n: amax_from_stats(s, method, percentile) for n, s in stats.items()}
+
+
+def act_qparams_from(stats: Dict[str, TensorStats], amaxes: Dict[str, float], tensors: Iterable[str],
+                     symmetric: bool) -> Dict[str, QParams]:
+    """Activation Q/DQ parameters for ``tensors``."""
+    return {t: activation_qparams(amaxes[t], stats[t].min, stats[t].max, symmetric) for t in tensors}
+
+
+def _check_cfg(cfg: "QuantConfig") -> None:
+    if cfg.calib not in METHODS:
+        raise PipelineError(f"unknown calibration method quant.calib={cfg.calib!r}",
+                            f"use one of {', '.join(METHODS)}")
+    if cfg.calib == "percentile" and not 0 < cfg.percentile <= 100:
+        raise PipelineError(f"quant.percentile={cfg.percentile} is outside (0, 100]", "use e.g. 99.99")
+    if cfg.num_bins < 256:
+        raise PipelineError(f"quant.num_bins={cfg.num_bins} is too small for entropy calibration",
+                            "use 2048 (TensorRT's value)")
+
+
+def _float_tensor_set(model: "onnx.ModelProto") -> set:
+    return set(float_tensor_names(model))
+
+
+def quantize_onnx(
+    onnx_path,
+    calib_batches: Iterable[Feed],
+    cfg: "QuantConfig",
+    out_path,
+    eval_batches: Optional[Iterable[Feed]] = None,
+    eval_labels: Optional[np.ndarray] = None,
+    cache_path=None,
+    task: str = "auto",
+    progress: bool = True,
+) -> QuantResult:
+    """Calibrate ``onnx_path`` on ``calib_batches`` and write the INT8 Q/DQ model.
+
+    Args:
+        onnx_path: FP32 ONNX model.
+        calib_batches: non-empty iterable of feeds ``{input_name: array}`` (consumed once).
+        cfg: quantization settings (algorithm, granularity, placement).
+        out_path: where the Q/DQ ONNX goes (``<model>.int8.qdq.onnx``).
+        eval_batches: optional held-out feeds; when given, INT8 is compared with FP32 on them.
+        eval_labels: optional labels for ``eval_batches`` (accuracy with a confidence interval).
+        cache_path: TensorRT calibration cache path; default ``<onnx stem>.calib.cache`` next to
+            ``out_path``.
+        task: ``auto`` / ``classification`` / ``embedding`` (which metric is primary).
+        progress: show progress bars.
+
+    Returns:
+        :class:`QuantResult`.
+
+    Raises:
+        PipelineError: empty calibration set, unknown algorithm, unreadable model, nothing to quantize.
+    """
+    _check_cfg(cfg)
+    t_start = time.perf_counter()
+    model = _load(onnx_path)
+    float_tensors = _float_tensor_set(model)
+    plan = plan_for_config(model, cfg, float_tensors=float_tensors)
+    if not plan.activations and not plan.weights:
+        raise PipelineError(f"nothing to quantize in {onnx_path}: no {'/'.join(cfg.op_types)} node with float inputs",
+                            "check quant.op_types / quant.exclude_nodes, or use a higher precision")
+    observe = list(plan.activations)
+    if cfg.cache_all_tensors:
+        observe += [t for t in float_tensor_names(model) if t not in plan.activations]
+    rec = _Recorder(calib_batches, keep=64 if cfg.sensitivity_max_float > 0 else 0)
+    t0 = time.perf_counter()
+    stats = collect_stats(model, rec, observe, num_bins=cfg.num_bins, progress=progress)
+    t_stats = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    amaxes = amaxes_from_stats({t: stats[t] for t in plan.activations}, cfg.calib, cfg.percentile)
+    t_thr = time.perf_counter() - t0
+
+    float_nodes: List[Dict[str, object]] = []
+    t_sens = 0.0
+    if cfg.sensitivity_max_float > 0:
+        t0 = time.perf_counter()
+        plan, float_nodes = sensitivity_search(model, plan, stats, amaxes, cfg, rec.kept, task=task,
+                                               float_tensors=float_tensors, progress=progress)
+        t_sens = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    qparams = act_qparams_from(stats, amaxes, plan.activations, cfg.symmetric)
+    qmodel = qdq_onnx_from_onnx(model, plan, qparams)
+    out_path = Path(out_path)
+    import onnx
+
+    with atomic_path(out_path) as tmp:
+        onnx.save(qmodel, str(tmp))
+    cache_written: Optional[Path] = None
+    if cache_path is None:
+        cache_path = out_path.parent / f"{Path(onnx_path).stem}.calib.cache"
+    cache_amaxes = dict(amaxes)
+    for t in observe:  # tensors outside the Q/DQ plan still need a range for TensorRT's implicit path
+        if t not in cache_amaxes:
+            cache_amaxes[t] = amax_from_stats(stats[t], cfg.calib, cfg.percentile)
+    cache_written = write_calibration_cache(cache_path, cache_amaxes, cfg.trt_version, cfg.cache_algorithm)
+    t_write = time.perf_counter() - t0
+
+    metrics = None
+    t_eval = 0.0
+    if eval_batches is not None:
+        from pipeline.quantize.metrics import compare_outputs, ort_session, run_first_output
+
+        t0 = time.perf_counter()
+        ev = list(eval_batches)
+        ref = run_first_output(ort_session(model), ev)
+        # "simulated": Q/DQ evaluated as float math (ORT optimisations off), which is what TensorRT
+        # computes up to accumulation order; the second run uses ORT's fused integer CPU kernels.
+        test = run_first_output(ort_session(qmodel, optimize=False), ev)
+        metrics = compare_outputs(ref, test, eval_labels, task)
+        metrics["execution"] = "simulated"
+        kern = compare_outputs(ref, run_first_output(ort_session(qmodel), ev), eval_labels, task)
+        metrics["onnxruntime_int8_kernels"] = kern
+        t_eval = time.perf_counter() - t0
+
+    ranges = {t: {"amax": amaxes[t], "min": stats[t].min, "max": stats[t].max,
+                  "scale": float(np.asarray(qparams[t].scale)), "zero_point": int(np.asarray(qparams[t].zero_point))}
+              for t in plan.activations}
+    settings = {"calib": cfg.calib, "percentile": cfg.percentile, "symmetric": cfg.symmetric,
+                "per_channel": cfg.per_channel, "num_bins": cfg.num_bins, "op_types": list(cfg.op_types),
+                "quantize_bmm": cfg.quantize_bmm, "residual_add": cfg.residual_add, "pooling": cfg.pooling,
+                "exclude_nodes": list(cfg.exclude_nodes), "activation_dtype": "int8" if cfg.symmetric else "uint8",
+                "weight_dtype": "int8", "weight_granularity": "per_channel" if cfg.per_channel else "per_tensor",
+                "activation_granularity": "per_tensor"}
+    return QuantResult(
+        qdq_onnx_path=out_path, calibration_cache_path=cache_written, algorithm=cfg.calib, settings=settings,
+        ranges=ranges,
+        seconds={"statistics": t_stats, "thresholds": t_thr, "sensitivity": t_sens, "write": t_write,
+                 "evaluate": t_eval, "total": time.perf_counter() - t_start},
+        plan=plan.to_dict(), calib_batches=rec.count, calib_samples=rec.samples, metrics=metrics,
+        float_nodes=float_nodes)
+
+
+def _score(metrics: Dict[str, object]) -> float:
+    """One number to maximise in the sensitivity search: cosine, or NN agreement when lower."""
+    cos = float(metrics["output_cosine"])  # type: ignore[arg-type]
+    return min(cos, float(metrics.get("nn_agreement", cos)))  # type: ignore[arg-type]
+
+
+def sensitivity_search(
+    model: "onnx.ModelProto",
+    plan: QdqPlan,
+    stats: Dict[str, TensorStats],
+    amaxes: Dict[str, float],
+    cfg: "QuantConfig",
+    feeds: Sequence[Feed],
+    task: str = "auto",
+    float_tensors: Optional[set] = None,
+    progress: bool = True,
+) -> Tuple[QdqPlan, List[Dict[str, object]]]:
+    """Layer-wise sensitivity (seed 4.3.5): return the most harmful compute nodes to float.
+
+    Each quantized compute node is scored by the output error of the model with *only that node*
+    quantized, on the kept calibration samples (never the evaluation data, so the reported metrics
+    stay honest). Nodes are then returned to float in order of harm, one at a time, until the
+    all-but-excluded model reaches ``cfg.sensitivity_target`` (min of output cosine and
+    nearest-neighbour agreement vs FP32) or ``cfg.sensitivity_max_float`` nodes are in float.
+
+    Returns:
+        ``(new_plan, steps)``; ``steps`` lists ``{node, isolated_score, score_after}``.
+    """
+    from tqdm import tqdm
+
+    from pipeline.quantize.metrics import compare_outputs, ort_session, run_first_output
+
+    if not feeds:
+        return plan, []
+    ref = run_first_output(ort_session(model), feeds)
+
+    def score_of(p: QdqPlan) -> float:
+        q = qdq_onnx_from_onnx(model, p, act_qparams_from(stats, amaxes, p.activations, cfg.symmetric))
+        return _score(compare_outputs(ref, run_first_output(ort_session(q, optimize=False), feeds), None, task))
+
+    from pipeline.quantize.qdq import node_label
+
+    ops = {node_label(n, i): n.op_type for i, n in enumerate(model.graph.node)}
+    candidates = [n for n in plan.nodes if ops.get(n) in cfg.op_types]
+    isolated: Dict[str, float] = {}
+    for n in tqdm(candidates, desc="sensitivity", unit="node", disable=not progress, leave=False):
+        others = [c for c in candidates if c != n]
+        p = plan_for_config(model, cfg, extra_exclude=others, float_tensors=float_tensors)
+        isolated[n] = score_of(p)
+    order = sorted(candidates, key=lambda n: isolated[n])
+    steps: List[Dict[str, object]] = []
+    excluded: List[str] = []
+    current = score_of(plan)
+    for n in order:
+        if current >= cfg.sensitivity_target or len(excluded) >= cfg.sensitivity_max_float:
+            break
+        excluded.append(n)
+        plan = plan_for_config(model, cfg, extra_exclude=excluded, float_tensors=float_tensors)
+        current = score_of(plan)
+        steps.append({"node": n, "isolated_score": isolated[n], "score_after": current})
+    return plan, steps
