@@ -69,6 +69,7 @@ def main() -> None:
             "achieved_gflops": (m.get("achieved_ops_per_s") or 0) / 1e9,
             "pct_of_peak": m.get("pct_of_peak"), "peak_key": m.get("peak_key"),
             "predicted_latency_ms": a["predicted_latency_s"] * 1e3,
+            "notes": list(m.get("notes") or []),
         })
     result = {
         "benchmark": "cpu_zoo", "command": " ".join(["python", *sys.argv]),

@@ -268,6 +268,14 @@ def _achieved(state: RunState) -> None:
     total_flops = state.analysis.to_dict()["totals"]["flops"]
     lat_s = state.measured["latency_ms"]["median"] / 1e3
     state.measured.update(achieved(total_flops, lat_s, peak.ops_per_s_dense))
+    if (state.measured.get("pct_of_peak") or 0) > 100:
+        # Measured above the theoretical peak: an assumption behind the peak is too low, not the kernels
+        # too fast. On CPUs it is usually the clock (a VM's 'cpu MHz' is often the base, not the boost).
+        detail = (hw.detection or {}).get("clock_source", "") if hw.kind == "cpu" else ""
+        state.measured.setdefault("notes", []).append(
+            f"measured {state.measured['pct_of_peak']:.0f}% of the theoretical {peak.key} peak: the peak "
+            f"underestimates this processor{f' (clock from {detail})' if detail else ''}; pass the real boost "
+            "clock, e.g. hardware.clock_mhz_max=<MHz>, or the right hardware file")
     state.measured["peak_key"] = peak.key
     state.measured["peak_hardware"] = hw.name
     state.measured["peak_ops_per_s"] = peak.ops_per_s_dense

@@ -79,11 +79,15 @@ def first(d: Mapping[str, Any], *keys: str) -> Any:
 
 
 def peak_key(report: Mapping[str, Any]) -> Optional[str]:
-    """Key of the peak the precision runs at (measured, then analysis, then precision config)."""
+    """Key of the peak the analysed precision runs at (analysis, then precision config, then measured).
+
+    The measured section keeps its own ``peak_key``: ONNX Runtime on the CPU is measured against the
+    CPU's peak even when the analysis is for a GPU.
+    """
     return (
-        first(section(report, "measured"), "peak_key")
-        or first(section(report, "analysis"), "peak_key")
+        first(section(report, "analysis"), "peak_key")
         or first(section(report, "precision"), "peak")
+        or first(section(report, "measured"), "peak_key")
     )
 
 

@@ -42,7 +42,8 @@ _BOUND_SENTENCE = (
 
 @dataclass
 class Para:
-    """A paragraph. ``kind``: ``text``, ``warning`` (shown prominently) or ``code`` (preformatted)."""
+    """A paragraph. ``kind``: ``text``, ``warning`` (shown prominently), ``code`` (preformatted) or
+    ``heading`` (a sub-heading within a section)."""
 
     text: str
     kind: str = "text"
@@ -60,11 +61,15 @@ class Table:
 
 @dataclass
 class Figure:
-    """A plot slot; ``key`` names a plot in :func:`pipeline.report.plots.all_plots`."""
+    """A plot slot; ``key`` names a plot in :func:`pipeline.report.plots.all_plots`.
+
+    ``html_only``: Markdown omits it (its numbers are in the tables next to it).
+    """
 
     key: str
     caption: str
     missing_reason: str = ""
+    html_only: bool = False
 
 
 Block = Union[Para, Table, Figure]
@@ -329,7 +334,8 @@ def _measured(report: Mapping[str, Any]) -> Section:
             "Achieved",
             fmt_ops_per_s(ach["achieved_ops_per_s"], integer) + (" (derived in report)" if ach["derived"] else ""),
         ],
-        ["% of peak", fmt_pct(ach["pct_of_peak"]) + (f" of {peak_key}" if peak_key else "")],
+        ["% of peak", fmt_pct(ach["pct_of_peak"]) + (f" of {peak_key}" if peak_key else "")
+         + (f" ({m['peak_hardware']})" if m.get("peak_hardware") else "")],
         [
             "Iterations",
             fmt_value(m.get("iterations"))
@@ -516,6 +522,16 @@ def _generic(report: Mapping[str, Any], key: str, title: str, stages: tuple) -> 
     return Section(title, key, generic_blocks(value) or [Para("(empty)")])
 
 
+def _quantization(report: Mapping[str, Any]) -> Section:
+    """Quantization: summary, metrics, ranges and calibration comparison (see :mod:`pipeline.report.quant`)."""
+    q = report.get("quantization")
+    if not isinstance(q, Mapping):
+        return _generic(report, "quantization", "Quantization", ("quantize",))
+    from pipeline.report.quant import quantization_section  # imports this module
+
+    return quantization_section(q)
+
+
 def _model_io(report: Mapping[str, Any]) -> Section:
     model = data.section(report, "model")
     blocks: List[Block] = []
@@ -559,7 +575,7 @@ def build_document(report: Mapping[str, Any]) -> Document:
         _where_time_goes(report),
         _categories(report),
         _generic(report, "accuracy", "Accuracy", ("export", "profile")),
-        _generic(report, "quantization", "Quantization", ("quantize",)),
+        _quantization(report),
         _model_io(report),
         _environment(report),
     ]
