@@ -16,6 +16,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em a
      padding:0 1em;color:#222;line-height:1.45}
 h1{font-size:1.5em;border-bottom:2px solid #333;padding-bottom:.3em}
 h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ccc}
+h3{font-size:1.05em;margin-top:1.4em}
 table{border-collapse:collapse;margin:.6em 0 1em;font-size:.88em}
 th,td{border:1px solid #ccc;padding:.25em .55em;text-align:left;vertical-align:top}
 th{background:#f2f2f2}
@@ -48,6 +49,8 @@ def _table(t: Table) -> str:
 def _para(p: Para) -> str:
     if p.kind == "code":
         return f"<pre>{escape(p.text)}</pre>"
+    if p.kind == "heading":
+        return f"<h3>{escape(p.text)}</h3>"
     if p.kind == "warning":
         return f'<p class="warning">⚠ {escape(p.text)}</p>'
     return f"<p>{escape(p.text)}</p>"

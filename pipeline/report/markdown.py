@@ -29,6 +29,8 @@ def md_table(table: Table) -> List[str]:
 def _para(p: Para) -> List[str]:
     if p.kind == "warning":
         return [f"> **⚠ {p.text}**", ""]
+    if p.kind == "heading":
+        return [f"### {p.text}", ""]
     if p.kind == "code":
         return ["```", p.text, "```", ""]
     return [p.text, ""]
@@ -48,6 +50,8 @@ def render_markdown(doc: Document) -> str:
             if isinstance(block, Table):
                 lines += md_table(block)
             elif isinstance(block, Figure):
+                if block.html_only:
+                    continue
                 lines += [f"*Plot: {block.caption} See report.html (inline SVG).*", ""]
             else:
                 lines += _para(block)

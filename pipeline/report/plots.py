@@ -223,13 +223,18 @@ def category_share_svg(report: Mapping[str, Any]) -> Optional[str]:
 
 
 def all_plots(report: Mapping[str, Any]) -> Dict[str, Optional[str] | Exception]:
-    """Every plot by key (``roofline``, ``top_layers``, ``category_share``).
+    """Every plot by key (``roofline``, ``top_layers``, ``category_share``, ``quant_metric``,
+    ``quant_histograms``).
 
     A plot that fails to render becomes its exception, so the HTML still gets written with the
     error in place of that one plot.
     """
+    from pipeline.report.quant import histograms_svg, metric_svg
+
     out: Dict[str, Optional[str] | Exception] = {}
-    for key, fn in (("roofline", roofline_svg), ("top_layers", top_layers_svg), ("category_share", category_share_svg)):
+    fns = (("roofline", roofline_svg), ("top_layers", top_layers_svg), ("category_share", category_share_svg),
+           ("quant_metric", metric_svg), ("quant_histograms", histograms_svg))
+    for key, fn in fns:
         try:
             out[key] = fn(report)
         except Exception as err:  # noqa: BLE001 - one bad plot must not lose the whole report
