@@ -222,6 +222,14 @@ class QuantConfig:
         residual_add: Q/DQ on the residual input of Adds after a Conv (TensorRT fuses the add).
         pooling: Q/DQ on pooling inputs (TensorRT runs the pool in INT8 between INT8 convs).
         exclude_nodes: node names or fnmatch patterns kept in float.
+        keep_float: structural rules whose compute nodes stay in float, detected from ops and edges
+            (never node names, so they work on models nobody has seen; see
+            ``pipeline/quantize/placement.py``): ``ffn`` = transformer feed-forward MatMul/Gemm on
+            both sides of a GELU (Erf or Tanh decomposition, Gelu/FastGelu/BiasGelu/QuickGelu op),
+            or of a Relu when a residual Add wraps the block; ``attention_scores`` = the batched
+            ``Q K^T`` and ``P V`` MatMuls around a Softmax; ``first`` / ``last`` = the first / last
+            quantizable compute node in topological order. Kept nodes and the rule that matched are
+            recorded in ``quantization.kept_float``.
         sensitivity_max_float: at most this many compute nodes returned to float by the layer-wise
             sensitivity search (needs evaluation data; 0 = off).
         sensitivity_target: stop the search once the primary metric vs FP32 reaches this (e.g. 0.99).
@@ -242,6 +250,7 @@ class QuantConfig:
     residual_add: bool = True
     pooling: bool = True
     exclude_nodes: List[str] = field(default_factory=list)
+    keep_float: List[str] = field(default_factory=list)
     sensitivity_max_float: int = 0
     sensitivity_target: float = 0.99
     cache_all_tensors: bool = True

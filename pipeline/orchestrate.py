@@ -52,6 +52,7 @@ class RunState:
     engine: Any = None  # EngineArtifact
     measured: dict | None = None
     layer_times: dict = field(default_factory=dict)  # ONNX node name -> measured seconds
+    engine_layers: list = field(default_factory=list)  # one row per TensorRT layer: time, bound, efficiency
     accuracy: dict = field(default_factory=dict)
     quantization: dict | None = None
     stages: dict = field(default_factory=dict)
@@ -238,9 +239,12 @@ def stage_build(state: RunState) -> dict:
     state.engine = engine_from_onnx(
         source, precision=state.cfg.precision, build=state.cfg.build, batch_size=state.cfg.batch_size,
         engines_dir=Path(state.cfg.engines_dir), model_name=state.model_name, calib_batches=calib_batches,
-        calibration_cache=state.out_dir / f"{state.model_name}.calib.cache")
+        calibration_cache=state.out_dir / f"{state.model_name}.calib.cache", hardware_name=state.hardware.name)
+    from pipeline.build.inspect import precision_summary
+
     return {"engine": str(state.engine.plan_path), "cache_hit": state.engine.cache_hit,
-            "build_seconds": state.engine.build_seconds, "built_from": str(source)}
+            "build_seconds": state.engine.build_seconds, "built_from": str(source),
+            "layer_precisions": precision_summary(state.engine.sidecar.get("layers") or [])}
 
 
 def _achieved(state: RunState) -> None:
@@ -304,10 +308,15 @@ def stage_profile(state: RunState) -> dict:
 
         if state.engine is None:
             raise PipelineError("The profile stage on TensorRT needs an engine.", "Add build to stages.")
+        costs, peak = None, None
+        if state.analysis is not None:
+            costs = state.analysis.to_dict()["layers"]
+            peak = state.hardware.peak_for(cfg.precision).ops_per_s_dense
         prof = profile_engine(state.engine.plan_path, inputs, cfg.profile, onnx_path=onnx_path,
-                              precision=cfg.precision)
-        state.measured = prof.measurement.to_dict()
+                              precision=cfg.precision, onnx_costs=costs, peak_ops_per_s=peak)
+        state.measured = prof.measured_dict()
         state.layer_times = dict(prof.layer_times)
+        state.engine_layers = list(prof.layers)
         state.accuracy["engine_vs_onnxruntime"] = prof.accuracy
         outputs["per_layer_times"] = len(state.layer_times)
     else:
@@ -399,6 +408,7 @@ def assemble_report(state: RunState, resolved_config: dict | None) -> dict:
         "analysis": analysis,
         "layers": layers,
         "measured": state.measured,
+        "engine_layers": state.engine_layers or None,
         "accuracy": state.accuracy or None,
         "quantization": state.quantization,
         "environment": environment(cfg.command_line, resolved_config),

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# One GPU-sandbox visit in phases (each phase fits one 10-minute device call). Run from the repo root
+# on the lent GPU machine after the kit is unpacked (bash .gpukit/bin/setup.sh), e.g.:
+#   export PATH=/opt/gpukit/bin:$PATH; bash scripts/gpu_visit.sh small     # export, tests/gpu, mobilenet_v2 fp16
+#   export PATH=/opt/gpukit/bin:$PATH; bash scripts/gpu_visit.sh fp16tf32  # resnet50 fp16 (+ timing-cache rebuild), tf32
+#   export PATH=/opt/gpukit/bin:$PATH; bash scripts/gpu_visit.sh int8      # resnet50 int8, implicit entropy calibration
+#   export PATH=/opt/gpukit/bin:$PATH; bash scripts/gpu_visit.sh qdq       # resnet50 int8, explicit Q/DQ from the quantize stage
+# Each configuration runs the pipeline (pipeline/run.py, TensorRT interpreter) on an ONNX exported with
+# the torch interpreter, then scripts/gpu_evidence.py profiles the same engine again and times it with
+# benchmarks/trt_execute_loop.py. Results go to outputs/gpu/ and, if $OUT is set, to $OUT.
+set -uo pipefail
+PHASE=${1:?phase: small | fp16tf32 | int8 | qdq}
+G=outputs/gpu
+mkdir -p "$G/onnx" "$G/results" "$G/runs"
+OUTDIR=${OUT:-$G/out}
+mkdir -p "$OUTDIR"
+LOG="$OUTDIR/log-$PHASE.txt"
+export PYTHONUNBUFFERED=1
+exec > >(tee -a "$LOG") 2>&1
+echo "== phase $PHASE $(date -u +%FT%TZ)"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv
+
+export_models() {
+  [ -s "$G/onnx/resnet50.onnx" ] && [ -s "$G/onnx/mobilenet_v2.onnx" ] && return 0
+  # The pipeline's own entry point first; the export script if run.py cannot export here.
+  for m in resnet50 mobilenet_v2; do
+    gpukit-torch pipeline/run.py model=$m batch_size=8 stages=[export] backend=onnxruntime \
+      hydra.run.dir=$G/runs/export-$m && cp "$G/runs/export-$m/$m.onnx" "$G/onnx/$m.onnx" || true
+  done
+  [ -s "$G/onnx/resnet50.onnx" ] && [ -s "$G/onnx/mobilenet_v2.onnx" ] || \
+    gpukit-torch scripts/gpu_export.py "$G/onnx" resnet50 mobilenet_v2
+  ls -la "$G/onnx"
+}
+
+# run_config MODEL PRECISION BATCH [extra evidence args]
+run_config() {
+  local m=$1 p=$2 b=$3; shift 3
+  local name="$m-$p-bs$b" t0=$SECONDS
+  echo "== $name: pipeline/run.py"
+  gpukit-trt pipeline/run.py model=onnx model.onnx_path=$PWD/$G/onnx/$m.onnx precision=$p batch_size=$b \
+    backend=tensorrt stages=[analyze,build,profile,report] profile.warmup_s=2 profile.duration_s=5 \
+    hydra.run.dir=$G/runs/$name engines_dir=$PWD/engines
+  echo "   run.py rc=$? after $((SECONDS - t0)) s"
+  echo "== $name: scripts/gpu_evidence.py"
+  # The ONNX copy run.py built from (same bytes -> same engine hash -> the evidence reuses its engine).
+  local onnx="$G/onnx/$m.onnx"
+  [ -s "$G/runs/$name/$m.onnx" ] && onnx="$G/runs/$name/$m.onnx"
+  gpukit-trt scripts/gpu_evidence.py --onnx "$onnx" --model "$m" --precision "$p" --batch "$b" \
+    --report "$G/runs/$name/report.json" --out "$G/results/$name.json" "$@"
+  echo "   evidence rc=$? after $((SECONDS - t0)) s"
+  cp "$G/results/$name.json" "$OUTDIR/" 2>/dev/null || true
+}
+
+gpu_tests() {
+  echo "== tests/gpu (full output in pytest-gpu.txt)"
+  gpukit-trt -m pytest tests/gpu -q -rA > "$OUTDIR/pytest-gpu.txt" 2>&1
+  echo "   pytest rc=$?"
+  tail -12 "$OUTDIR/pytest-gpu.txt"
+}
+
+case "$PHASE" in
+  small)
+    export_models
+    gpu_tests
+    run_config mobilenet_v2 fp16 256
+    ;;
+  fp16tf32)
+    export_models
+    run_config resnet50 fp16 256 --rebuild-twice
+    run_config resnet50 tf32 256
+    ;;
+  qdq)
+    export_models
+    # The pipeline's own quantize stage writes the Q/DQ ONNX (calibrated on ONNX Runtime), and the
+    # build stage builds it with explicit quantization (no calibrator).
+    name=resnet50-int8qdq-bs256; t0=$SECONDS
+    echo "== $name: pipeline/run.py"
+    gpukit-trt pipeline/run.py model=onnx model.onnx_path=$PWD/$G/onnx/resnet50.onnx precision=int8 batch_size=256 \
+      backend=tensorrt stages=[analyze,quantize,build,profile,report] data.calib_samples=64 data.num_samples=64 \
+      profile.warmup_s=2 profile.duration_s=5 hydra.run.dir=$G/runs/$name engines_dir=$PWD/engines
+    echo "   run.py rc=$? after $((SECONDS - t0)) s"
+    gpukit-trt scripts/gpu_evidence.py --onnx "$G/runs/$name/resnet50.int8.qdq.onnx" --model resnet50 --precision int8 \
+      --batch 256 --report "$G/runs/$name/report.json" --out "$G/results/$name.json"
+    echo "   evidence rc=$? after $((SECONDS - t0)) s"
+    cp "$G/results/$name.json" "$OUTDIR/" 2>/dev/null || true
+    ;;
+  int8)
+    export_models
+    run_config resnet50 int8 256
+    gpu_tests
+    ;;
+esac
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv
+# Reports, sidecars and loop timings in one tar (what comes back is limited to 8 files).
+tar -cf "$OUTDIR/results-$PHASE.tar" $G/results $G/runs/*/report.* $G/runs/*/.hydra/overrides.yaml engines/*.plan.json \
+  $G/onnx/export.json 2>/dev/null
+echo "== phase $PHASE done $(date -u +%FT%TZ)"
