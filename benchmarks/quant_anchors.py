@@ -16,8 +16,10 @@ writing), without evaluation. ModelOpt is not run here (it needs its own ~2 GB e
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -42,11 +44,13 @@ MODELS = {
                        task="classification"),
 }
 
-#: Our placement that keeps the most sensitive transformer MatMuls in float, found by quantizing one
-#: MatMul group at a time on MiniLM: the FFN down-projection (input = GELU output, |x| up to ~25 with a
-#: long tail) and the FFN up-projection (input = attention LayerNorm output, outlier channels up to
-#: ~30 while the 99.99th percentile is ~10). Q/K/V, attention output and both attention bmm stay INT8.
-MINILM_FLOAT = ["*/intermediate/dense/MatMul", "*/layer.?/output/dense/MatMul"]
+#: Our transformer placement: the feed-forward MatMuls stay in float, found on the graph by the
+#: structural ``ffn`` rule (the MatMul/Gemm feeding a GELU and the one reading it; no node names, see
+#: pipeline/quantize/placement.py). Found by quantizing one MatMul group at a time on MiniLM: the FFN
+#: down-projection (input = GELU output, |x| up to ~25 with a long tail) and the FFN up-projection
+#: (input = attention LayerNorm output, outlier channels up to ~30 while the 99.99th percentile is
+#: ~10) are the sensitive ones. Q/K/V, attention output and both attention bmm stay INT8.
+TRANSFORMER_KEEP_FLOAT = ["ffn"]
 
 
 def _batches(inputs: Dict[str, np.ndarray], bs: int) -> List[Dict[str, np.ndarray]]:
@@ -131,21 +135,22 @@ def main() -> None:
             q = work / f"ort_{method}.onnx"
             record("onnxruntime", method, "all " + "/".join(spec["ops"]), q, ort_anchor(onnx_path, cal_b, method, spec["ops"], q))
 
-    placements = [("all " + "/".join(spec["ops"]), [])]
-    if args.model == "minilm":
-        placements.append(("FFN MatMuls in float", MINILM_FLOAT))
-    for label, exclude in placements:
+    # keep_float=ffn runs on every model: on a CNN it must match nothing (same nodes as "all").
+    placements = [("all " + "/".join(spec["ops"]), []), ("keep_float=ffn", TRANSFORMER_KEEP_FLOAT)]
+    for label, keep in placements:
         for method in ("max", "percentile", "entropy", "mse"):
-            cfg = QuantConfig(calib=method, op_types=list(spec["ops"]), exclude_nodes=exclude, cache_all_tensors=False)
-            q = work / f"ours_{method}_{len(exclude)}.onnx"
+            cfg = QuantConfig(calib=method, op_types=list(spec["ops"]), keep_float=list(keep), cache_all_tensors=False)
+            q = work / f"ours_{method}_{'-'.join(keep) or 'all'}.onnx"
             res = quantize_onnx(onnx_path, cal_b, cfg, q, progress=False)
             secs = res.seconds["statistics"] + res.seconds["thresholds"] + res.seconds["write"]
             record("ours", method, label, q, secs, {"quantized_nodes": len(res.plan["quantized_nodes"]),
-                                                     "float_nodes_patterns": exclude})
+                                                     "keep_float": list(keep), "kept_float": res.kept_float})
 
     import onnxruntime
 
     result = {
+        "command": "python " + shlex.join([os.path.relpath(sys.argv[0], os.getcwd())] + sys.argv[1:]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": args.model, "task": spec["task"], "calib_samples": len(cal_b) and sum(len(next(iter(b.values()))) for b in cal_b),
         "eval_samples": int(len(ref)), "batch": bs, "data": [cal.description, ev.description],
         "reference": {"fp32_accuracy": float((ref.argmax(1) == labels).mean()) if labels is not None else None},

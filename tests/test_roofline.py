@@ -63,11 +63,14 @@ def test_depthwise_small_flops_share_large_time_share(a100):
     relu_bytes = 2 * 32 * hw * 2
     pw_bytes = (32 * hw + 64 * hw + 64 * 32) * 2  # 606,208
     total_flops = dw_flops + relu_flops + pw_flops
-    assert rows["conv_depthwise"].flops_share == pytest.approx(dw_flops / total_flops)  # 12.2%
+    # the Relu fuses into the depthwise conv (TensorRT conv + activation): its FLOPs join the group
+    assert rows["conv_depthwise"].flops_share == pytest.approx((dw_flops + relu_flops) / total_flops)  # 12.9%
     # every layer is memory-bound on A100, so time shares are byte shares
-    predicted = (dw_bytes + relu_bytes + pw_bytes) / A100_BW
+    unfused = (dw_bytes + relu_bytes + pw_bytes) / A100_BW
+    assert analysis.predicted_latency_unfused_s == pytest.approx(unfused)
+    predicted = (dw_bytes + pw_bytes) / A100_BW  # fused: the relu's read + write disappear
     assert analysis.predicted_latency_s == pytest.approx(predicted)
-    assert rows["conv_depthwise"].time_share == pytest.approx(dw_bytes / A100_BW / predicted)  # 28.5%
+    assert rows["conv_depthwise"].time_share == pytest.approx(dw_bytes / A100_BW / predicted)  # 39.9%
     assert rows["conv_depthwise"].flops_share < 0.15 < 0.28 < rows["conv_depthwise"].time_share
     assert rows["conv_1x1"].flops_share > 0.8 > rows["conv_1x1"].time_share
     assert all(b.bound == "memory" for b in analysis.layers)

@@ -9,6 +9,7 @@ Importing this package imports neither onnx nor torch; they load inside the func
 from __future__ import annotations
 
 from pipeline.analyze.flops import Cost, GraphCosts, LayerCost, graph_costs, layer_costs
+from pipeline.analyze.fusion import FusionGroup, fusion_groups
 from pipeline.analyze.hardware import (
     HardwareSpec,
     Peak,
@@ -24,12 +25,14 @@ __all__ = [
     "Analysis",
     "CategoryRow",
     "Cost",
+    "FusionGroup",
     "GraphCosts",
     "HardwareSpec",
     "LayerBound",
     "LayerCost",
     "Peak",
     "analyze_onnx",
+    "fusion_groups",
     "graph_costs",
     "hardware_names",
     "layer_costs",

@@ -199,6 +199,12 @@ class GraphCosts:
         unknown_shape_nodes: nodes whose shapes could not be inferred (0 FLOPs recorded).
         batch_size: the batch the shapes were inferred with.
         notes: assumptions made (fixed batch in the model, symbolic dims left...).
+        node_io: per layer (same order), its (non-empty) input and output tensor names; what
+            :mod:`pipeline.analyze.fusion` needs to group nodes.
+        tensor_bytes: bytes of every non-constant tensor of known shape (activation element size,
+            or its own for integer tensors).
+        constants: names of constant tensors (initializers and folded outputs).
+        graph_inputs / graph_outputs: non-constant graph inputs and the graph outputs.
     """
 
     layers: List[LayerCost]
@@ -209,6 +215,11 @@ class GraphCosts:
     unknown_shape_nodes: List[str] = field(default_factory=list)
     batch_size: int = 1
     notes: List[str] = field(default_factory=list)
+    node_io: List[Tuple[Tuple[str, ...], Tuple[str, ...]]] = field(default_factory=list)
+    tensor_bytes: Dict[str, float] = field(default_factory=dict)
+    constants: frozenset = frozenset()
+    graph_inputs: List[str] = field(default_factory=list)
+    graph_outputs: List[str] = field(default_factory=list)
 
 
 class _UnknownShape(Exception):
@@ -713,8 +724,15 @@ def graph_costs(
         if g.known(t):
             io_bytes += _numel(g.shape(t)) * g.elem_bytes(t, ab)
     total = sum((layer.cost for layer in layers), Cost())
+    node_io = [(tuple(_present(n.input)), tuple(o for o in n.output if o)) for n in proto.graph.node]
+    tensor_bytes = {
+        t: _numel(g.shape(t)) * g.elem_bytes(t, ab)
+        for ins, outs in node_io for t in ins + outs
+        if t not in g.constants and g.known(t)
+    }
     return GraphCosts(layers, total, sum(weight_seen.values()), io_bytes, unsupported, unknown_shapes,
-                      effective, notes)
+                      effective, notes, node_io, tensor_bytes, frozenset(g.constants),
+                      list(g.graph_inputs), list(g.graph_outputs))
 
 
 def _flops_of_category(op_type: str) -> str:

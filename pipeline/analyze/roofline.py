@@ -11,23 +11,38 @@ one (:meth:`HardwareSpec.vector_peak_for`). Depthwise convs are MAC layers here 
 TensorRT often run them on CUDA cores: the bound stays a lower bound, and they are memory-bound
 either way.
 
-Two model-level numbers:
+Three model-level numbers:
 
-* ``predicted_latency_s``: the sum of layer bounds, each layer run alone (no fusion): the best an
-  engine that executes the ONNX graph node by node could do.
+* ``predicted_latency_s``: the **fused** estimate, the sum of the bounds of the fusion groups of
+  :mod:`pipeline.analyze.fusion` (TensorRT-style layer fusion: conv + bias/BN/activation/residual
+  add, pointwise chains, Q/DQ absorbed, views free). A group's ``memory_s`` charges only the
+  tensors that cross its boundary plus its weights; its ``compute_s`` is the sum of its members'
+  ``compute_s`` (each node at the peak of its own unit: fusion saves traffic, not arithmetic). So
+  ``group bound_s = max(sum of member compute_s, boundary bytes / bandwidth)``.
+* ``predicted_latency_unfused_s``: the sum of layer bounds, each ONNX node run alone: the best an
+  engine that executes the graph node by node (every intermediate tensor written to and read back
+  from DRAM) could do. Always >= the fused estimate.
 * ``whole_model.bound_s``: perfect fusion, where only weights (once) and the graph's inputs and
   outputs touch DRAM: ``max(sum of compute_s, (unique weights + I/O) / bandwidth)``. No engine
   beats it.
 
-The by-category table puts each category's FLOPs share next to its predicted-time share (seed
-note 4.2: FLOPs do not predict speed; depthwise and 1x1 convs are memory-bound and take more time
-than their FLOPs suggest).
+What the fused estimate assumes: each group is one kernel that streams its inputs and weights
+from DRAM once and writes its outputs once, at full bandwidth, and overlaps its arithmetic with
+that traffic perfectly; caches hold nothing between kernels; launch overheads, tails and tactic
+choice are ignored. It stays a bound for the fusions it models, not a prediction of the tactics
+TensorRT picks: a real engine may fuse more (attention kernels, Myelin regions) or less, and
+epilogue arithmetic running on CUDA cores next to Tensor Cores could overlap more than assumed.
+
+The by-category table puts each category's FLOPs share next to its predicted-time share, computed
+on fusion groups (a group counts for the category of its anchor: a conv + Clip group is conv time)
+(seed note 4.2: FLOPs do not predict speed; depthwise and 1x1 convs are memory-bound and take more
+time than their FLOPs suggest).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, List, Optional, Union
 
 from pipeline.analyze.flops import Cost, GraphCosts, LayerCost, graph_costs
@@ -45,6 +60,7 @@ class LayerBound:
         peak_ops_per_s: that peak, ops/s.
         compute_s / memory_s / bound_s: seconds at peak compute, at full bandwidth, and their max.
         bound: ``compute``, ``memory`` or ``none`` (no work, e.g. a view or a folded constant).
+        group / group_name: index and name of the fusion group the node belongs to.
     """
 
     layer: LayerCost
@@ -54,28 +70,41 @@ class LayerBound:
     memory_s: float
     bound_s: float
     bound: str
+    group: Optional[int] = None
+    group_name: str = ""
 
     def to_dict(self) -> Dict[str, Any]:
-        """The report's per-layer row: the :class:`LayerCost` fields plus the roofline fields."""
+        """The report's per-layer row: the :class:`LayerCost` fields, the roofline fields (unfused)
+        and the fusion group (``group`` index, ``group_name``)."""
         row = self.layer.to_dict()
         row.update(peak_key=self.peak_key, peak_ops_per_s=self.peak_ops_per_s, compute_s=self.compute_s,
-                   memory_s=self.memory_s, bound_s=self.bound_s, bound=self.bound)
+                   memory_s=self.memory_s, bound_s=self.bound_s, bound=self.bound, group=self.group,
+                   group_name=self.group_name)
         return row
 
 
 @dataclass(frozen=True)
 class CategoryRow:
-    """FLOPs share vs predicted-time share of one layer category (shares are fractions of 1)."""
+    """FLOPs share vs predicted-time share of one category, over fusion groups (shares are
+    fractions of 1 of the fused totals).
+
+    Attributes:
+        category: the anchor category of the groups.
+        layers: ONNX nodes in those groups; groups: how many groups.
+        flops / bytes / predicted_s: sums over the groups (bytes and time fused).
+        memory_bound_groups / compute_bound_groups: groups on each side of the ridge.
+    """
 
     category: str
     layers: int
+    groups: int
     flops: float
     flops_share: float
     bytes: float
     predicted_s: float
     time_share: float
-    memory_bound_layers: int
-    compute_bound_layers: int
+    memory_bound_groups: int
+    compute_bound_groups: int
 
 
 @dataclass
@@ -90,10 +119,13 @@ class Analysis:
         memory_bandwidth_bytes_s: DRAM bandwidth, bytes/s.
         ridge_point: MAC peak / bandwidth, FLOP per byte.
         total: sum of layer costs.
-        predicted_latency_s: sum of layer bounds (unfused), seconds per batch.
+        predicted_latency_s: sum of fusion-group bounds (fused estimate), seconds per batch.
+        predicted_latency_unfused_s: sum of layer bounds (node by node), seconds per batch.
         whole_model: perfect-fusion bound: compute_s, memory_s, bytes, bound_s, bound.
-        layers: per-layer bounds in graph order.
-        by_category: categories sorted by predicted time, largest first.
+        layers: per-layer bounds in graph order (each with its ``group``).
+        groups: fusion groups in graph order, as dicts: :meth:`FusionGroup.to_dict` plus
+            peak_key, compute_s, memory_s, bound_s, bound.
+        by_category: categories of the groups' anchors sorted by predicted (fused) time, largest first.
         unsupported_ops: op type -> count (0 FLOPs counted); unknown_shape_nodes: node names.
         notes: assumptions, fallbacks and detection notes.
     """
@@ -112,13 +144,15 @@ class Analysis:
     whole_model: Dict[str, Any]
     layers: List[LayerBound]
     by_category: List[CategoryRow]
+    predicted_latency_unfused_s: float = 0.0
+    groups: List[Dict[str, Any]] = field(default_factory=list)
     unsupported_ops: Dict[str, int] = field(default_factory=dict)
     unknown_shape_nodes: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
 
     @property
     def predicted_throughput_samples_s(self) -> float:
-        """Samples per second at the unfused lower-bound latency (0 when nothing was costed)."""
+        """Samples per second at the fused predicted latency (0 when nothing was costed)."""
         return self.batch_size / self.predicted_latency_s if self.predicted_latency_s else 0.0
 
     def to_dict(self) -> Dict[str, Any]:
@@ -138,12 +172,14 @@ class Analysis:
             "ridge_point": self.ridge_point,
             "totals": self.total.to_dict(),
             "predicted_latency_s": self.predicted_latency_s,
+            "predicted_latency_unfused_s": self.predicted_latency_unfused_s,
             "predicted_throughput_samples_s": self.predicted_throughput_samples_s,
             "whole_model": dict(self.whole_model),
             "by_category": [asdict(row) for row in self.by_category],
             "unsupported_ops": dict(self.unsupported_ops),
             "unknown_shape_nodes": list(self.unknown_shape_nodes),
             "notes": list(self.notes),
+            "groups": [dict(g) for g in self.groups],
             "layers": [layer.to_dict() for layer in self.layers],
         }
 
@@ -179,7 +215,29 @@ def roofline(
         bound_layer(layer, peak if layer.macs > 0 else vector, bandwidth, sparse and layer.macs > 0)
         for layer in costs.layers
     ]
-    predicted = sum(b.bound_s for b in layers)
+    unfused = sum(b.bound_s for b in layers)
+
+    from pipeline.analyze.fusion import groups_from_costs
+
+    groups: List[Dict[str, Any]] = []
+    for grp in groups_from_costs(costs):
+        members = [layers[i] for i in grp.node_indices]
+        anchor = next((b for b in members if b.layer.name == grp.anchor), members[0])
+        g_compute = sum(b.compute_s for b in members)
+        g_memory = grp.bytes / bandwidth if grp.bytes else 0.0
+        row = grp.to_dict()
+        row.update(
+            peak_key=anchor.peak_key,
+            compute_s=g_compute,
+            memory_s=g_memory,
+            bound_s=max(g_compute, g_memory),
+            bound=("none" if g_compute == 0.0 and g_memory == 0.0
+                   else "compute" if g_compute >= g_memory else "memory"),
+        )
+        groups.append(row)
+        for i in grp.node_indices:
+            layers[i] = replace(layers[i], group=grp.index, group_name=grp.name)
+    predicted = sum(g["bound_s"] for g in groups)
 
     compute_s = sum(b.compute_s for b in layers)
     min_bytes = costs.unique_weight_bytes + costs.io_bytes
@@ -194,20 +252,21 @@ def roofline(
     }
 
     total_flops = costs.total.flops
-    by_cat: Dict[str, List[LayerBound]] = {}
-    for b in layers:
-        by_cat.setdefault(b.layer.category, []).append(b)
+    by_cat: Dict[str, List[Dict[str, Any]]] = {}
+    for g in groups:
+        by_cat.setdefault(g["category"], []).append(g)
     rows = [
         CategoryRow(
             category=cat,
-            layers=len(items),
-            flops=sum(b.layer.flops for b in items),
-            flops_share=sum(b.layer.flops for b in items) / total_flops if total_flops else 0.0,
-            bytes=sum(b.layer.bytes for b in items),
-            predicted_s=sum(b.bound_s for b in items),
-            time_share=sum(b.bound_s for b in items) / predicted if predicted else 0.0,
-            memory_bound_layers=sum(1 for b in items if b.bound == "memory"),
-            compute_bound_layers=sum(1 for b in items if b.bound == "compute"),
+            layers=sum(len(g["nodes"]) for g in items),
+            groups=len(items),
+            flops=sum(g["flops"] for g in items),
+            flops_share=sum(g["flops"] for g in items) / total_flops if total_flops else 0.0,
+            bytes=sum(g["bytes"] for g in items),
+            predicted_s=sum(g["bound_s"] for g in items),
+            time_share=sum(g["bound_s"] for g in items) / predicted if predicted else 0.0,
+            memory_bound_groups=sum(1 for g in items if g["bound"] == "memory"),
+            compute_bound_groups=sum(1 for g in items if g["bound"] == "compute"),
         )
         for cat, items in by_cat.items()
     ]
@@ -239,6 +298,8 @@ def roofline(
         whole_model=whole,
         layers=layers,
         by_category=rows,
+        predicted_latency_unfused_s=unfused,
+        groups=groups,
         unsupported_ops=dict(costs.unsupported_ops),
         unknown_shape_nodes=list(costs.unknown_shape_nodes),
         notes=notes,

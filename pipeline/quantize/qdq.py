@@ -63,6 +63,8 @@ class QdqPlan:
         weight_uses: initializer name -> consumer slots.
         nodes: names (or ``op#index``) of the nodes that got quantized inputs.
         skipped: ``{node: reason}`` for candidate nodes left in float.
+        kept_float: nodes kept in float by the structural ``keep_float`` rules
+            (:mod:`pipeline.quantize.placement`): ``{node, op_type, rule, reason}`` each, graph order.
     """
 
     activations: Dict[str, List[Tuple[int, int]]] = field(default_factory=dict)
@@ -70,12 +72,14 @@ class QdqPlan:
     weight_uses: Dict[str, List[Tuple[int, int]]] = field(default_factory=dict)
     nodes: List[str] = field(default_factory=list)
     skipped: Dict[str, str] = field(default_factory=dict)
+    kept_float: List[Dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """Plain-dict summary for the report."""
         return {"activation_tensors": sorted(self.activations), "weights": {
             k: {"axis": v.axis} for k, v in sorted(self.weights.items())},
-            "quantized_nodes": list(self.nodes), "skipped_nodes": dict(self.skipped)}
+            "quantized_nodes": list(self.nodes), "skipped_nodes": dict(self.skipped),
+            "kept_float": [dict(k) for k in self.kept_float]}
 
 
 def node_label(node: "onnx.NodeProto", index: int) -> str:
@@ -156,6 +160,7 @@ def plan_qdq(
     quantize_bmm: bool = True,
     exclude_nodes: Sequence[str] = (),
     float_tensors: Optional[Set[str]] = None,
+    keep_float: Sequence[str] = (),
 ) -> QdqPlan:
     """Decide which node inputs get Q/DQ.
 
@@ -169,10 +174,21 @@ def plan_qdq(
             ``Q K^T`` and ``softmax V`` in transformers); off keeps them in float.
         exclude_nodes: node names or fnmatch patterns kept in float (e.g. ``/encoder/layer.5/*``).
         float_tensors: names of float tensors; inputs outside it are not quantized (None: all are).
+        keep_float: structural rules whose compute nodes stay in float, found from ops and edges,
+            never names: ``ffn`` (MatMul/Gemm on both sides of a transformer FFN's GELU, or of a
+            Relu with a residual around the block), ``attention_scores`` (``Q K^T`` and ``P V``
+            around a Softmax), ``first`` / ``last`` (first / last quantizable compute node in
+            topological order). See :mod:`pipeline.quantize.placement`.
 
     Returns:
         The :class:`QdqPlan`.
+
+    Raises:
+        PipelineError: an unknown ``keep_float`` rule.
     """
+    from pipeline.quantize.placement import check_rules, keep_float_nodes
+
+    check_rules(keep_float)
     inits = {i.name: i for i in model.graph.initializer}
     const_outputs = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
     producers = _producers(model)
@@ -190,23 +206,43 @@ def plan_qdq(
     def add_activation(t: str, slot: Tuple[int, int]) -> None:
         plan.activations.setdefault(t, []).append(slot)
 
+    def compute_slots(node: "onnx.NodeProto") -> List[int]:
+        # Conv/Gemm: inputs 0 and 1 (bias stays float: TensorRT folds it in int32/float itself).
+        return [0, 1] if node.op_type in ("Conv", "Gemm", "MatMul") else list(range(len(node.input)))
+
+    def skip_reason(idx: int, node: "onnx.NodeProto") -> Optional[str]:
+        """Why a compute node is not quantized by the name/type rules, or None."""
+        if excluded(node_label(node, idx)):
+            return "excluded by pattern"
+        slots = compute_slots(node)
+        act_inputs = [i for i in slots if i < len(node.input) and node.input[i]
+                      and node.input[i] not in inits and node.input[i] not in const_outputs]
+        if node.op_type == "MatMul" and len(act_inputs) == 2 and not quantize_bmm:
+            return "activation x activation MatMul kept in float (quantize_bmm=false)"
+        if not all(is_float(node.input[i]) for i in slots if i < len(node.input) and node.input[i]):
+            return "non-float input"
+        return None
+
+    kept: Dict[int, list] = {}
+    if keep_float:
+        candidates = [i for i, n in enumerate(model.graph.node) if n.op_type in op_types and skip_reason(i, n) is None]
+        kept = {i: ks for i, ks in keep_float_nodes(model, keep_float, candidates).items()
+                if model.graph.node[i].op_type in op_types}
+
     for idx, node in enumerate(model.graph.node):
         label = node_label(node, idx)
         op = node.op_type
         if op in op_types:
-            if excluded(label):
-                plan.skipped[label] = "excluded by pattern"
+            reason = skip_reason(idx, node)
+            if reason is None and idx in kept:
+                rules = "+".join(dict.fromkeys(k.rule for k in kept[idx]))
+                why = "; ".join(k.reason for k in kept[idx])
+                reason = f"keep_float={rules}: {why}"
+                plan.kept_float.append({"node": label, "op_type": op, "rule": rules, "reason": why})
+            if reason is not None:
+                plan.skipped[label] = reason
                 continue
-            # Conv/Gemm: inputs 0 and 1 (bias stays float: TensorRT folds it in int32/float itself).
-            slots = [0, 1] if op in ("Conv", "Gemm", "MatMul") else list(range(len(node.input)))
-            act_inputs = [i for i in slots if i < len(node.input) and node.input[i]
-                          and node.input[i] not in inits and node.input[i] not in const_outputs]
-            if op == "MatMul" and len(act_inputs) == 2 and not quantize_bmm:
-                plan.skipped[label] = "activation x activation MatMul kept in float (quantize_bmm=false)"
-                continue
-            if not all(is_float(node.input[i]) for i in slots if i < len(node.input) and node.input[i]):
-                plan.skipped[label] = "non-float input"
-                continue
+            slots = compute_slots(node)
             for i in slots:
                 if i >= len(node.input) or not node.input[i]:
                     continue

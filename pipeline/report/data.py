@@ -62,6 +62,7 @@ class CategoryShare:
     memory_bound: int
     measured_s: Optional[float] = None
     measured_share: Optional[float] = None
+    unit: str = "layers"  # what ``layers``/``memory_bound`` count: "layers" or "fused groups"
 
 
 def section(report: Mapping[str, Any], key: str) -> Dict[str, Any]:
@@ -179,8 +180,37 @@ def totals(report: Mapping[str, Any]) -> Dict[str, Optional[float]]:
 
 
 def predicted_latency_s(report: Mapping[str, Any]) -> Optional[float]:
-    """Roofline lower-bound latency of one inference, seconds."""
+    """Roofline lower-bound latency of one inference, seconds (fused estimate when the analysis has
+    fusion groups)."""
     return _num(section(report, "analysis").get("predicted_latency_s"))
+
+
+def predicted_latency_unfused_s(report: Mapping[str, Any]) -> Optional[float]:
+    """Sum of per-node bounds (every ONNX node run alone), seconds; None for older reports."""
+    return _num(section(report, "analysis").get("predicted_latency_unfused_s"))
+
+
+def groups(report: Mapping[str, Any]) -> List[Dict[str, Any]]:
+    """The fusion groups (``analysis.groups``), each with ``measured_s`` = the sum of the measured
+    times of its layers when any of them carries one (else no ``measured_s``)."""
+    raw = section(report, "analysis").get("groups") or []
+    out = [dict(g) for g in raw if isinstance(g, Mapping)]
+    measured: Dict[Any, float] = {}
+    for layer in layers(report):
+        m = _num(layer.get("measured_s"))
+        if m is not None and layer.get("group") is not None:
+            measured[layer["group"]] = measured.get(layer["group"], 0.0) + m
+    for i, g in enumerate(out):
+        key = g.get("index", i)
+        if key in measured:
+            g["measured_s"] = measured[key]
+    return out
+
+
+def top_groups(report: Mapping[str, Any], n: int = 15) -> List[Dict[str, Any]]:
+    """The ``n`` fusion groups with the largest predicted time (``bound_s``), largest first."""
+    gs = [g for g in groups(report) if _num(g.get("bound_s")) is not None]
+    return sorted(gs, key=lambda g: -float(g["bound_s"]))[:n]
 
 
 def layers(report: Mapping[str, Any]) -> List[Dict[str, Any]]:
@@ -202,12 +232,16 @@ def top_layers(report: Mapping[str, Any], n: int = 15) -> List[Dict[str, Any]]:
 def category_shares(report: Mapping[str, Any]) -> List[CategoryShare]:
     """FLOPs and predicted-time share per layer category, largest time share first.
 
-    Derived from ``layers`` (exact and consistent with the layer table); falls back to
+    Derived from ``analysis.groups`` when present (fused: a group counts for its anchor's category,
+    ``unit`` "fused groups", measured time summed over each group's layers), else from ``layers``
+    (exact and consistent with the layer table); falls back to
     ``analysis.by_category`` (dict of dicts or list of dicts with ``flops`` and ``bound_s``/
     ``time_s``) when the layer list is empty.
     """
     rows: Dict[str, Dict[str, Any]] = {}
-    ls = layers(report)
+    gs = groups(report)
+    ls = gs or layers(report)
+    unit = "fused groups" if gs else "layers"
     if ls:
         for layer in ls:
             cat = str(layer.get("category") or layer.get("op_type") or "other")
@@ -226,12 +260,14 @@ def category_shares(report: Mapping[str, Any]) -> List[CategoryShare]:
             raw.items() if isinstance(raw, Mapping) else ((c.get("category"), c) for c in raw if isinstance(c, Mapping))
         )
         for cat, c in items:
+            if c.get("groups") is not None:
+                unit = "fused groups"
             rows[str(cat)] = {
-                "layers": int(_num(first(c, "layers", "count")) or 0),
+                "layers": int(_num(first(c, "groups", "layers", "count")) or 0),
                 "flops": _num(c.get("flops")) or 0.0,
                 "bytes": _num(c.get("bytes")) or 0.0,
                 "time_s": _num(first(c, "bound_s", "time_s", "predicted_s")) or 0.0,
-                "mb": int(_num(first(c, "memory_bound", "memory_bound_layers")) or 0),
+                "mb": int(_num(first(c, "memory_bound", "memory_bound_groups", "memory_bound_layers")) or 0),
                 "meas": _num(c.get("measured_s")),
             }
     total_flops = sum(r["flops"] for r in rows.values())
@@ -249,6 +285,7 @@ def category_shares(report: Mapping[str, Any]) -> List[CategoryShare]:
             memory_bound=r["mb"],
             measured_s=r["meas"],
             measured_share=(r["meas"] / total_meas) if (r["meas"] is not None and total_meas) else None,
+            unit=unit,
         )
         for cat, r in rows.items()
     ]

@@ -38,6 +38,9 @@ MIN_SHARE = 0.01
 _BOUND_SENTENCE = (
     "The predicted latency is a lower bound: each layer takes at least max(FLOPs / peak, bytes / bandwidth)."
 )
+_FUSED_BOUND_SENTENCE = (
+    "The predicted latency is a lower bound: each fused group takes at least max(FLOPs / peak, bytes / bandwidth)."
+)
 
 
 @dataclass
@@ -175,6 +178,8 @@ def _summary(report: Mapping[str, Any]) -> Section:
         ["Predicted lower-bound latency", fmt_time(data.predicted_latency_s(report))],
         ["Measured median latency", fmt_ms((meas.get("latency_ms") or {}).get("median"))],
     ]
+    if data.predicted_latency_unfused_s(report) is not None:
+        rows.insert(-1, ["Predicted latency, unfused", fmt_time(data.predicted_latency_unfused_s(report))])
     pkgs = env.get("packages") or {}
     made = [
         ["Command line", str(env.get("command_line") or MISSING)],
@@ -282,9 +287,25 @@ def _model_totals(report: Mapping[str, Any]) -> Section:
         ["Total bytes moved", fmt_bytes(t["bytes"])],
         ["Arithmetic intensity", fmt_intensity(t["intensity"])],
         ["Ridge point", fmt_intensity(ridge)],
-        ["Predicted lower-bound latency", fmt_time(pred)],
     ]
+    unfused = data.predicted_latency_unfused_s(report)
+    if unfused is None:
+        rows.append(["Predicted lower-bound latency", fmt_time(pred)])
+    else:
+        rows.append(["Predicted latency, fused (TensorRT-style groups)", fmt_time(pred)])
+        rows.append(["Predicted latency, unfused (node by node)", fmt_time(unfused)])
     blocks: List[Block] = [Table(["quantity", "value"], rows)]
+    if unfused is not None:
+        ratio = f" ({unfused / pred:.2f}x the fused one)" if pred else ""
+        blocks.append(
+            Para(
+                "Fused: ONNX nodes grouped as TensorRT fuses them (conv/gemm + bias, BatchNorm, activation and "
+                "residual add; pointwise chains; Q/DQ absorbed; views free), each group reading its inputs and "
+                "weights and writing its outputs once: a bound for an engine that fuses this way, not a "
+                "prediction of the tactics TensorRT picks. Unfused: every node runs alone and round-trips its "
+                f"output through DRAM, the bound for node-by-node execution{ratio}."
+            )
+        )
     if t["intensity"] is not None and ridge:
         side = "below" if t["intensity"] < ridge else "above"
         kind = "memory-bound" if side == "below" else "compute-bound"
@@ -292,7 +313,8 @@ def _model_totals(report: Mapping[str, Any]) -> Section:
             Para(
                 f"The model's overall intensity ({fmt_intensity(t['intensity'])}) is {side} the ridge point "
                 f"({fmt_intensity(ridge)}) of {data.peak_key(report) or 'the selected peak'}, "
-                f"so as a whole it is {kind} on this hardware. " + _BOUND_SENTENCE
+                f"so as a whole it is {kind} on this hardware. "
+                + (_BOUND_SENTENCE if unfused is None else _FUSED_BOUND_SENTENCE)
             )
         )
     blocks.append(
@@ -378,7 +400,55 @@ def _measured(report: Mapping[str, Any]) -> Section:
     return Section("Measured", "measured", blocks)
 
 
+def _where_time_goes_groups(report: Mapping[str, Any], top: List[dict]) -> Section:
+    """Top fusion groups by predicted (fused) time, with measured time summed over their layers."""
+    all_groups = data.groups(report)
+    total = sum(_num(g.get("bound_s")) or 0.0 for g in all_groups)
+    measured = any(_num(g.get("measured_s")) is not None for g in all_groups)
+    headers = ["#", "fused group", "anchor", "category", "nodes", "FLOPs", "bytes", "intensity", "bound",
+               "predicted", "% of predicted"]
+    if measured:
+        headers += ["measured", "efficiency"]
+    rows = []
+    for i, g in enumerate(top, 1):
+        b = float(g["bound_s"])
+        row = [
+            str(i),
+            str(g.get("name", MISSING)),
+            str(g.get("anchor_op", MISSING)),
+            str(g.get("category", MISSING)),
+            str(len(g.get("nodes") or [])),
+            fmt_count(g.get("flops")),
+            fmt_bytes(g.get("bytes")),
+            fmt_intensity(g.get("intensity")),
+            str(g.get("bound", MISSING)),
+            fmt_time(b),
+            fmt_pct(100 * b / total if total else None),
+        ]
+        if measured:
+            ms = _num(g.get("measured_s"))
+            row += [fmt_time(ms), fmt_pct(100 * b / ms) if ms else MISSING]
+        rows.append(row)
+    covered = sum(float(g["bound_s"]) for g in top)
+    n_layers = len(data.layers(report))
+    blocks: List[Block] = [
+        Para(
+            f"The {len(top)} slowest of {len(all_groups)} fused groups ({n_layers} ONNX nodes) by predicted time "
+            f"account for {fmt_pct(100 * covered / total if total else None)} of the predicted (fused) total. "
+            "A group's bytes are only the tensors crossing its boundary plus its weights."
+            + (" Measured = sum of the measured times of the group's layers; efficiency = predicted bound / "
+               "measured time (100% = at the roofline)." if measured else "")
+        ),
+        Table(headers, rows),
+        Figure("top_layers", f"Top {len(top)} fused groups by predicted time.", "no per-group predictions"),
+    ]
+    return Section("Where the time goes", "layers", blocks)
+
+
 def _where_time_goes(report: Mapping[str, Any]) -> Section:
+    top_groups = data.top_groups(report, TOP_N)
+    if top_groups:
+        return _where_time_goes_groups(report, top_groups)
     top = data.top_layers(report, TOP_N)
     if not top:
         return Section(
@@ -436,8 +506,9 @@ def category_sentences(cats: List[data.CategoryShare], ridge: Optional[float]) -
     under = [c for c in cats if c.flops_share >= MIN_SHARE and c.flops_share > SHARE_RATIO * c.time_share]
     out = []
     for c in over:
+        unit, one = c.unit, ("group" if c.unit == "fused groups" else "layer")
         if c.memory_bound:
-            which = "its only layer is" if c.layers == 1 else f"{c.memory_bound} of its {c.layers} layers are"
+            which = f"its only {one} is" if c.layers == 1 else f"{c.memory_bound} of its {c.layers} {unit} are"
             why = (
                 f"{which} memory-bound (intensity below the ridge point{ridge_text}), "
                 "so bytes moved, not arithmetic, set the time"
@@ -449,8 +520,9 @@ def category_sentences(cats: List[data.CategoryShare], ridge: Optional[float]) -
             f"but takes {_share(c.time_share)} of the predicted time: {why}."
         )
     for c in under:
+        unit, one = c.unit, ("group" if c.unit == "fused groups" else "layer")
         compute = c.layers - c.memory_bound
-        which = "its only layer is" if c.layers == 1 else f"{compute} of its {c.layers} layers are"
+        which = f"its only {one} is" if c.layers == 1 else f"{compute} of its {c.layers} {unit} are"
         out.append(
             f"{c.category} does {_share(c.flops_share)} of the FLOPs "
             f"but takes only {_share(c.time_share)} of the predicted time ({which} compute-bound, at the peak)."
@@ -475,10 +547,11 @@ def _categories(report: Mapping[str, Any]) -> Section:
             [Para("No per-category data: " + stage_reason(report, "analyze") + ".", "warning")],
         )
     measured = any(c.measured_share is not None for c in cats)
+    unit = cats[0].unit
     headers = [
         "category",
-        "layers",
-        "memory-bound layers",
+        unit,
+        f"memory-bound {unit}",
         "FLOPs",
         "FLOPs share",
         "predicted time",
@@ -504,6 +577,10 @@ def _categories(report: Mapping[str, Any]) -> Section:
             row.append(fmt_pct(100 * c.measured_share) if c.measured_share is not None else MISSING)
         rows.append(row)
     blocks: List[Block] = [Table(headers, rows)]
+    if unit == "fused groups":
+        blocks.append(Para("Shares are over fused groups: a group counts for the category of its anchor "
+                           "(a conv + activation + residual add group is conv time), so fused elementwise "
+                           "ops no longer show up as elementwise time."))
     blocks += [Para(s) for s in category_sentences(cats, data.ridge_point(report))]
     blocks.append(
         Figure("category_share", "Share of FLOPs vs share of predicted time per category.", "no per-category data")

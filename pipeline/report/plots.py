@@ -160,11 +160,17 @@ def roofline_svg(report: Mapping[str, Any]) -> Optional[str]:
 
 
 def top_layers_svg(report: Mapping[str, Any], n: int = TOP_N) -> Optional[str]:
-    """Horizontal bars of the ``n`` layers with the largest predicted time (and measured time if any)."""
-    top = data.top_layers(report, n)
+    """Horizontal bars of the ``n`` fusion groups (else layers, for reports without groups) with the
+    largest predicted time (and measured time if any)."""
+    top = data.top_groups(report, n)
+    what = "fused groups"
+    if top:
+        names = [_label(f"{g['name']} ({g.get('anchor_op', '?')})") for g in top]
+    else:
+        top, what = data.top_layers(report, n), "layers"
+        names = [_label(f"{layer['name']} ({layer.get('op_type', '?')})") for layer in top]
     if not top:
         return None
-    names = [_label(f"{layer['name']} ({layer.get('op_type', '?')})") for layer in top]
     longest = max(max(float(layer["bound_s"]), _num(layer.get("measured_s")) or 0.0) for layer in top)
     scale, unit = (1e3, "ms") if longest >= 1e-3 else (1e6, "µs")  # keep tick labels readable
     pred_ms = [float(layer["bound_s"]) * scale for layer in top]
@@ -187,7 +193,7 @@ def top_layers_svg(report: Mapping[str, Any], n: int = TOP_N) -> Optional[str]:
     ax.set_yticks(ys, names, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel(f"time per inference ({unit})")
-    ax.set_title(f"Top {len(top)} layers by predicted time (red = memory-bound, blue = compute-bound)", fontsize=9)
+    ax.set_title(f"Top {len(top)} {what} by predicted time (red = memory-bound, blue = compute-bound)", fontsize=9)
     ax.grid(True, axis="x", alpha=0.25)
     if has_meas:
         ax.legend(fontsize=7, loc="lower right")
