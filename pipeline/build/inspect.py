@@ -13,7 +13,7 @@ from collections import Counter
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 #: Layer types that do the model's multiply-accumulates (TensorRT's LayerType / inspector names).
-COMPUTE_LAYER_TYPES = ("Convolution", "CaskConvolution", "Deconvolution", "CaskDeconvolution", "MatrixMultiply",
+COMPUTE_LAYER_TYPES = ("Convolution", "CaskConvolution", "CaskConvActPool", "Deconvolution", "CaskDeconvolution", "MatrixMultiply",
                        "Gemm", "CaskGemmConvolution", "FullyConnected", "CaskFullyConnected", "gemm", "Myelin")
 
 _DTYPES = (  # order matters: first match wins
