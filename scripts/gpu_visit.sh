@@ -9,7 +9,7 @@
 # the torch interpreter, then scripts/gpu_evidence.py profiles the same engine again and times it with
 # benchmarks/trt_execute_loop.py. Results go to outputs/gpu/ and, if $OUT is set, to $OUT.
 set -uo pipefail
-PHASE=${1:?phase: small | fp16tf32 | int8 | qdq}
+PHASE=${1:?phase: small | fp16tf32 | int8 | qdq | qdq1}
 G=outputs/gpu
 mkdir -p "$G/onnx" "$G/results" "$G/runs"
 OUTDIR=${OUT:-$G/out}
@@ -89,6 +89,11 @@ case "$PHASE" in
     run_qdq resnet50-int8qdq-bs256
     # Variant: the first conv (3 input channels, padded to 32 for INT8 Tensor Cores) left in FP16.
     run_qdq resnet50-int8qdq-firstfp16-bs256 'quant.keep_float=[first]'
+    ;;
+  qdq1)
+    # One Q/DQ engine, then the same build again to see whether the timing cache is loaded.
+    export_models
+    EVIDENCE_EXTRA=--rebuild-twice run_qdq resnet50-int8qdq-bs256
     ;;
   int8)
     export_models

@@ -251,3 +251,36 @@ def test_minilm_export_matches_sentence_transformers(tmp_path):
     enc = bundle.tokenizer(["A short sentence about Python."], 32)
     (one,) = run_onnxruntime(res.onnx_path, enc)
     np.testing.assert_allclose(one[0], st.encode(["A short sentence about Python."])[0], atol=1e-4)
+
+
+def test_export_folds_identity_copies_of_initializers(tmp_path):
+    """torch re-creates deduplicated initializers through Identity nodes; TensorRT 8.6 would run each one."""
+    import onnx
+
+    from pipeline.config import ModelConfig
+    from pipeline.export import export_onnx
+    from pipeline.export.onnx_export import fold_constant_identities
+    from pipeline.models import build_model
+
+    bundle = build_model(ModelConfig(name="resnet18", input_shape=[3, 32, 32]))
+    res = export_onnx(bundle, tmp_path / "r18.onnx")  # also checks ONNX Runtime == torch after folding
+    model = onnx.load(str(res.onnx_path))
+    assert not [n for n in model.graph.node if n.op_type == "Identity"]
+    assert res.check["passed"]
+    inits = {t.name for t in model.graph.initializer}
+    assert all(i in inits or i == "" or any(i in n.output for n in model.graph.node) or i in
+               {g.name for g in model.graph.input} for n in model.graph.node for i in n.input)
+
+    # Directly: one initializer used twice through Identity becomes two initializers, no Identity.
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((2,), np.float32), "w")
+    g = helper.make_graph(
+        [helper.make_node("Identity", ["w"], ["w2"]), helper.make_node("Add", ["x", "w"], ["a"]),
+         helper.make_node("Add", ["a", "w2"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], [w])
+    m = helper.make_model(g)
+    assert fold_constant_identities(m) == 1
+    assert [n.op_type for n in m.graph.node] == ["Add", "Add"]
+    assert sorted(t.name for t in m.graph.initializer) == ["w", "w2"]

@@ -379,9 +379,51 @@ def _trace_to_onnx(bundle: "ModelBundle", opset: int, batch_size: int) -> tuple[
     return buf.getvalue(), [f"tracer: {n}" for n in notes]
 
 
+def fold_constant_identities(model: "onnx.ModelProto") -> int:
+    """Replace each Identity node that copies an initializer by an initializer of its own (in place).
+
+    torch's exporter stores equal initializers once and re-creates every other use through an Identity
+    node (a random-weight CNN's BatchNorm-folded biases are all equal, for instance). TensorRT 8.6 keeps
+    those Identity nodes as Reformat layers that run on every inference: 48 of them took 0.42 ms of a
+    4.65 ms ResNet-50 INT8 batch of 256 on the H100. Folding them is exact.
+
+    Returns:
+        The number of Identity nodes removed.
+    """
+    import onnx
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    kept, folded = [], set()
+    for node in graph.node:
+        if node.op_type == "Identity" and node.input and node.input[0] in inits and node.output[0] not in outputs:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[node.input[0]])
+            copy.name = node.output[0]
+            graph.initializer.append(copy)
+            folded.add(node.output[0])
+        else:
+            kept.append(node)
+    if not folded:
+        return 0
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {name for node in graph.node for name in node.input} | outputs
+    unused = [t for t in graph.initializer if t.name not in used]
+    for t in unused:
+        graph.initializer.remove(t)
+    stale = [v for v in graph.value_info if v.name in folded]
+    for v in stale:
+        graph.value_info.remove(v)
+    return len(folded)
+
+
 def _finalize(model: "onnx.ModelProto", where: str) -> "onnx.ModelProto":
     # Check, then infer every intermediate shape (strict: a failure is an error, not a silent gap).
     import onnx
+
+    fold_constant_identities(model)
 
     if model.ir_version > MAX_IR_VERSION and _opset(model) <= 19:
         model.ir_version = MAX_IR_VERSION  # IR 9 covers opsets up to 19; older onnx refuses IR 10
