@@ -61,7 +61,7 @@ run_qdq() {
     profile.warmup_s=2 profile.duration_s=5 hydra.run.dir=$G/runs/$name engines_dir=$PWD/engines "$@"
   echo "   run.py rc=$? after $((SECONDS - t0)) s"
   gpukit-trt scripts/gpu_evidence.py --onnx "$G/runs/$name/resnet50.int8.qdq.onnx" --model resnet50 --precision int8 \
-    --batch 256 --report "$G/runs/$name/report.json" --out "$G/results/$name.json"
+    --batch 256 --report "$G/runs/$name/report.json" --out "$G/results/$name.json" ${EVIDENCE_EXTRA:-}
   echo "   evidence rc=$? after $((SECONDS - t0)) s"
   cp "$G/results/$name.json" "$OUTDIR/" 2>/dev/null || true
 }
