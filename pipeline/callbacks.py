@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+
+#: Error messages of the jobs of this sweep that failed (pipeline/run.py appends; same process).
+FAILED_JOBS: list[str] = []
 
 
 class ComparisonCallback(Callback):
@@ -24,7 +28,10 @@ class ComparisonCallback(Callback):
                 print(f"warning: could not read {path}: {err}")
         if not reports:
             print(f"No report.json under {sweep_dir}: every job failed before its report stage.")
-            return
-        paths = write_comparison(reports, sweep_dir)
-        print("\n" + comparison_table(reports))
-        print(f"\nComparison of {len(reports)} runs: {paths.get('md', sweep_dir)}")
+        else:
+            paths = write_comparison(reports, sweep_dir)
+            print("\n" + comparison_table(reports))
+            print(f"\nComparison of {len(reports)} runs: {paths.get('md', sweep_dir)}")
+        if FAILED_JOBS:
+            print(f"\nerror: {len(FAILED_JOBS)} job(s) of the sweep failed: " + "; ".join(FAILED_JOBS), file=sys.stderr)
+            sys.exit(2)

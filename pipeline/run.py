@@ -45,7 +45,24 @@ def main(cfg: DictConfig) -> None:
         print(f"\nerror: {err.message}", file=sys.stderr)
         if err.hint:
             print(f"  -> {err.hint}", file=sys.stderr)
+        if _is_multirun():
+            # Exiting here would abort the whole sweep (later jobs and the comparison table);
+            # pipeline.callbacks.ComparisonCallback exits non-zero once every job has run.
+            from pipeline.callbacks import FAILED_JOBS
+
+            FAILED_JOBS.append(err.message)
+            return
         sys.exit(2)
+
+
+def _is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:  # HydraConfig not set: called outside hydra.main
+        return False
 
 
 if __name__ == "__main__":

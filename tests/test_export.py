@@ -284,3 +284,27 @@ def test_export_folds_identity_copies_of_initializers(tmp_path):
     assert fold_constant_identities(m) == 1
     assert [n.op_type for n in m.graph.node] == ["Add", "Add"]
     assert sorted(t.name for t in m.graph.initializer) == ["w", "w2"]
+
+
+def test_identity_folding_keeps_initializers_that_only_a_subgraph_reads():
+    """An initializer read only inside an If branch was deleted as unused, breaking the model."""
+    from onnx import numpy_helper
+
+    from pipeline.export.onnx_export import fold_constant_identities
+
+    w = numpy_helper.from_array(np.ones((2,), np.float32), "w")
+    b = numpy_helper.from_array(np.full((2,), 2.0, np.float32), "b")
+    c = numpy_helper.from_array(np.array(True), "c")
+    branch = helper.make_graph([helper.make_node("Add", ["x", "b"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", TensorProto.FLOAT, [2])])
+    g = helper.make_graph(
+        [helper.make_node("Identity", ["w"], ["w2"]), helper.make_node("Add", ["x", "w2"], ["a"]),
+         helper.make_node("If", ["c"], ["z"], then_branch=branch, else_branch=branch),
+         helper.make_node("Add", ["a", "z"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], [w, b, c])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    assert fold_constant_identities(m) == 1
+    assert "b" in {t.name for t in m.graph.initializer}
+    onnx.checker.check_model(m, full_check=True)
+

@@ -156,6 +156,9 @@ def test_small_bert_outputs_and_attention_mask():
         (dict(encoder_output="cls"), "encoder_output"),
         (dict(input_kind="image"), "input_kind"),
         (dict(input_shape=[3, 8]), "input_shape"),
+        (dict(heads=0), "heads"),  # was a ZeroDivisionError traceback
+        (dict(hidden=0), "hidden"),
+        (dict(layers=0), "layers"),
     ],
 )
 def test_bert_config_errors(overrides, hint_word):

@@ -99,6 +99,17 @@ def test_multirun_ends_with_comparison_table(tmp_path):
     assert "fp32" in res.stdout and "int8" in res.stdout
 
 
+def test_multirun_goes_on_past_a_failed_job_and_exits_non_zero(tmp_path):
+    # A failing job used to sys.exit(2) inside the sweep: later jobs and the comparison table were lost.
+    res = _run(["-m", "precision=int8,fp32", "quant.calib=kl", "model=digits_cnn", "data=digits",
+                "backend=onnxruntime", *FAST], tmp_path)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr and "quant.calib" in res.stderr
+    comp = json.loads((tmp_path / "sweep" / "comparison.json").read_text())
+    rows = comp["rows"] if isinstance(comp, dict) else comp
+    assert sorted(r["precision"] for r in rows) == ["fp32", "int8"]
+
+
 def test_int8_verdict_checks_top1_only_for_classifiers():
     from pipeline.orchestrate import _int8_verdict
 

@@ -409,7 +409,7 @@ def fold_constant_identities(model: "onnx.ModelProto") -> int:
         return 0
     del graph.node[:]
     graph.node.extend(kept)
-    used = {name for node in graph.node for name in node.input} | outputs
+    used = _used_names(graph.node) | outputs
     unused = [t for t in graph.initializer if t.name not in used]
     for t in unused:
         graph.initializer.remove(t)
@@ -417,6 +417,18 @@ def fold_constant_identities(model: "onnx.ModelProto") -> int:
     for v in stale:
         graph.value_info.remove(v)
     return len(folded)
+
+
+def _used_names(nodes: Any) -> set[str]:
+    """Tensor names the nodes read, including from subgraphs (If/Loop/Scan bodies read outer-scope
+    initializers by name)."""
+    used: set[str] = set()
+    for node in nodes:
+        used.update(node.input)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                used |= _used_names(sub.node)
+    return used
 
 
 def _finalize(model: "onnx.ModelProto", where: str) -> "onnx.ModelProto":

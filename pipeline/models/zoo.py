@@ -103,6 +103,14 @@ def build_mobilenet_v2(cfg: "ModelConfig") -> ModelBundle:
 def build_bert(cfg: "ModelConfig") -> ModelBundle:
     """BERT-like encoder with random (seeded) weights; shape from ``layers/hidden/heads/...``."""
     specs = _token_specs(cfg, int(cfg.vocab_size))
+    sizes = {k: int(getattr(cfg, k)) for k in ("layers", "hidden", "heads", "intermediate", "vocab_size")}
+    bad = {k: v for k, v in sizes.items() if v < 1}
+    if bad:
+        raise PipelineError(
+            f"bert: {', '.join(f'{k}={v}' for k, v in bad.items())} must be >= 1",
+            "pass positive sizes, e.g. model.layers=12 model.hidden=768 model.heads=12 "
+            "model.intermediate=3072 model.vocab_size=30522",
+        )
     if cfg.hidden % cfg.heads != 0:
         raise PipelineError(
             f"bert: hidden={cfg.hidden} is not divisible by heads={cfg.heads}",
