@@ -42,6 +42,10 @@ MODELS = {
     "digits_cnn": dict(model=ModelConfig(name="digits_cnn", input_kind="image", input_shape=[1, 8, 8], num_classes=10),
                        data="digits", calib=256, eval=397, batch=64, ops=["Conv", "Gemm", "MatMul"],
                        task="classification"),
+    # A random-weight zoo CNN on random inputs: agreement with FP32 is the metric (no labels).
+    "resnet18": dict(model=ModelConfig(name="resnet18", input_kind="image", input_shape=[3, 224, 224]),
+                     data="random", calib=64, eval=128, batch=32, ops=["Conv", "Gemm", "MatMul"],
+                     task="classification"),
 }
 
 #: Our transformer placement: the feed-forward MatMuls stay in float, found on the graph by the
@@ -124,7 +128,7 @@ def main() -> None:
                "metrics": m, **(extra or {})}
         rows.append(row)
         s = m["simulated"]
-        key = "accuracy" if labels is not None else "embedding_cosine"
+        key = "accuracy" if labels is not None else ("embedding_cosine" if spec["task"] == "embedding" else "output_cosine")
         print(f"{tool:12s} {method:10s} {placement:28s} {seconds:7.2f}s  {key}={s[key]:.4f} "
               f"nn={s.get('nn_agreement', float('nan')):.3f} top1={s['top1_agreement']:.3f}  "
               f"| ort-kernels {key}={m['ort_kernels'][key]:.4f} nn={m['ort_kernels'].get('nn_agreement', float('nan')):.3f}",
