@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline.artifacts import atomic_path
 from pipeline.errors import PipelineError
+from pipeline.profile.onnxruntime_runner import run_onnxruntime  # one ORT runner for every stage
 
 if TYPE_CHECKING:
     import onnx
@@ -261,33 +262,6 @@ def make_check_inputs(
         if token_role(spec) == "mask" and np.issubdtype(np.dtype(spec.dtype), np.integer) and spec.shape and spec.shape[-1] >= 4:
             feeds[spec.name][first:, ..., -(spec.shape[-1] // 4) :] = 0
     return feeds
-
-
-def run_onnxruntime(path: str | Path, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Run an ONNX file once in ONNX Runtime on CPU.
-
-    Args:
-        path: ONNX file.
-        inputs: one array per graph input.
-
-    Returns:
-        The outputs, in graph order.
-
-    Raises:
-        PipelineError: ONNX Runtime cannot load or run the model.
-    """
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise here
-    try:
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        return sess.run(None, inputs)
-    except Exception as err:  # noqa: BLE001 - ORT raises its own exception classes per failure
-        raise PipelineError(
-            f"ONNX Runtime (CPU) cannot run {Path(path).name}: {str(err).strip().splitlines()[0]}",
-            "the graph uses an op or type ONNX Runtime does not support; try another opset, or replace the op in the model",
-        ) from err
 
 
 def compare_outputs(

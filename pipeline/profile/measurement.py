@@ -8,9 +8,7 @@ imported here: this module is pure Python.
 from __future__ import annotations
 
 import math
-import platform
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 #: Percentiles reported for every latency distribution (keys are ``p<q>``).
@@ -139,11 +137,6 @@ def achieved(ops: float, latency_s: float, peak_ops_per_s: float) -> Dict[str, f
 
 def cpu_name() -> str:
     """Human-readable CPU model name (``/proc/cpuinfo`` on Linux, else ``platform``)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    try:
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.lower().startswith("model name") and ":" in line:
-                return line.split(":", 1)[1].strip()
-    except OSError:  # not Linux, or /proc not mounted: fall back below
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    from pipeline.environment import cpu_model
+
+    return cpu_model() or "unknown CPU"
