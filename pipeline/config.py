@@ -191,6 +191,9 @@ class BuildConfig:
         force_rebuild: ignore a cached engine.
         tactic_sources: TensorRT tactic sources to enable (``cublas``, ``cublas_lt``, ``cudnn``,
             ``edge_mask_convolutions``, ``jit_convolutions``); None keeps the version's default.
+        preview_features: TensorRT preview features to switch on (true) or off (false) by name,
+            like trtexec ``--preview=+name,-name``, e.g. ``{faster_dynamic_shapes_0805: false}``;
+            names the installed version lacks are an error that lists the ones it has.
     """
 
     min_batch: int = 0
@@ -204,6 +207,7 @@ class BuildConfig:
     calibrator: str = "entropy"
     force_rebuild: bool = False
     tactic_sources: Optional[List[str]] = None
+    preview_features: Dict[str, bool] = field(default_factory=dict)
 
 
 @dataclass

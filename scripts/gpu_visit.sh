@@ -5,11 +5,15 @@
 #   export PATH=/opt/gpukit/bin:$PATH; bash scripts/gpu_visit.sh fp16tf32  # resnet50 fp16 (+ timing-cache rebuild), tf32
 #   export PATH=/opt/gpukit/bin:$PATH; bash scripts/gpu_visit.sh int8      # resnet50 int8, implicit entropy calibration
 #   export PATH=/opt/gpukit/bin:$PATH; bash scripts/gpu_visit.sh qdq       # resnet50 int8, explicit Q/DQ from the quantize stage
+#   export PATH=/opt/gpukit/bin:$PATH; bash scripts/gpu_visit.sh main      # export, tests/gpu, timing-cache probe, and
+#        `python pipeline/run.py precision=int8` in ONE interpreter with TensorRT and (CPU) torch (needs the torch kit:
+#        scripts/pack_torchkit.sh here, its parts carried to /tmp/torchkit there)
+#   export PATH=/opt/gpukit/bin:$PATH; bash scripts/gpu_visit.sh cache     # resnet50 fp16: cold / warm-cache / no-cache builds
 # Each configuration runs the pipeline (pipeline/run.py, TensorRT interpreter) on an ONNX exported with
 # the torch interpreter, then scripts/gpu_evidence.py profiles the same engine again and times it with
 # benchmarks/trt_execute_loop.py. Results go to outputs/gpu/ and, if $OUT is set, to $OUT.
 set -uo pipefail
-PHASE=${1:?phase: small | fp16tf32 | int8 | qdq | qdq1}
+PHASE=${1:?phase: small | fp16tf32 | int8 | qdq | qdq1 | main | cache}
 G=outputs/gpu
 mkdir -p "$G/onnx" "$G/results" "$G/runs"
 OUTDIR=${OUT:-$G/out}
@@ -66,6 +70,26 @@ run_qdq() {
   cp "$G/results/$name.json" "$OUTDIR/" 2>/dev/null || true
 }
 
+# One interpreter with TensorRT (the kit's Python 3.11) and torch (the CPU wheel for 3.11 from the
+# torch kit), as in an NGC container: the pipeline's main command runs without the two-launcher split.
+torch_kit() {
+  if [ ! -d /opt/torchkit/torch ]; then
+    local Z; Z=$(command -v zstd || echo .gpukit/bin/zstd)
+    (cd /tmp/torchkit && sha256sum --quiet -c parts.sha256) || { echo "torch kit: parts missing"; return 1; }
+    mkdir -p /opt/torchkit
+    cat /tmp/torchkit/part-* | "$Z" -d -q | tar -C /opt/torchkit -xf -
+    # extra.tar.zst (optional): files added after the parts were made (this session's: torch_shm_manager).
+    [ ! -f /tmp/torchkit/extra.tar.zst ] || "$Z" -d -q -c /tmp/torchkit/extra.tar.zst | tar -C /opt/torchkit -xf -
+  fi
+  cat > /opt/gpukit/bin/gpukit-both <<'EOF'
+#!/bin/sh
+. /opt/gpukit/env.sh
+PYTHONPATH="$PWD:/opt/gpukit/site:/opt/torchkit" exec python3.11 "$@"
+EOF
+  chmod +x /opt/gpukit/bin/gpukit-both
+  gpukit-both -c "import torch, tensorrt; print('torch', torch.__version__, 'tensorrt', tensorrt.__version__)"
+}
+
 gpu_tests() {
   echo "== tests/gpu (full output in pytest-gpu.txt)"
   gpukit-trt -m pytest tests/gpu -q -rA > "$OUTDIR/pytest-gpu.txt" 2>&1
@@ -91,14 +115,38 @@ case "$PHASE" in
     run_qdq resnet50-int8qdq-firstfp16-bs256 'quant.keep_float=[first]'
     ;;
   qdq1)
-    # One Q/DQ engine, then the same build again to see whether the timing cache is loaded.
+    # One Q/DQ engine (the timing cache has its own phase: cache).
     export_models
-    EVIDENCE_EXTRA=--rebuild-twice run_qdq resnet50-int8qdq-bs256
+    run_qdq resnet50-int8qdq-bs256
     ;;
   int8)
     export_models
     run_config resnet50 int8 256
+    ;;
+  main)
+    export_models
     gpu_tests
+    echo "== timing-cache probe (tiny networks)"
+    gpukit-trt benchmarks/timing_cache.py --probe --out "$G/results/timing_cache-probe.json"
+    cp "$G/results/timing_cache-probe.json" "$OUTDIR/" 2>/dev/null || true
+    echo "== python pipeline/run.py precision=int8 (TensorRT + torch in one interpreter)"
+    if torch_kit; then
+      t0=$SECONDS
+      gpukit-both pipeline/run.py precision=int8 hydra.run.dir=$G/runs/main-int8
+      echo "   run.py rc=$? after $((SECONDS - t0)) s"
+    fi
+    ;;
+  cache)
+    export_models
+    echo "== timing cache: resnet50 fp16 bs256, three builds in fresh processes"
+    gpukit-trt benchmarks/timing_cache.py --onnx $G/onnx/resnet50.onnx --model resnet50 --precision fp16 --batch 256 \
+      --work-dir $PWD/$G/tc --out "$G/results/timing_cache-resnet50-fp16-bs256.json"
+    cp "$G/results/timing_cache-resnet50-fp16-bs256.json" "$OUTDIR/" 2>/dev/null || true
+    # Profile that engine (the evidence script finds it in the benchmark's engines folder: a cache hit).
+    tcdir=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['engines_dir'])" "$G/results/timing_cache-resnet50-fp16-bs256.json")
+    gpukit-trt scripts/gpu_evidence.py --onnx $G/onnx/resnet50.onnx --model resnet50 --precision fp16 --batch 256 \
+      --engines-dir "$tcdir" --out "$G/results/resnet50-fp16-bs256.json"
+    cp "$G/results/resnet50-fp16-bs256.json" "$OUTDIR/" 2>/dev/null || true
     ;;
 esac
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv

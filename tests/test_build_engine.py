@@ -168,7 +168,8 @@ def test_trt86_fp16_build_sidecar_cache_hit_and_rebuilds(model, tmp_path):
     other_gpu = build(trt, model, tmp_path, gpu=A100)
     assert not other_gpu.cache_hit and called(trt, "build_serialized_network")
     assert any("was built for NVIDIA H100" in m for m in called(trt, "log"))
-    assert called(trt, "create_timing_cache") == [0]  # the A100 gets its own timing cache
+    # The A100 gets its own timing cache (fresh, 0 bytes), then the saved one is read back once.
+    assert called(trt, "create_timing_cache") == [0, len(b"TCACHE-v1")]
 
     trt.calls.clear()
     warm = build(trt, model, tmp_path, gpu=A100, force_rebuild=True)
@@ -265,3 +266,63 @@ def test_small_calibration_set_is_repeated_to_the_engine_batch(model, tmp_path):
     build(trt, model, tmp_path, precision="int8", calib_batches=two, cuda=cuda)
     assert len(called(trt, "calibration_batch")) == 1
     assert cuda.last.shape == (2, 3, 8, 8) and set(np.unique(cuda.last)) == {0.0, 1.0}  # both samples, one batch
+
+
+def test_timing_cache_tensorrt_cannot_read_back_is_not_saved(model, tmp_path):
+    # TensorRT 8.6.0 serializes Myelin entries it cannot deserialize: such a cache must neither be
+    # written (every later build would drop it whole) nor replace a readable one.
+    trt = make_fake_trt("8.6")
+    good = build(trt, model, tmp_path)
+    cache_file = Path(good.sidecar["timing_cache"]["path"])
+    assert good.sidecar["timing_cache"]["saved"] and cache_file.read_bytes() == b"TCACHE-v1"
+
+    trt.unreadable_timing_cache = True
+    trt.calls.clear()
+    bad = build(trt, model, tmp_path, force_rebuild=True)
+    tc = bad.sidecar["timing_cache"]
+    assert tc["loaded"] is True and tc["saved"] is False
+    assert "could not be read back" in tc["save_note"] and "Myelin" in tc["save_note"]
+    assert "previous cache file is kept" in tc["save_note"]
+    assert cache_file.read_bytes() == b"TCACHE-v1"  # the readable cache survives
+    assert any("could not be read back" in m for m in called(trt, "log"))
+
+    fresh = tmp_path / "fresh"
+    first = engine_from_onnx(model, PrecisionConfig(name="fp16"), BuildConfig(), 2, fresh, "tiny", gpu=H100, trt=trt,
+                             log=lambda m: None)
+    assert not first.sidecar["timing_cache"]["saved"] and "no cache file is written" in first.sidecar["timing_cache"]["save_note"]
+    assert not list(fresh.glob("timing-*.cache"))
+
+
+def test_timing_cache_rejected_on_load_is_reported(model, tmp_path):
+    trt = make_fake_trt("8.6")
+    art = build(trt, model, tmp_path)
+    cache_file = Path(art.sidecar["timing_cache"]["path"])
+    cache_file.write_bytes(b"TCACHE+MYELIN-v1")  # e.g. left by an older build of this tool
+    again = build(trt, model, tmp_path, force_rebuild=True)
+    tc = again.sidecar["timing_cache"]
+    assert tc["loaded"] is False and tc["bytes_in"] == len(b"TCACHE+MYELIN-v1")
+    assert tc["note"].startswith("TensorRT rejected the timing cache") and "will not be used" in tc["note"]
+    assert tc["saved"] and cache_file.read_bytes() == b"TCACHE-v1"  # replaced by this build's readable cache
+    assert build(trt, model, tmp_path, force_rebuild=True).sidecar["timing_cache"]["loaded"] is True
+
+
+def test_timing_cache_off_creates_none(model, tmp_path):
+    trt = make_fake_trt("8.6")
+    art = build(trt, model, tmp_path, timing_cache=False)
+    assert not called(trt, "create_timing_cache") and not list((tmp_path / "engines").glob("timing-*.cache"))
+    assert art.sidecar["timing_cache"] == {"path": None, "loaded": False, "note": "", "bytes_in": 0,
+                                           "saved": False, "save_note": ""}
+
+
+def test_preview_features_set_recorded_and_checked(model, tmp_path):
+    trt = make_fake_trt("8.6")
+    default = build(trt, model, tmp_path)
+    assert default.sidecar["preview_features"]["faster_dynamic_shapes_0805"] is True
+    assert not called(trt, "set_preview_feature")
+    off = build(trt, model, tmp_path, preview_features={"faster_dynamic_shapes_0805": False})
+    assert called(trt, "set_preview_feature") == [("FASTER_DYNAMIC_SHAPES_0805", False)]
+    assert off.sidecar["preview_features"]["faster_dynamic_shapes_0805"] is False
+    assert off.plan_path != default.plan_path  # a different engine, cached under its own key
+    with pytest.raises(PipelineError) as err:
+        build(make_fake_trt("10"), model, tmp_path, preview_features={"faster_dynamic_shapes_0805": False})
+    assert "has no preview feature" in err.value.message and "profile_sharing_0806" in err.value.hint

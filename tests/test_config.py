@@ -93,3 +93,11 @@ def test_cli_typo_prints_clear_message_without_traceback():
     assert res.returncode != 0
     assert "precison" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_preview_features_override_is_typed():
+    # A new key of a dict field takes Hydra's "+" (the dict is empty by default).
+    typed = _typed(_compose(["+build.preview_features.faster_dynamic_shapes_0805=false"]))
+    assert typed.build.preview_features == {"faster_dynamic_shapes_0805": False}
+    with pytest.raises(Exception, match="preview_features"):
+        _typed(_compose(["+build.preview_features.faster_dynamic_shapes_0805=maybe"]))

@@ -51,11 +51,21 @@ def make_fake_trt(version: str) -> types.ModuleType:
     trt.TacticSource = enum.IntEnum("TacticSource", ["CUBLAS", "CUBLAS_LT", "CUDNN", "EDGE_MASK_CONVOLUTIONS",
                                                      "JIT_CONVOLUTIONS"], start=0)
 
+    # The preview features each version's bindings list (8.6: FASTER_DYNAMIC_SHAPES_0805 on by default).
+    previews = {"8.6": ["FASTER_DYNAMIC_SHAPES_0805", "DISABLE_EXTERNAL_TACTIC_SOURCES_FOR_CORE_0805",
+                        "PROFILE_SHARING_0806"],
+                "10": ["PROFILE_SHARING_0806", "ALIASED_PLUGIN_IO_10_03"], "11": ["ALIASED_PLUGIN_IO_10_03"]}[version]
+    trt.PreviewFeature = enum.IntEnum("PreviewFeature", previews, start=0)
+    # Set True to make serialized timing caches carry an entry the fake cannot read back, as
+    # TensorRT 8.6.0 does with Myelin entries ("The timing cache will not be used!").
+    trt.unreadable_timing_cache = False
+
     class ILogger:
         def __init__(self):
             calls.append(("ILogger.__init__", None))
 
     trt.ILogger = ILogger
+    trt.ILogger.Severity = enum.Enum("Severity", ["INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE"])  # str() -> "Severity.ERROR", as pybind11 prints
 
     class Tensor:
         def __init__(self, name, shape):
@@ -100,13 +110,22 @@ def make_fake_trt(version: str) -> types.ModuleType:
             self.blob = bytes(blob)
 
         def serialize(self):
-            return b"TCACHE" + self.blob[:0] + b"-v1"
+            return b"TCACHE" + (b"+MYELIN" if trt.unreadable_timing_cache else b"") + b"-v1"
 
     class IBuilderConfig:
-        def __init__(self):
+        def __init__(self, logger=None):
             self.flags = set()
             self.profiles = []
             self._timing_cache = None
+            self._logger = logger
+            self._previews = {name: name == "FASTER_DYNAMIC_SHAPES_0805" for name in previews}
+
+        def set_preview_feature(self, feature, enable):
+            calls.append(("set_preview_feature", (feature.name, enable)))
+            self._previews[feature.name] = bool(enable)
+
+        def get_preview_feature(self, feature):
+            return self._previews[feature.name]
 
         def set_flag(self, f):
             calls.append(("set_flag", f.name))
@@ -125,6 +144,12 @@ def make_fake_trt(version: str) -> types.ModuleType:
 
         def create_timing_cache(self, blob):
             calls.append(("create_timing_cache", len(blob)))
+            if b"MYELIN" in bytes(blob) and self._logger is not None:
+                sev = trt.ILogger.Severity
+                self._logger.log(sev.ERROR, "1: [myelinCache.h::deserializeFromBuffer::52] Error Code 1: Myelin "
+                                            "(Myelin error from unknown graph)")
+                self._logger.log(sev.ERROR, "4: The timing cache will not be used!")
+                return TimingCache(b"")
             return TimingCache(blob)
 
         def set_timing_cache(self, cache, ignore_mismatch):
@@ -171,7 +196,7 @@ def make_fake_trt(version: str) -> types.ModuleType:
             return Network(flags)
 
         def create_builder_config(self):
-            return IBuilderConfig()
+            return IBuilderConfig(self.logger)
 
         def create_optimization_profile(self):
             return Profile()

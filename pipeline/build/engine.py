@@ -340,6 +340,74 @@ def _calib_digest(batches: Sequence[Mapping[str, np.ndarray]]) -> str:
     return h.hexdigest()[:16]
 
 
+#: What TensorRT logs when it drops a timing cache it cannot deserialize (8.6.0: Myelin entries),
+#: while ``set_timing_cache`` still returns True.
+_CACHE_REJECTED = "timing cache will not be used"
+
+
+def _cache_messages(logger: Any, since: int) -> List[str]:
+    return [m for _, m in logger.messages[since:] if "timing cache" in m.lower() or "myelin" in m.lower()]
+
+
+def attach_timing_cache(config: Any, blob: bytes, logger: Any) -> Tuple[bool, str]:
+    """Give ``config`` a timing cache made from ``blob`` (empty: a fresh cache).
+
+    Returns:
+        ``(loaded, note)``: loaded is True when a non-empty cache was accepted; note says why not
+        when TensorRT refused it (the build then starts from an empty cache).
+    """
+    since = len(logger.messages)
+    tcache = config.create_timing_cache(blob)
+    # ignore_mismatch=False: a cache from another device or version is rejected, not trusted.
+    ok = bool(config.set_timing_cache(tcache, False))
+    msgs = _cache_messages(logger, since)
+    if any(_CACHE_REJECTED in m.lower() for m in msgs):
+        return False, "TensorRT rejected the timing cache: " + "; ".join(msgs)[:300]
+    if blob and not ok:
+        return False, "TensorRT did not accept the timing cache (set_timing_cache returned False)"
+    return bool(blob) and ok, ""
+
+
+def save_timing_cache(builder: Any, config: Any, cache_file: Path, logger: Any) -> Tuple[bool, str]:
+    """Write the build's timing cache to ``cache_file`` if TensorRT can read it back.
+
+    TensorRT 8.6.0 serializes caches whose Myelin entries it cannot deserialize; such a cache
+    would be rejected whole by every later build (and replace a good one), so it is read back in
+    a scratch builder config first and written (atomically) only when that load succeeds.
+
+    Returns:
+        ``(saved, note)``; the note says why nothing was written.
+    """
+    blob = bytes(config.get_timing_cache().serialize())
+    loaded, note = attach_timing_cache(builder.create_builder_config(), blob, logger)
+    if not loaded:
+        kept = "the previous cache file is kept" if cache_file.is_file() else "no cache file is written"
+        return False, (f"this build's timing cache could not be read back ({note or 'empty cache'}); {kept}: "
+                       "the next build times its kernels again")
+    write_bytes(cache_file, blob)
+    return True, ""
+
+
+def set_preview_features(trt: ModuleType, config: Any, features: TrtFeatures,
+                         wanted: Mapping[str, bool]) -> Dict[str, bool]:
+    """Switch the requested preview features on/off; return every preview feature's state.
+
+    Raises:
+        PipelineError: a requested name this TensorRT does not have.
+    """
+    for name, on in wanted.items():
+        if name.upper() not in features.preview_features:
+            have = sorted(n.lower() for n in features.preview_features) or "none"
+            raise PipelineError(f"TensorRT {features.library_version} has no preview feature {name!r}.",
+                                f"Remove it from build.preview_features (this version has: {have}).")
+        config.set_preview_feature(getattr(trt.PreviewFeature, name.upper()), bool(on))
+    state = {}
+    if hasattr(config, "get_preview_feature"):
+        for name in sorted(features.preview_features):
+            state[name.lower()] = bool(config.get_preview_feature(getattr(trt.PreviewFeature, name)))
+    return state
+
+
 def cached_engine_problem(plan: Path, sidecar: Optional[Mapping[str, Any]], features: TrtFeatures,
                           gpu: GpuInfo, key: Mapping[str, Any]) -> Optional[str]:
     """Why a cached engine must not be loaded, or None when it is valid here.
@@ -508,6 +576,7 @@ def engine_from_onnx(
         "workspace_mb": build.workspace_mb,
         "optimization_level": build.optimization_level,
         "tactic_sources": sorted(build.tactic_sources) if build.tactic_sources is not None else None,
+        "preview_features": {k.lower(): bool(v) for k, v in sorted(build.preview_features.items())} or None,
         "calibrator": plan.calibrator,
         "calibration": (_calib_digest(batches) if batches else None) if plan.calibrator else None,
     }
@@ -565,6 +634,7 @@ def engine_from_onnx(
                                     f"Choose from {sorted(s.lower() for s in features.tactic_sources)}.")
             mask |= 1 << int(getattr(trt.TacticSource, name.upper()))
         config.set_tactic_sources(mask)
+    preview_state = set_preview_features(trt, config, features, build.preview_features)
 
     profile = builder.create_optimization_profile()
     net_inputs = [network.get_input(i) for i in range(network.num_inputs)]
@@ -576,12 +646,12 @@ def engine_from_onnx(
     config.add_optimization_profile(profile)
 
     cache_file = timing_cache_path(engines_dir, features, gpu) if build.timing_cache and features.timing_cache else None
-    cache_loaded, blob = False, b""
+    cache_loaded, blob, cache_note = False, b"", ""
     if cache_file is not None:
         blob = cache_file.read_bytes() if cache_file.is_file() else b""
-        tcache = config.create_timing_cache(blob)
-        # ignore_mismatch=False: a cache from another device or version is rejected, not trusted.
-        cache_loaded = bool(config.set_timing_cache(tcache, False)) and bool(blob)
+        cache_loaded, cache_note = attach_timing_cache(config, blob, logger)
+        if cache_note:
+            log(f"[build] {cache_note}")
 
     calibrator = None
     if plan.calibrator:
@@ -597,15 +667,6 @@ def engine_from_onnx(
             config.set_calibration_profile(profile)
         log(f"[build] INT8 calibration: {calibrator.cache_note}")
 
-    if cache_loaded and any("timing cache will not be used" in m.lower() for _, m in logger.messages):
-        # TensorRT can refuse a cache it cannot deserialize (seen with TensorRT 8.6.0 and Myelin
-        # entries): it says so only in the log, while set_timing_cache still returns True.
-        cache_loaded = False
-        cache_note = "TensorRT rejected the timing cache: " + "; ".join(
-            m for _, m in logger.messages if "timing cache" in m.lower() or "myelin" in m.lower())[:300]
-        log(f"[build] {cache_note}")
-    else:
-        cache_note = ""
     log(f"[build] building {stem} ({precision.name}, TensorRT {features.library_version}, {gpu.name})")
     try:
         serialized = builder.build_serialized_network(network, config)
@@ -619,8 +680,11 @@ def engine_from_onnx(
                             "Raise build.workspace_mb, lower build.optimization_level, or try another precision.")
     plan_bytes = bytes(serialized)
     write_bytes(plan_path, plan_bytes)
+    cache_saved, save_note = False, ""
     if cache_file is not None:
-        write_bytes(cache_file, bytes(config.get_timing_cache().serialize()))
+        cache_saved, save_note = save_timing_cache(builder, config, cache_file, logger)
+        if save_note:
+            log(f"[build] {save_note}")
 
     info: Dict[str, Any] = {}
     io: List[Dict[str, Any]] = []
@@ -645,10 +709,12 @@ def engine_from_onnx(
                      "features": features.to_dict()},
         "gpu": {"name": gpu.name, "compute_capability": gpu.compute_capability, "source": gpu.source},
         "hardware_name": hardware_name,
+        "preview_features": preview_state,
         "build_seconds": round(build_seconds, 3),
         "plan_bytes": len(plan_bytes),
         "timing_cache": {"path": str(cache_file) if cache_file else None, "loaded": cache_loaded, "note": cache_note,
-                         "bytes_in": len(blob) if cache_file is not None else 0},
+                         "bytes_in": len(blob) if cache_file is not None else 0,
+                         "saved": cache_saved, "save_note": save_note},
         "calibration": ({"calibrator": plan.calibrator, "cache": str(calib_cache) if calib_cache else None,
                          "batches_used": calibrator.batches_used, "samples_dropped": calibrator.samples_dropped,
                          "rebatch_note": calibrator.rebatch_note,

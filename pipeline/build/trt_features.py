@@ -58,6 +58,8 @@ class TrtFeatures:
         engine_inspector: ``ICudaEngine.create_engine_inspector`` exists.
         tensor_api: name-based I/O (``set_tensor_address``/``execute_async_v3``) exists (8.5+).
         fast_fp16_query: ``Builder.platform_has_fast_fp16`` exists (removed in 11).
+        preview_features: ``PreviewFeature`` members present (upper case), settable through
+            ``IBuilderConfig.set_preview_feature``.
     """
 
     bindings_version: str
@@ -76,6 +78,7 @@ class TrtFeatures:
     engine_inspector: bool = False
     tensor_api: bool = False
     fast_fp16_query: bool = False
+    preview_features: FrozenSet[str] = frozenset()
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-ready dict (sets become sorted lists)."""
@@ -200,7 +203,19 @@ def detect_features(trt: ModuleType) -> TrtFeatures:
         engine_inspector=engine_cls is not None and _has(engine_cls, "create_engine_inspector"),
         tensor_api=ctx_cls is not None and _has(ctx_cls, "execute_async_v3"),
         fast_fp16_query=_has(getattr(trt, "Builder", None), "platform_has_fast_fp16"),
+        preview_features=_enum_members(getattr(trt, "PreviewFeature", None))
+        if cfg_cls is not None and _has(cfg_cls, "set_preview_feature") else frozenset(),
     )
+
+
+def _enum_members(enum_cls: Any) -> FrozenSet[str]:
+    """Upper-case member names of a TensorRT (pybind11) or Python enum class."""
+    if enum_cls is None:
+        return frozenset()
+    members = getattr(enum_cls, "__members__", None)
+    if members is not None:
+        return frozenset(str(n) for n in members)
+    return frozenset(n for n in dir(enum_cls) if n.isupper() and not n.startswith("_"))
 
 
 def gpu_info() -> GpuInfo:
