@@ -7,8 +7,10 @@
 3. ``control``: rebuilt once more with the timing cache off, after the other two, so that it has
    the same warm disk and driver caches as ``warm``: only the timing cache differs.
 
-Fresh processes matter: a second build inside the process that made the first is faster anyway
-(loaded kernels, CUDA context), which says nothing about the cache.
+By default each build runs in a fresh process (the cache passes through its file, as between two
+runs of the pipeline). ``--in-process`` runs the three in one process, where the second build takes
+the cache object from memory (as in a sweep); the control build then shares the process's warmth
+(loaded kernels, CUDA context), so that again only the cache differs.
 
 ``--probe`` instead builds tiny networks (Conv; + GlobalAveragePool/Flatten/Gemm; + Softmax) with
 dynamic and static batch, with TensorRT 8.6's ``faster_dynamic_shapes_0805`` preview feature on and
@@ -19,6 +21,7 @@ Usage (GPU with TensorRT; in the GPU sandbox through ``gpukit-trt``)::
 
     gpukit-trt benchmarks/timing_cache.py --onnx resnet50.onnx --model resnet50 --precision fp16 \\
         --batch 256 --out results/timing_cache-resnet50-fp16.json
+    gpukit-trt benchmarks/timing_cache.py --in-process --onnx resnet50.onnx ... --out results/timing_cache-inproc.json
     gpukit-trt benchmarks/timing_cache.py --probe --out results/timing_cache-probe.json
 """
 
@@ -62,38 +65,46 @@ def _engine_facts(art) -> dict:
             "tensorrt": side.get("tensorrt", {}).get("library_version"), "gpu": side.get("gpu")}
 
 
-def child(args) -> None:
-    """One build in this (fresh) process; facts to ``args.result``."""
-    from pipeline.artifacts import write_json
+def _build_step(args, step: str, engines_dir: Path) -> dict:
     from pipeline.build import engine_from_onnx
     from pipeline.config import BuildConfig
 
     t0 = time.perf_counter()
-    art = engine_from_onnx(args.onnx, _precision(args.precision), BuildConfig(**STEPS[args.child]), args.batch,
-                           args.engines_dir, args.model)
+    art = engine_from_onnx(args.onnx, _precision(args.precision), BuildConfig(**STEPS[step]), args.batch,
+                           engines_dir, args.model)
     facts = _engine_facts(art)
-    facts["process_seconds"] = round(time.perf_counter() - t0, 3)
-    write_json(args.result, facts)
+    facts["call_seconds"] = round(time.perf_counter() - t0, 3)
+    return facts
+
+
+def child(args) -> None:
+    """One build in this (fresh) process; facts to ``args.result``."""
+    from pipeline.artifacts import write_json
+
+    write_json(args.result, _build_step(args, args.child, args.engines_dir))
 
 
 def three_builds(args) -> dict:
     work = Path(tempfile.mkdtemp(prefix="timing-cache-", dir=args.work_dir))
     res = {"onnx": str(args.onnx), "model": args.model, "precision": args.precision, "batch_size": args.batch,
-           "engines_dir": str(work), "steps": {}}
+           "engines_dir": str(work), "mode": "in-process" if args.in_process else "fresh processes", "steps": {}}
     for step in STEPS:
-        out = work / f"{step}.json"
-        cmd = [sys.executable, __file__, "--child", step, "--result", str(out), "--onnx", str(args.onnx),
-               "--model", args.model, "--precision", args.precision, "--batch", str(args.batch),
-               "--engines-dir", str(work)]
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wall = time.perf_counter() - t0
-        if proc.returncode != 0 or not out.is_file():
-            res["steps"][step] = {"error": (proc.stdout + proc.stderr)[-2000:], "returncode": proc.returncode}
-            break
-        facts = json.loads(out.read_text())
-        facts["wall_seconds_with_process_start"] = round(wall, 3)
-        res["steps"][step] = facts
+        if args.in_process:  # the second build takes the cache from memory (a sweep does the same)
+            res["steps"][step] = facts = _build_step(args, step, work)
+        else:
+            out = work / f"{step}.json"
+            cmd = [sys.executable, __file__, "--child", step, "--result", str(out), "--onnx", str(args.onnx),
+                   "--model", args.model, "--precision", args.precision, "--batch", str(args.batch),
+                   "--engines-dir", str(work)]
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            wall = time.perf_counter() - t0
+            if proc.returncode != 0 or not out.is_file():
+                res["steps"][step] = {"error": (proc.stdout + proc.stderr)[-2000:], "returncode": proc.returncode}
+                break
+            facts = json.loads(out.read_text())
+            facts["wall_seconds_with_process_start"] = round(wall, 3)
+            res["steps"][step] = facts
         print(f"{step:8s} build {facts['build_seconds']:8.2f} s  timing cache "
               f"loaded={facts['timing_cache']['loaded']} saved={facts['timing_cache']['saved']}", flush=True)
     s = res["steps"]
@@ -104,7 +115,8 @@ def three_builds(args) -> dict:
             "first_build_seconds": cold, "second_build_with_cache_seconds": warm,
             "second_build_without_cache_seconds": control,
             "speedup_vs_first": round(cold / warm, 3), "speedup_vs_control": round(control / warm, 3),
-            "cache_loaded": loaded, "second_build_faster": loaded and warm < control and warm < cold,
+            "cache_loaded": loaded, "cache_source": s["warm"]["timing_cache"].get("source"),
+            "second_build_faster": loaded and warm < control and warm < cold,
         }
     return res
 
@@ -185,6 +197,8 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", default="fp16")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--probe", action="store_true", help="tiny-network diagnosis instead of the three builds")
+    ap.add_argument("--in-process", action="store_true",
+                    help="the three builds in this process (the cache passes in memory) instead of fresh processes")
     ap.add_argument("--work-dir", type=Path, default=ROOT / "outputs", help="where the fresh engines folders go")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--child", choices=sorted(STEPS), help=argparse.SUPPRESS)

@@ -5,7 +5,8 @@
 #   export PATH=/opt/gpukit/bin:$PATH; bash scripts/gpu_visit.sh fp16tf32  # resnet50 fp16 (+ timing-cache rebuild), tf32
 #   export PATH=/opt/gpukit/bin:$PATH; bash scripts/gpu_visit.sh int8      # resnet50 int8, implicit entropy calibration
 #   export PATH=/opt/gpukit/bin:$PATH; bash scripts/gpu_visit.sh qdq       # resnet50 int8, explicit Q/DQ from the quantize stage
-#   export PATH=/opt/gpukit/bin:$PATH; bash scripts/gpu_visit.sh main      # export, tests/gpu, timing-cache probe, and
+#   export PATH=/opt/gpukit/bin:$PATH; bash scripts/gpu_visit.sh probe     # which tiny networks give a readable timing cache
+#   export PATH=/opt/gpukit/bin:$PATH; bash scripts/gpu_visit.sh main      # export, tests/gpu, and
 #        `python pipeline/run.py precision=int8` in ONE interpreter with TensorRT and (CPU) torch (needs the torch kit:
 #        scripts/pack_torchkit.sh here, its parts carried to /tmp/torchkit there)
 #   export PATH=/opt/gpukit/bin:$PATH; bash scripts/gpu_visit.sh cache     # resnet50 fp16: cold / warm-cache / no-cache builds
@@ -13,7 +14,7 @@
 # the torch interpreter, then scripts/gpu_evidence.py profiles the same engine again and times it with
 # benchmarks/trt_execute_loop.py. Results go to outputs/gpu/ and, if $OUT is set, to $OUT.
 set -uo pipefail
-PHASE=${1:?phase: small | fp16tf32 | int8 | qdq | qdq1 | main | cache}
+PHASE=${1:?phase: small | fp16tf32 | int8 | qdq | qdq1 | probe | main | cache}
 G=outputs/gpu
 mkdir -p "$G/onnx" "$G/results" "$G/runs"
 OUTDIR=${OUT:-$G/out}
@@ -123,12 +124,14 @@ case "$PHASE" in
     export_models
     run_config resnet50 int8 256
     ;;
-  main)
-    export_models
-    gpu_tests
+  probe)
     echo "== timing-cache probe (tiny networks)"
     gpukit-trt benchmarks/timing_cache.py --probe --out "$G/results/timing_cache-probe.json"
     cp "$G/results/timing_cache-probe.json" "$OUTDIR/" 2>/dev/null || true
+    ;;
+  main)
+    export_models
+    gpu_tests
     echo "== python pipeline/run.py precision=int8 (TensorRT + torch in one interpreter)"
     if torch_kit; then
       t0=$SECONDS
@@ -137,16 +140,13 @@ case "$PHASE" in
     fi
     ;;
   cache)
+    # TensorRT 8.6.0 here cannot read back any timing-cache file it writes (phase probe), so the three
+    # builds run in one process, where the second takes the cache from memory (TC_MODE= for fresh processes).
     export_models
-    echo "== timing cache: resnet50 fp16 bs256, three builds in fresh processes"
-    gpukit-trt benchmarks/timing_cache.py --onnx $G/onnx/resnet50.onnx --model resnet50 --precision fp16 --batch 256 \
-      --work-dir $PWD/$G/tc --out "$G/results/timing_cache-resnet50-fp16-bs256.json"
+    echo "== timing cache: resnet50 fp16 bs256, cold / warm cache / no cache (${TC_MODE:---in-process})"
+    gpukit-trt benchmarks/timing_cache.py ${TC_MODE---in-process} --onnx $G/onnx/resnet50.onnx --model resnet50 \
+      --precision fp16 --batch 256 --work-dir $PWD/$G/tc --out "$G/results/timing_cache-resnet50-fp16-bs256.json"
     cp "$G/results/timing_cache-resnet50-fp16-bs256.json" "$OUTDIR/" 2>/dev/null || true
-    # Profile that engine (the evidence script finds it in the benchmark's engines folder: a cache hit).
-    tcdir=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['engines_dir'])" "$G/results/timing_cache-resnet50-fp16-bs256.json")
-    gpukit-trt scripts/gpu_evidence.py --onnx $G/onnx/resnet50.onnx --model resnet50 --precision fp16 --batch 256 \
-      --engines-dir "$tcdir" --out "$G/results/resnet50-fp16-bs256.json"
-    cp "$G/results/resnet50-fp16-bs256.json" "$OUTDIR/" 2>/dev/null || true
     ;;
 esac
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv

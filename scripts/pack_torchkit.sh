@@ -2,7 +2,7 @@
 # Pack CPU torch for Python 3.11 into parts small enough to ride along with the GPU kit's parts, so
 # that one interpreter on the GPU machine has TensorRT 8.6 (the kit) and torch, as an NGC container does.
 #
-# Usage, from the project root, after bash ../shared/gpu/pack.sh (writes .torchkit/part-NN, 12 MiB each,
+# Usage, from the project root, after bash ../shared/gpu/pack.sh (writes .torchkit/part-NN, 10 MiB each,
 # ignored by git):  bash scripts/pack_torchkit.sh [torch wheel]
 # Carry one .torchkit part with each kit part: both fit one 64 MiB call. There, before the kit's recv:
 #   mkdir -p /tmp/torchkit && mv .torchkit/* /tmp/torchkit/
@@ -27,6 +27,6 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 -
 for w in "$T"/deps/*.whl; do unzip -q -o "$w" -d "$T/site"; done
 rm -rf "$T"/site/*.dist-info/RECORD
 mkdir -p "$OUTDIR" && rm -f "$OUTDIR"/part-* "$OUTDIR"/extra.tar.zst
-tar -C "$T/site" -cf - . | zstd -T0 -19 -q | split -b 12M -d -a 2 - "$OUTDIR/part-"
+tar -C "$T/site" -cf - . | zstd -T0 -19 -q | split -b 10M -d -a 2 - "$OUTDIR/part-"
 (cd "$OUTDIR" && sha256sum part-* > parts.sha256)
 ls "$OUTDIR"/part-* | wc -l | xargs echo "torch kit parts:"

@@ -15,6 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from pipeline.build import GpuInfo, detect_features, engine_from_onnx, plan_build, profile_shapes
+from pipeline.build.engine import forget_process_timing_caches
 from pipeline.build.trt_features import decode_lib_version
 from pipeline.config import BuildConfig, PrecisionConfig
 from pipeline.errors import PipelineError
@@ -172,8 +173,14 @@ def test_trt86_fp16_build_sidecar_cache_hit_and_rebuilds(model, tmp_path):
     assert called(trt, "create_timing_cache") == [0, len(b"TCACHE-v1")]
 
     trt.calls.clear()
-    warm = build(trt, model, tmp_path, gpu=A100, force_rebuild=True)
-    assert warm.sidecar["timing_cache"]["loaded"] is True and called(trt, "create_timing_cache")[0] > 0
+    warm = build(trt, model, tmp_path, gpu=A100, force_rebuild=True)  # same process: the cache from memory
+    assert warm.sidecar["timing_cache"]["loaded"] is True and warm.sidecar["timing_cache"]["source"] == "memory"
+    assert called(trt, "create_timing_cache") == [len(b"TCACHE-v1")]  # only the read-back check
+
+    forget_process_timing_caches()  # as a new process: the cache file
+    trt.calls.clear()
+    cold_process = build(trt, model, tmp_path, gpu=A100, force_rebuild=True)
+    assert cold_process.sidecar["timing_cache"]["source"] == "file" and called(trt, "create_timing_cache")[0] > 0
 
 
 def test_engine_from_another_tensorrt_version_is_rebuilt(model, tmp_path):
@@ -298,6 +305,7 @@ def test_timing_cache_rejected_on_load_is_reported(model, tmp_path):
     art = build(trt, model, tmp_path)
     cache_file = Path(art.sidecar["timing_cache"]["path"])
     cache_file.write_bytes(b"TCACHE+MYELIN-v1")  # e.g. left by an older build of this tool
+    forget_process_timing_caches()  # a new process reads the file
     again = build(trt, model, tmp_path, force_rebuild=True)
     tc = again.sidecar["timing_cache"]
     assert tc["loaded"] is False and tc["bytes_in"] == len(b"TCACHE+MYELIN-v1")
@@ -310,8 +318,24 @@ def test_timing_cache_off_creates_none(model, tmp_path):
     trt = make_fake_trt("8.6")
     art = build(trt, model, tmp_path, timing_cache=False)
     assert not called(trt, "create_timing_cache") and not list((tmp_path / "engines").glob("timing-*.cache"))
-    assert art.sidecar["timing_cache"] == {"path": None, "loaded": False, "note": "", "bytes_in": 0,
+    assert art.sidecar["timing_cache"] == {"path": None, "loaded": False, "source": None, "note": "", "bytes_in": 0,
                                            "saved": False, "save_note": ""}
+
+
+def test_timing_cache_reused_from_memory_where_the_file_cannot_be_read(model, tmp_path):
+    # TensorRT 8.6.0 (the GPU sandbox) cannot deserialize any cache it writes; a second build in
+    # the same process (a sweep, the benchmark) still gets the first build's timings from memory.
+    trt = make_fake_trt("8.6")
+    trt.unreadable_timing_cache = True
+    first = build(trt, model, tmp_path)
+    assert not first.sidecar["timing_cache"]["saved"]
+    second = build(trt, model, tmp_path, force_rebuild=True)
+    tc = second.sidecar["timing_cache"]
+    assert tc["loaded"] and tc["source"] == "memory" and tc["bytes_in"] == 0
+    assert any("with a warm timing cache" in m for m in called(trt, "log"))
+    forget_process_timing_caches()
+    third = build(trt, model, tmp_path, force_rebuild=True)
+    assert not third.sidecar["timing_cache"]["loaded"] and third.sidecar["timing_cache"]["source"] is None
 
 
 def test_preview_features_set_recorded_and_checked(model, tmp_path):

@@ -349,12 +349,24 @@ def _cache_messages(logger: Any, since: int) -> List[str]:
     return [m for _, m in logger.messages[since:] if "timing cache" in m.lower() or "myelin" in m.lower()]
 
 
-def attach_timing_cache(config: Any, blob: bytes, logger: Any) -> Tuple[bool, str]:
+#: Timing caches of this process's builds, by cache file: a later build in the same process (a
+#: Hydra sweep, several precisions, the benchmark) takes the cache object from memory, which works
+#: even where TensorRT cannot deserialize its own file (8.6.0). The builder is kept beside its cache.
+_PROCESS_TIMING_CACHES: Dict[str, Tuple[Any, Any]] = {}
+
+
+def forget_process_timing_caches() -> None:
+    """Drop the in-memory timing caches (the next build reads the cache file, as a new process would)."""
+    _PROCESS_TIMING_CACHES.clear()
+
+
+def attach_timing_cache(config: Any, blob: bytes, logger: Any) -> Tuple[Any, bool, str]:
     """Give ``config`` a timing cache made from ``blob`` (empty: a fresh cache).
 
     Returns:
-        ``(loaded, note)``: loaded is True when a non-empty cache was accepted; note says why not
-        when TensorRT refused it (the build then starts from an empty cache).
+        ``(cache, loaded, note)``: the cache object attached; loaded is True when a non-empty
+        cache was accepted; note says why not when TensorRT refused it (the build then starts
+        from an empty cache).
     """
     since = len(logger.messages)
     tcache = config.create_timing_cache(blob)
@@ -362,10 +374,10 @@ def attach_timing_cache(config: Any, blob: bytes, logger: Any) -> Tuple[bool, st
     ok = bool(config.set_timing_cache(tcache, False))
     msgs = _cache_messages(logger, since)
     if any(_CACHE_REJECTED in m.lower() for m in msgs):
-        return False, "TensorRT rejected the timing cache: " + "; ".join(msgs)[:300]
+        return tcache, False, "TensorRT rejected the timing cache: " + "; ".join(msgs)[:300]
     if blob and not ok:
-        return False, "TensorRT did not accept the timing cache (set_timing_cache returned False)"
-    return bool(blob) and ok, ""
+        return tcache, False, "TensorRT did not accept the timing cache (set_timing_cache returned False)"
+    return tcache, bool(blob) and ok, ""
 
 
 def save_timing_cache(builder: Any, config: Any, cache_file: Path, logger: Any) -> Tuple[bool, str]:
@@ -379,7 +391,7 @@ def save_timing_cache(builder: Any, config: Any, cache_file: Path, logger: Any) 
         ``(saved, note)``; the note says why nothing was written.
     """
     blob = bytes(config.get_timing_cache().serialize())
-    loaded, note = attach_timing_cache(builder.create_builder_config(), blob, logger)
+    _, loaded, note = attach_timing_cache(builder.create_builder_config(), blob, logger)
     if not loaded:
         kept = "the previous cache file is kept" if cache_file.is_file() else "no cache file is written"
         return False, (f"this build's timing cache could not be read back ({note or 'empty cache'}); {kept}: "
@@ -646,12 +658,17 @@ def engine_from_onnx(
     config.add_optimization_profile(profile)
 
     cache_file = timing_cache_path(engines_dir, features, gpu) if build.timing_cache and features.timing_cache else None
-    cache_loaded, blob, cache_note = False, b"", ""
+    cache_loaded, blob, cache_note, cache_source, tcache = False, b"", "", None, None
     if cache_file is not None:
-        blob = cache_file.read_bytes() if cache_file.is_file() else b""
-        cache_loaded, cache_note = attach_timing_cache(config, blob, logger)
-        if cache_note:
-            log(f"[build] {cache_note}")
+        held = _PROCESS_TIMING_CACHES.get(str(cache_file))
+        if held is not None and bool(config.set_timing_cache(held[1], False)):
+            tcache, cache_loaded, cache_source = held[1], True, "memory"
+        else:
+            blob = cache_file.read_bytes() if cache_file.is_file() else b""
+            tcache, cache_loaded, cache_note = attach_timing_cache(config, blob, logger)
+            cache_source = "file" if cache_loaded else None
+            if cache_note:
+                log(f"[build] {cache_note}")
 
     calibrator = None
     if plan.calibrator:
@@ -682,6 +699,7 @@ def engine_from_onnx(
     write_bytes(plan_path, plan_bytes)
     cache_saved, save_note = False, ""
     if cache_file is not None:
+        _PROCESS_TIMING_CACHES[str(cache_file)] = (builder, tcache)
         cache_saved, save_note = save_timing_cache(builder, config, cache_file, logger)
         if save_note:
             log(f"[build] {save_note}")
@@ -712,7 +730,8 @@ def engine_from_onnx(
         "preview_features": preview_state,
         "build_seconds": round(build_seconds, 3),
         "plan_bytes": len(plan_bytes),
-        "timing_cache": {"path": str(cache_file) if cache_file else None, "loaded": cache_loaded, "note": cache_note,
+        "timing_cache": {"path": str(cache_file) if cache_file else None, "loaded": cache_loaded,
+                         "source": cache_source, "note": cache_note,
                          "bytes_in": len(blob) if cache_file is not None else 0,
                          "saved": cache_saved, "save_note": save_note},
         "calibration": ({"calibrator": plan.calibrator, "cache": str(calib_cache) if calib_cache else None,
