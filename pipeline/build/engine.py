@@ -355,8 +355,16 @@ def _cache_messages(logger: Any, since: int) -> List[str]:
 _PROCESS_TIMING_CACHES: Dict[str, Tuple[Any, Any]] = {}
 
 
+_RETIRED_TIMING_CACHES: List[Tuple[Any, Any]] = []
+
+
 def forget_process_timing_caches() -> None:
-    """Drop the in-memory timing caches (the next build reads the cache file, as a new process would)."""
+    """Stop reusing the in-memory timing caches (the next build reads the cache file, as a new process would).
+
+    The objects stay alive until the process ends: destroying a TensorRT 8.6 timing cache and its
+    builder mid-process segfaulted on the H200.
+    """
+    _RETIRED_TIMING_CACHES.extend(_PROCESS_TIMING_CACHES.values())
     _PROCESS_TIMING_CACHES.clear()
 
 
