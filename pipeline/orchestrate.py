@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Dict, List, Mapping
 
 from pipeline.config import KNOWN_STAGES, PipelineConfig
 from pipeline.errors import PipelineError, StageSkipped
@@ -104,14 +104,23 @@ def _dataset(state: RunState, split: str, num_samples: int):
 
 def _first_batch(state: RunState, batch_size: int) -> dict:
     """One batch of real inputs from the data source, repeated to ``batch_size`` if the source is smaller."""
+    ds = _dataset(state, "eval", min(batch_size, state.cfg.data.num_samples))
+    return batches_of(ds.inputs, batch_size)[0]
+
+
+def batches_of(inputs: Mapping[str, "np.ndarray"], batch_size: int) -> List[Dict[str, "np.ndarray"]]:
+    """Split samples into full batches of ``batch_size`` (what the engine's profile accepts).
+
+    A set smaller than one batch is repeated to fill it; samples past the last full batch are left out.
+    """
     import numpy as np
 
-    ds = _dataset(state, "eval", min(batch_size, state.cfg.data.num_samples))
-    out = {}
-    for name, arr in ds.inputs.items():
-        reps = -(-batch_size // len(arr))
-        out[name] = np.ascontiguousarray(np.concatenate([arr] * reps)[:batch_size])
-    return out
+    n = len(next(iter(inputs.values())))
+    if n < batch_size:
+        reps = -(-batch_size // n)
+        return [{k: np.ascontiguousarray(np.concatenate([v] * reps)[:batch_size]) for k, v in inputs.items()}]
+    return [{k: np.ascontiguousarray(v[i:i + batch_size]) for k, v in inputs.items()}
+            for i in range(0, n - batch_size + 1, batch_size)]
 
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -314,8 +323,12 @@ def stage_profile(state: RunState) -> dict:
         if state.analysis is not None:
             costs = state.analysis.to_dict()["layers"]
             peak = state.hardware.peak_for(cfg.precision).ops_per_s_dense
+        # The accuracy check runs every evaluation sample (data.num_samples), not only the timed batch:
+        # at batch_size=1 one sample says nothing about top-1 agreement.
+        checked = batches_of(_dataset(state, "eval", cfg.data.num_samples).inputs, cfg.batch_size)
         prof = profile_engine(state.engine.plan_path, inputs, cfg.profile, onnx_path=onnx_path,
-                              precision=cfg.precision, onnx_costs=costs, peak_ops_per_s=peak)
+                              precision=cfg.precision, onnx_costs=costs, peak_ops_per_s=peak,
+                              accuracy_batches=checked)
         state.measured = prof.measured_dict()
         state.layer_times = dict(prof.layer_times)
         state.engine_layers = list(prof.layers)

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -117,21 +117,53 @@ def compare_outputs(ref: np.ndarray, test: np.ndarray, precision: str) -> Dict[s
     return out
 
 
-def accuracy_vs_onnxruntime(engine: Any, inputs: Mapping[str, np.ndarray], onnx_path: str | Path,
+def outputs_vs_onnxruntime(run_test: Callable[[Dict[str, np.ndarray]], Tuple[str, np.ndarray]],
+                           batches: Sequence[Mapping[str, np.ndarray]], onnx_path: str | Path,
+                           precision: str) -> Dict[str, Any]:
+    """Compare output 0 of a runner under test with ONNX Runtime's over several batches.
+
+    Args:
+        run_test: runs one feed dict, returns ``(output name, output array)`` (a copy: runners
+            may reuse their output buffers).
+        batches: feed dicts; their outputs are concatenated before comparing, so top-1 agreement
+            and cosine are over every sample.
+        onnx_path: the FP32 reference ONNX (one ONNX Runtime session for all batches).
+        precision: selects the tolerance (:data:`TOLERANCES`).
+    """
+    from pipeline.profile.onnxruntime_runner import ort_session, validate_inputs  # noqa: PLC0415
+
+    if not batches:
+        raise PipelineError("No input batches for the accuracy check.", "Set data.num_samples >= 1.")
+    sess = ort_session(onnx_path)
+    refs, tests, name = [], [], ""
+    for feed in batches:
+        feed = dict(feed)
+        validate_inputs(sess, feed)
+        refs.append(np.asarray(sess.run(None, feed)[0]))
+        name, out = run_test(feed)
+        tests.append(np.asarray(out, dtype=np.float32))
+    ref, test = (np.concatenate(a) if a[0].ndim else np.stack(a) for a in (refs, tests))
+    res = compare_outputs(ref, test, precision)
+    res.update(reference="onnxruntime (CPU, FP32 ONNX)", output=name, batches=len(batches),
+               samples=int(test.shape[0]) if test.ndim else 1)
+    return res
+
+
+def accuracy_vs_onnxruntime(engine: Any, batches: Sequence[Mapping[str, np.ndarray]], onnx_path: str | Path,
                             precision: str) -> Dict[str, Any]:
-    """Run the engine with Polygraphy's TrtRunner and the ONNX with ONNX Runtime; compare output 0."""
+    """Run the engine with Polygraphy's TrtRunner and the ONNX with ONNX Runtime on ``batches``; compare output 0."""
     from polygraphy.backend.trt import TrtRunner  # noqa: PLC0415
 
-    from pipeline.profile.onnxruntime_runner import run_onnxruntime  # noqa: PLC0415
-
-    refs = run_onnxruntime(onnx_path, dict(inputs))
     with TrtRunner(engine) as runner:
-        outs = runner.infer(feed_dict=dict(inputs))
-        names = list(runner.get_output_metadata().keys()) if hasattr(runner, "get_output_metadata") else list(outs)
-    test = np.asarray(outs[names[0]] if names[0] in outs else next(iter(outs.values())))
-    res = compare_outputs(np.asarray(refs[0]), test.astype(np.float32), precision)
-    res.update(reference="onnxruntime (CPU, FP32 ONNX)", runner="polygraphy TrtRunner", output=names[0],
-               samples=int(test.shape[0]) if test.ndim else 1)
+        names = list(runner.get_output_metadata().keys()) if hasattr(runner, "get_output_metadata") else []
+
+        def run_engine(feed: Dict[str, np.ndarray]) -> Tuple[str, np.ndarray]:
+            outs = runner.infer(feed_dict=feed)
+            name = names[0] if names and names[0] in outs else next(iter(outs))
+            return name, np.array(outs[name], copy=True)  # TrtRunner reuses its output buffers
+
+        res = outputs_vs_onnxruntime(run_engine, batches, onnx_path, precision)
+    res["runner"] = "polygraphy TrtRunner"
     return res
 
 
@@ -286,6 +318,7 @@ def profile_engine(
     peak_ops_per_s: Optional[float] = None,
     cuda: Any = None,
     log: Callable[[str], None] = print,
+    accuracy_batches: Optional[Sequence[Mapping[str, np.ndarray]]] = None,
 ) -> TrtProfile:
     """Check, time and per-layer profile a serialized TensorRT engine.
 
@@ -301,6 +334,8 @@ def profile_engine(
         peak_ops_per_s: theoretical peak of the precision, ops/s (per-layer ``pct_of_peak``).
         cuda: a CUDA binding (:func:`pipeline.build.cuda_mem.cuda_api` when None).
         log: progress messages.
+        accuracy_batches: feed dicts (each of ``inputs``' shapes) for the accuracy check; default
+            ``[inputs]``.
 
     Returns:
         :class:`TrtProfile`.
@@ -338,8 +373,9 @@ def profile_engine(
 
     accuracy: Dict[str, Any] = {}
     if profile.accuracy_check and onnx_path is not None:
-        log("[profile] accuracy: Polygraphy TrtRunner vs ONNX Runtime")
-        accuracy = accuracy_vs_onnxruntime(engine, inputs, onnx_path, prec)
+        checked = list(accuracy_batches) if accuracy_batches else [inputs]
+        log(f"[profile] accuracy: Polygraphy TrtRunner vs ONNX Runtime on {len(checked)} batch(es)")
+        accuracy = accuracy_vs_onnxruntime(engine, checked, onnx_path, prec)
 
     sess = EngineSession(trt, engine, inputs, cuda)
     try:
