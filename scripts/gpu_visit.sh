@@ -6,7 +6,7 @@
 #   export PATH=/opt/gpukit/bin:$PATH; bash scripts/gpu_visit.sh int8      # resnet50 int8, implicit entropy calibration
 #   export PATH=/opt/gpukit/bin:$PATH; bash scripts/gpu_visit.sh qdq       # resnet50 int8, explicit Q/DQ from the quantize stage
 #   export PATH=/opt/gpukit/bin:$PATH; bash scripts/gpu_visit.sh probe     # which tiny networks give a readable timing cache
-#   export PATH=/opt/gpukit/bin:$PATH; bash scripts/gpu_visit.sh main      # export, tests/gpu, and
+#   export PATH=/opt/gpukit/bin:$PATH; bash scripts/gpu_visit.sh main      # tests/gpu, and
 #        `python pipeline/run.py precision=int8` in ONE interpreter with TensorRT and (CPU) torch (needs the torch kit:
 #        scripts/pack_torchkit.sh here, its parts carried to /tmp/torchkit there)
 #   export PATH=/opt/gpukit/bin:$PATH; bash scripts/gpu_visit.sh cache     # resnet50 fp16: cold / warm-cache / no-cache builds
@@ -130,7 +130,6 @@ case "$PHASE" in
     cp "$G/results/timing_cache-probe.json" "$OUTDIR/" 2>/dev/null || true
     ;;
   main)
-    export_models
     gpu_tests
     echo "== python pipeline/run.py precision=int8 (TensorRT + torch in one interpreter)"
     if torch_kit; then
