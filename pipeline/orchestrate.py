@@ -75,6 +75,29 @@ def _validate(cfg: PipelineConfig) -> None:
         raise PipelineError(f"batch_size must be >= 1, got {cfg.batch_size}.", "Pass e.g. batch_size=8.")
     if cfg.backend.name not in ("auto", "tensorrt", "onnxruntime"):
         raise PipelineError(f"Unknown backend {cfg.backend.name!r}.", "Use backend=auto, tensorrt or onnxruntime.")
+    if not cfg.stages:
+        raise PipelineError("No stage requested (stages=[]): nothing would run.",
+                            f"Name at least one of {list(KNOWN_STAGES)}, e.g. stages=[export,analyze,report].")
+    if set(cfg.stages) & {"quantize", "build", "profile"}:
+        from pipeline.data import data_names
+
+        if cfg.data.name not in data_names():
+            raise PipelineError(f"Unknown data source {cfg.data.name!r}.", f"Use one of {data_names()} (data=<name>).")
+        if cfg.data.name in ("folder", "npz"):
+            if not cfg.data.path:
+                raise PipelineError(f"data={cfg.data.name} needs data.path.",
+                                    f"Pass data.path=/path/to/{'images/' if cfg.data.name == 'folder' else 'samples.npz'}.")
+            if not Path(cfg.data.path).exists():
+                raise PipelineError(f"data.path {cfg.data.path} does not exist.", "Fix data.path (absolute, or relative "
+                                    "to where you start the pipeline).")
+    if cfg.precision.name in ("int8", "best") and "quantize" in cfg.stages:
+        from pipeline.quantize.qdq import COMPUTE_OPS
+
+        bad = [op for op in cfg.quant.op_types if op not in COMPUTE_OPS]
+        if bad or not cfg.quant.op_types:
+            raise PipelineError(f"quant.op_types={list(cfg.quant.op_types)}: the quantize stage places Q/DQ on "
+                                f"{', '.join(COMPUTE_OPS)} only" + (f", not {bad}." if bad else " (the list is empty)."),
+                                f"Use a non-empty subset, e.g. quant.op_types=[{','.join(COMPUTE_OPS)}].")
 
 
 def _select_backend(cfg: PipelineConfig) -> tuple[str, str]:
