@@ -332,6 +332,10 @@ def test_timing_cache_reused_from_memory_where_the_file_cannot_be_read(model, tm
     second = build(trt, model, tmp_path, force_rebuild=True)
     tc = second.sidecar["timing_cache"]
     assert tc["loaded"] and tc["source"] == "memory" and tc["bytes_in"] == 0
+    # The cache stays with the builder that created it (a TensorRT 8.6 cache must not outlive it).
+    from pipeline.build.engine import _PROCESS_TIMING_CACHES
+
+    assert _PROCESS_TIMING_CACHES[tc["path"]][0] is trt.builders[0] and len(trt.builders) == 2
     assert any("with a warm timing cache" in m for m in called(trt, "log"))
     forget_process_timing_caches()
     third = build(trt, model, tmp_path, force_rebuild=True)

@@ -187,9 +187,12 @@ def make_fake_trt(version: str) -> types.ModuleType:
         def set_shape(self, name, mn, opt, mx):
             self.shapes[name] = (list(mn), list(opt), list(mx))
 
+    trt.builders = []  # every Builder made, in order
+
     class Builder:
         def __init__(self, logger):
             self.logger = logger
+            trt.builders.append(self)
 
         def create_network(self, flags):
             calls.append(("create_network", flags))

@@ -351,7 +351,8 @@ def _cache_messages(logger: Any, since: int) -> List[str]:
 
 #: Timing caches of this process's builds, by cache file: a later build in the same process (a
 #: Hydra sweep, several precisions, the benchmark) takes the cache object from memory, which works
-#: even where TensorRT cannot deserialize its own file (8.6.0). The builder is kept beside its cache.
+#: even where TensorRT cannot deserialize its own file (8.6.0). Each cache is kept with the builder
+#: whose config created it: a TensorRT 8.6 cache must not outlive that builder (a segfault on the H200).
 _PROCESS_TIMING_CACHES: Dict[str, Tuple[Any, Any]] = {}
 
 
@@ -361,8 +362,7 @@ _RETIRED_TIMING_CACHES: List[Tuple[Any, Any]] = []
 def forget_process_timing_caches() -> None:
     """Stop reusing the in-memory timing caches (the next build reads the cache file, as a new process would).
 
-    The objects stay alive until the process ends: destroying a TensorRT 8.6 timing cache and its
-    builder mid-process segfaulted on the H200.
+    The objects stay alive until the process ends: clearing them mid-process segfaulted on the H200.
     """
     _RETIRED_TIMING_CACHES.extend(_PROCESS_TIMING_CACHES.values())
     _PROCESS_TIMING_CACHES.clear()
@@ -666,11 +666,11 @@ def engine_from_onnx(
     config.add_optimization_profile(profile)
 
     cache_file = timing_cache_path(engines_dir, features, gpu) if build.timing_cache and features.timing_cache else None
-    cache_loaded, blob, cache_note, cache_source, tcache = False, b"", "", None, None
+    cache_loaded, blob, cache_note, cache_source, tcache, cache_owner = False, b"", "", None, None, builder
     if cache_file is not None:
         held = _PROCESS_TIMING_CACHES.get(str(cache_file))
         if held is not None and bool(config.set_timing_cache(held[1], False)):
-            tcache, cache_loaded, cache_source = held[1], True, "memory"
+            (cache_owner, tcache), cache_loaded, cache_source = held, True, "memory"
         else:
             blob = cache_file.read_bytes() if cache_file.is_file() else b""
             tcache, cache_loaded, cache_note = attach_timing_cache(config, blob, logger)
@@ -707,7 +707,7 @@ def engine_from_onnx(
     write_bytes(plan_path, plan_bytes)
     cache_saved, save_note = False, ""
     if cache_file is not None:
-        _PROCESS_TIMING_CACHES[str(cache_file)] = (builder, tcache)
+        _PROCESS_TIMING_CACHES[str(cache_file)] = (cache_owner, tcache)
         cache_saved, save_note = save_timing_cache(builder, config, cache_file, logger)
         if save_note:
             log(f"[build] {save_note}")
