@@ -139,7 +139,11 @@ def outputs_vs_onnxruntime(run_test: Callable[[Dict[str, np.ndarray]], Tuple[str
     for feed in batches:
         feed = dict(feed)
         validate_inputs(sess, feed)
-        refs.append(np.asarray(sess.run(None, feed)[0]))
+        try:
+            refs.append(np.asarray(sess.run(None, feed)[0]))
+        except Exception as err:  # ORT runtime errors (e.g. a shape mismatch inside the graph)
+            raise PipelineError(f"ONNX Runtime failed running {onnx_path} for the accuracy check: {err}",
+                                "check the input values/shapes the model accepts") from err
         name, out = run_test(feed)
         tests.append(np.asarray(out, dtype=np.float32))
     ref, test = (np.concatenate(a) if a[0].ndim else np.stack(a) for a in (refs, tests))
