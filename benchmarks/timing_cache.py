@@ -47,11 +47,9 @@ STEPS = {"cold": {"timing_cache": True}, "warm": {"timing_cache": True, "force_r
 
 
 def _precision(name: str):
-    from omegaconf import OmegaConf
+    from pipeline.config import precision_config
 
-    from pipeline.config import CONF_DIR, PrecisionConfig
-
-    return PrecisionConfig(**OmegaConf.to_container(OmegaConf.load(CONF_DIR / "precision" / f"{name}.yaml")))
+    return precision_config(name)
 
 
 def _engine_facts(art) -> dict:

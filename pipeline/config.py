@@ -282,6 +282,13 @@ class PipelineConfig:
     command_line: str = ""
 
 
+def precision_config(name: str) -> PrecisionConfig:
+    """The ``precision`` group's option ``name`` (``conf/precision/<name>.yaml``), for code called without Hydra."""
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    return PrecisionConfig(**OmegaConf.to_container(OmegaConf.load(CONF_DIR / "precision" / f"{name}.yaml")))
+
+
 def register_configs() -> None:
     """Register the schemas with Hydra's ConfigStore (called by the entry point only)."""
     from hydra.core.config_store import ConfigStore

@@ -324,11 +324,9 @@ def _peak_key(state: RunState, precision: str) -> str:
     """Peak key of an executed precision (the configured one when they agree)."""
     if precision == state.cfg.precision.name:
         return state.cfg.precision.peak
-    from omegaconf import OmegaConf
+    from pipeline.config import precision_config
 
-    from pipeline.config import CONF_DIR
-
-    return str(OmegaConf.load(CONF_DIR / "precision" / f"{precision}.yaml").peak)
+    return precision_config(precision).peak
 
 
 def stage_profile(state: RunState) -> dict:

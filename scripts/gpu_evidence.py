@@ -30,11 +30,9 @@ if str(ROOT) not in sys.path:
 
 
 def _precision(name: str):
-    from omegaconf import OmegaConf
+    from pipeline.config import precision_config
 
-    from pipeline.config import CONF_DIR, PrecisionConfig
-
-    return PrecisionConfig(**OmegaConf.to_container(OmegaConf.load(CONF_DIR / "precision" / f"{name}.yaml")))
+    return precision_config(name)
 
 
 def _data(onnx_path: Path, split: str, n: int, batch: int):
