@@ -263,6 +263,35 @@ class QuantConfig:
 
 
 @dataclass
+class InputsConfig:
+    """Files a run starts from instead of making them (stages=[build,profile] on a Q/DQ ONNX made elsewhere).
+
+    Each is a path; ``run`` is an earlier run folder whose artifacts (by kind, from its ``run.json``)
+    fill every input not named here. Unset inputs come from the stages of this run.
+
+    Attributes:
+        run: an earlier run folder (``outputs/<...>/<time>``).
+        onnx: the FP32 ONNX (``<model>.onnx``).
+        summary: the export summary (``export.json``); read from the ONNX's sidecar or the file when unset.
+        qdq_onnx: an explicit-quantization ONNX (``<model>.int8.qdq.onnx``).
+        calib_cache: a TensorRT calibration cache (``<model>.calib.cache``).
+        calib_data / eval_data: sample files (``data/calib.npz``, ``data/eval.npz``).
+        analysis: ``analysis.json``; quantization: ``quantization.json``; engine: a ``.plan``.
+    """
+
+    run: Optional[str] = None
+    onnx: Optional[str] = None
+    summary: Optional[str] = None
+    qdq_onnx: Optional[str] = None
+    calib_cache: Optional[str] = None
+    calib_data: Optional[str] = None
+    eval_data: Optional[str] = None
+    analysis: Optional[str] = None
+    quantization: Optional[str] = None
+    engine: Optional[str] = None
+
+
+@dataclass
 class PipelineConfig:
     """The whole run. See ``conf/config.yaml`` for defaults and ``README.md`` for examples."""
 
@@ -274,6 +303,7 @@ class PipelineConfig:
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
+    inputs: InputsConfig = field(default_factory=InputsConfig)
     stages: List[str] = field(default_factory=lambda: list(KNOWN_STAGES))
     batch_size: int = 1
     opset: int = 17

@@ -30,3 +30,7 @@ class StageSkipped(Exception):
     def __init__(self, reason: str):
         self.reason = reason
         super().__init__(reason)
+
+
+class RunInterrupted(PipelineError):
+    """The user pressed Ctrl-C: the report was written, and the same command resumes (exit code 130)."""

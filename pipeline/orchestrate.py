@@ -1,95 +1,84 @@
-"""Runs the configured stages in order and writes the report.
+"""Which stages run, in what order, from which files; skip/fail bookkeeping. Nothing else.
 
-Each stage is recorded as ``ran``, ``skipped`` (with the reason: no GPU, no TensorRT, nothing to do for
-this precision...) or ``failed`` (with the error). A failed stage stops the run after the report is
-written, so the user always sees what ran and what did not. Stage functions live in their folders
-(``pipeline/export``, ``pipeline/analyze``...) and know nothing of this module.
+Stages pass files, never objects: each stage is ``pipeline/<stage>/stage.py: run(inputs, settings, out)``
+with frozen dataclasses of paths in and out. This module resolves every input path (from this run, from
+a path the user names under ``inputs.*``, or from another run folder given as ``inputs.run``), calls the
+stage, records ``ran`` / ``reused`` / ``skipped`` / ``failed`` with the reason in ``run.json``, and ends
+with the report stage, which renders from the run folder's files alone.
+
+Failure handling: any exception in a stage (Ctrl-C included) marks that stage failed with its message;
+stages that need its outputs are skipped with the reason; the report is still written; the traceback
+goes to ``run.log``, not the console. Expensive artifacts (ONNX, Q/DQ ONNX, calibration cache) come
+from a content-addressed store (:mod:`pipeline.core.store`), so running the same command again after a
+failure or a Ctrl-C reuses what finished (and says so).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import time
-from dataclasses import dataclass, field
+import traceback
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping
+from typing import Any, Callable, Dict, List, Optional
 
+from pipeline.artifacts import write_json
 from pipeline.config import KNOWN_STAGES, PipelineConfig
-from pipeline.errors import PipelineError, StageSkipped
+from pipeline.errors import PipelineError, RunInterrupted, StageSkipped
 
-SCHEMA_VERSION = 1
+LOG = logging.getLogger("pipeline")
 
-#: Precisions that ONNX Runtime on the CPU executes as such; others run in FP32 there (and say so).
-ORT_CPU_EXECUTES = {"fp32": "fp32", "tf32": "fp32", "int8": "int8"}
+#: The run folder's manifest: stage records, artifacts by kind, how the run was made.
+RUN_MANIFEST = "run.json"
+RUN_LOG = "run.log"
+
+#: Artifact kinds a user can name under ``inputs.*`` (or that ``inputs.run`` provides), and their producers.
+PRODUCERS = {
+    "onnx": "export", "summary": "export", "calib_data": "data", "eval_data": "data", "analysis": "analyze",
+    "qdq_onnx": "quantize", "calib_cache": "quantize", "quantization": "quantize", "engine": "build",
+    "engine_results": "build", "measurement": "profile",
+}
 
 
 @dataclass
 class StageRecord:
-    """Outcome of one stage, as the report shows it."""
+    """Outcome of one stage, as ``run.json`` and the report show it.
 
-    status: str = "pending"  # ran | skipped | failed | not requested
+    ``status``: ran | reused | skipped | failed | not requested. ``reused`` means its outputs came from the
+    store (or the engine cache) and nothing was recomputed.
+    """
+
+    status: str = "pending"
     reason: str = ""
     seconds: float = 0.0
-    outputs: dict = field(default_factory=dict)
+    outputs: Dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class RunState:
-    """What the stages hand each other during one run."""
+class MissingInput(Exception):
+    """A stage's required input has no file: the stage is skipped with ``reason``."""
 
-    cfg: PipelineConfig
-    out_dir: Path
-    model_name: str
-    backend: str = "onnxruntime"
-    backend_reason: str = ""
-    onnx_path: Path | None = None
-    qdq_onnx_path: Path | None = None
-    inputs: list = field(default_factory=list)  # list[InputSpec]
-    tokenizer: Any = None  # the model's own tokenizer for text data (minilm), else None
-    output_names: list = field(default_factory=list)
-    model_info: dict = field(default_factory=dict)
-    hardware: Any = None  # HardwareSpec
-    analysis: Any = None  # Analysis
-    engine: Any = None  # EngineArtifact
-    measured: dict | None = None
-    layer_times: dict = field(default_factory=dict)  # ONNX node name -> measured seconds
-    engine_layers: list = field(default_factory=list)  # one row per TensorRT layer: time, bound, efficiency
-    accuracy: dict = field(default_factory=dict)
-    quantization: dict | None = None
-    stages: dict = field(default_factory=dict)
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
 
 
-# ----------------------------------------------------------------------------------------------- helpers
-def _model_name(cfg: PipelineConfig) -> str:
-    if cfg.model.name == "onnx":
-        if not cfg.model.onnx_path:
-            raise PipelineError("model=onnx needs a file.", "Pass model.onnx_path=/path/to/model.onnx.")
-        return Path(cfg.model.onnx_path).stem
-    return cfg.model.name
-
-
-def _validate(cfg: PipelineConfig) -> None:
+# ------------------------------------------------------------------------------------------ validation
+def validate(cfg: PipelineConfig) -> None:
+    """Edge checks before any work: what would fail later fails now, with what to do instead."""
     unknown = [s for s in cfg.stages if s not in KNOWN_STAGES]
     if unknown:
         raise PipelineError(f"Unknown stage(s) {unknown}.", f"Choose from {list(KNOWN_STAGES)}, e.g. stages=[export,analyze].")
+    if not cfg.stages:
+        raise PipelineError("No stage requested (stages=[]): nothing would run.",
+                            f"Name at least one of {list(KNOWN_STAGES)}, e.g. stages=[export,analyze,report].")
     if cfg.batch_size < 1:
         raise PipelineError(f"batch_size must be >= 1, got {cfg.batch_size}.", "Pass e.g. batch_size=8.")
     if cfg.backend.name not in ("auto", "tensorrt", "onnxruntime"):
         raise PipelineError(f"Unknown backend {cfg.backend.name!r}.", "Use backend=auto, tensorrt or onnxruntime.")
-    if not cfg.stages:
-        raise PipelineError("No stage requested (stages=[]): nothing would run.",
-                            f"Name at least one of {list(KNOWN_STAGES)}, e.g. stages=[export,analyze,report].")
+    _validate_inputs(cfg)
     if set(cfg.stages) & {"quantize", "build", "profile"}:
-        from pipeline.data import data_names
-
-        if cfg.data.name not in data_names():
-            raise PipelineError(f"Unknown data source {cfg.data.name!r}.", f"Use one of {data_names()} (data=<name>).")
-        if cfg.data.name in ("folder", "npz"):
-            if not cfg.data.path:
-                raise PipelineError(f"data={cfg.data.name} needs data.path.",
-                                    f"Pass data.path=/path/to/{'images/' if cfg.data.name == 'folder' else 'samples.npz'}.")
-            if not Path(cfg.data.path).exists():
-                raise PipelineError(f"data.path {cfg.data.path} does not exist.", "Fix data.path (absolute, or relative "
-                                    "to where you start the pipeline).")
+        _validate_data(cfg)
     if cfg.precision.name in ("int8", "best") and "quantize" in cfg.stages:
         from pipeline.quantize.qdq import COMPUTE_OPS
 
@@ -100,11 +89,36 @@ def _validate(cfg: PipelineConfig) -> None:
                                 f"Use a non-empty subset, e.g. quant.op_types=[{','.join(COMPUTE_OPS)}].")
 
 
-def _select_backend(cfg: PipelineConfig) -> tuple[str, str]:
+def _validate_data(cfg: PipelineConfig) -> None:
+    from pipeline.data import data_names
+
+    if cfg.data.name not in data_names():
+        raise PipelineError(f"Unknown data source {cfg.data.name!r}.", f"Use one of {data_names()} (data=<name>).")
+    if cfg.data.name in ("folder", "npz") and not (cfg.inputs.calib_data and cfg.inputs.eval_data):
+        if not cfg.data.path:
+            raise PipelineError(f"data={cfg.data.name} needs data.path.",
+                                f"Pass data.path=/path/to/{'images/' if cfg.data.name == 'folder' else 'samples.npz'}.")
+        if not Path(cfg.data.path).exists():
+            raise PipelineError(f"data.path {cfg.data.path} does not exist.",
+                                "Fix data.path (absolute, or relative to where you start the pipeline).")
+
+
+def _validate_inputs(cfg: PipelineConfig) -> None:
+    given = {k: v for k, v in asdict(cfg.inputs).items() if v}
+    for kind, value in given.items():
+        if not Path(value).exists():
+            raise PipelineError(f"inputs.{kind}={value} does not exist.",
+                                "Give an existing file (inputs.run=<run folder> takes every artifact of an earlier run).")
+    if cfg.inputs.run and not (Path(cfg.inputs.run) / RUN_MANIFEST).is_file():
+        raise PipelineError(f"inputs.run={cfg.inputs.run} is not a run folder (no {RUN_MANIFEST} in it).",
+                            "Point it at the output folder of an earlier run (the one with report.json).")
+
+
+def select_backend(cfg: PipelineConfig) -> tuple[str, str]:
     """Pick the runtime; ``backend=tensorrt`` without TensorRT or a GPU is an error before any work is done."""
     if cfg.backend.name == "onnxruntime":
         return "onnxruntime", "backend=onnxruntime was requested"
-    from pipeline.build import tensorrt_status
+    from pipeline.trt import tensorrt_status
 
     ok, why = tensorrt_status()
     if ok:
@@ -118,296 +132,319 @@ def _select_backend(cfg: PipelineConfig) -> tuple[str, str]:
     return "onnxruntime", f"TensorRT not usable here ({why}); ONNX Runtime on the CPU runs the model"
 
 
-def _dataset(state: RunState, split: str, num_samples: int):
-    from pipeline.data import load_dataset
+# --------------------------------------------------------------------------------------------- the run
+class Run:
+    """One run folder: where artifacts are found, and what each stage did.
 
-    return load_dataset(state.cfg.data, state.inputs, split=split, num_samples=num_samples,
-                        tokenizer=state.tokenizer)
-
-
-def _first_batch(state: RunState, batch_size: int) -> dict:
-    """One batch of real inputs from the data source, repeated to ``batch_size`` if the source is smaller."""
-    ds = _dataset(state, "eval", min(batch_size, state.cfg.data.num_samples))
-    return batches_of(ds.inputs, batch_size)[0]
-
-
-def batches_of(inputs: Mapping[str, "np.ndarray"], batch_size: int) -> List[Dict[str, "np.ndarray"]]:
-    """Split samples into full batches of ``batch_size`` (what the engine's profile accepts).
-
-    A set smaller than one batch is repeated to fill it; samples past the last full batch are left out.
+    Holds paths and stage records only; results live in the files.
     """
-    import numpy as np
 
-    n = len(next(iter(inputs.values())))
-    if n < batch_size:
-        reps = -(-batch_size // n)
-        return [{k: np.ascontiguousarray(np.concatenate([v] * reps)[:batch_size]) for k, v in inputs.items()}]
-    return [{k: np.ascontiguousarray(v[i:i + batch_size]) for k, v in inputs.items()}
-            for i in range(0, n - batch_size + 1, batch_size)]
+    def __init__(self, cfg: PipelineConfig, out_dir: Path, backend: tuple[str, str]):
+        from pipeline.core.store import Store
+        from pipeline.export.stage import model_name
+
+        self.cfg = cfg
+        self.out = out_dir
+        self.backend, self.backend_reason = backend
+        self.model_name = model_name(cfg.model)
+        self.store = Store(Path(cfg.engines_dir) / "artifacts")
+        self.artifacts: Dict[str, str] = {}
+        self.stages: Dict[str, StageRecord] = {}
+        self.reused_from: Dict[str, str] = {}
+        self.upstream = self._upstream_artifacts()
+        from pipeline.environment import gpu_names, package_versions
+
+        keep = ("trt-pipeline", "numpy", "onnx", "onnxruntime", "torch", "polygraphy", "tensorrt")
+        self.versions = {k: v for k, v in package_versions().items() if k in keep}
+        gpus = gpu_names()
+        self.gpu = gpus[0] if gpus else None
+
+    def _upstream_artifacts(self) -> Dict[str, Path]:
+        """Artifacts of ``inputs.run`` (an earlier run folder), by kind."""
+        if not self.cfg.inputs.run:
+            return {}
+        folder = Path(self.cfg.inputs.run)
+        manifest = json.loads((folder / RUN_MANIFEST).read_text())
+        found = {}
+        for kind, rel in (manifest.get("artifacts") or {}).items():
+            path = folder / rel
+            if path.exists():
+                found[kind] = path
+        return found
+
+    # --------------------------------------------------------------------------------- artifact lookup
+    def find(self, kind: str) -> Optional[Path]:
+        """The file of ``kind``: named by the user, made in this run, or from ``inputs.run``; else None."""
+        user = getattr(self.cfg.inputs, kind, None)
+        if kind == "qdq_onnx" and not user and self.cfg.build.qdq_onnx:
+            user = self.cfg.build.qdq_onnx  # the older name of inputs.qdq_onnx
+        if user:
+            return Path(user)
+        if kind in self.artifacts:
+            return self.out / self.artifacts[kind]
+        return self.upstream.get(kind)
+
+    def need(self, kind: str, stage: str) -> Path:
+        """Like :meth:`find`, but a missing file is a :class:`MissingInput` naming why it is missing."""
+        path = self.find(kind)
+        if path is not None:
+            return path
+        producer = PRODUCERS.get(kind, "?")
+        rec = self.stages.get(producer)
+        if rec is not None and rec.status in ("failed", "skipped"):
+            raise MissingInput(f"needs the {kind} from the {producer} stage, which {rec.status}: {rec.reason}")
+        raise MissingInput(f"needs the {kind} (made by the {producer} stage, not in stages): add {producer} to "
+                           f"stages, or name the file with inputs.{kind}=... (or inputs.run=<earlier run folder>)")
+
+    def add(self, kind: str, path: Optional[Path]) -> None:
+        """Record an artifact of this run (``path`` inside the run folder)."""
+        if path is not None:
+            self.artifacts[kind] = str(Path(path).relative_to(self.out))
+
+    def write_manifest(self, extra: Dict[str, Any]) -> None:
+        """``run.json``: stage records, artifacts by kind, and how the run was made (atomically, after every stage)."""
+        write_json(self.out / RUN_MANIFEST, {
+            "schema_version": 1, "model_name": self.model_name,
+            "backend": {"requested": self.cfg.backend.name, "selected": self.backend, "reason": self.backend_reason},
+            "stages": {name: asdict(rec) for name, rec in self.stages.items()},
+            "artifacts": dict(self.artifacts), **extra})
 
 
-# ------------------------------------------------------------------------------------------------ stages
-def stage_export(state: RunState) -> dict:
-    """Model -> checked, shape-inferred ONNX (or import a given ONNX)."""
-    from pipeline.export import export_onnx, onnx_from_file
+# ------------------------------------------------------------------------------------------ the stages
+def _summary(run: Run) -> Path:
+    """``export.json``: from this run / inputs, else described from the ONNX (written into the run folder)."""
+    found = run.find("summary")
+    if found is not None:
+        return found
+    onnx = run.need("onnx", "summary")
+    from pipeline.export.stage import SUMMARY_NAME, summary_from_onnx
+
+    path = write_json(run.out / SUMMARY_NAME, summary_from_onnx(onnx, run.cfg.model))
+    run.add("summary", path)
+    return path
+
+
+def _dataset(run: Run, split: str) -> Path:
+    """``data/<split>.npz``: named by the user / earlier run, else drawn from ``cfg.data`` for this model."""
+    kind = f"{split}_data"
+    found = run.find(kind)
+    if found is not None:
+        return found
+    from pipeline.core.datasets import save_dataset
+    from pipeline.core.store import input_record, write_sidecar
+    from pipeline.data import load_dataset
+    from pipeline.export.stage import input_specs, read_summary
+
+    cfg = run.cfg
+    summary_path = _summary(run)
+    specs = input_specs(read_summary(summary_path))
+    n = cfg.data.calib_samples if split == "calib" else cfg.data.num_samples
+    ds = load_dataset(cfg.data, specs, split=split, num_samples=n, tokenizer=_tokenizer(cfg, specs))
+    path = save_dataset(ds, run.out / "data" / f"{split}.npz")
+    write_sidecar(path, kind="dataset", producer="data", inputs={"summary": input_record(summary_path)},
+                  config={"data": asdict(cfg.data), "split": split}, extra={"summary": ds.summary()})
+    for note in getattr(ds, "notes", None) or []:
+        print(f"  data: {note}")
+        LOG.info("data %s: %s", split, note)
+    run.add(kind, path)
+    return path
+
+
+def _tokenizer(cfg: PipelineConfig, specs) -> Optional[Callable]:
+    """The model's own tokenizer for ``data=text`` (only models that ship one, e.g. minilm), else None."""
+    if cfg.data.name != "text" or not any(s.dtype.startswith("int") for s in specs) or cfg.model.name != "minilm":
+        return None
     from pipeline.models import build_model
 
-    cfg = state.cfg
-    out = state.out_dir / f"{state.model_name}.onnx"
-    bundle = build_model(cfg.model)
-    if bundle.module is None:  # model=onnx: validate and import the file
-        res = onnx_from_file(bundle.onnx_path, out)
-    else:
-        res = export_onnx(bundle, out, opset=cfg.opset, batch_size=cfg.batch_size)
-    state.tokenizer = getattr(bundle, "tokenizer", None)
-    state.model_info.update(task=bundle.task, num_classes=bundle.num_classes, notes=bundle.notes,
-                            metrics=dict(bundle.metrics or {}))
-    state.onnx_path = res.onnx_path
-    # The bundle's specs have every dimension filled (model.input_shape fills an ONNX file's dynamic ones).
-    state.inputs = list(bundle.inputs)
-    state.output_names = list(res.output_names)
-    state.model_info.update(parameters=res.parameters, opset=res.opset)
-    state.accuracy["export_check"] = dict(res.check)
-    return {"onnx": str(res.onnx_path), "opset": res.opset, "check": res.check,
-            "warnings": list(getattr(res, "warnings", []) or [])}
+    return build_model(cfg.model).tokenizer
 
 
-def _symbolic_dims(onnx_path: Path, specs: list) -> dict[str, int]:
-    """Values for the ONNX inputs' symbolic non-batch dimensions (e.g. a dynamic sequence length)."""
-    import onnx
+def _in_store(run: Run, stage: str, used: Dict[str, Path], config: Dict[str, Any], packages: tuple,
+              produce: Callable[[Path], Any]) -> tuple[Any, bool]:
+    """Run ``produce(out_dir)`` into the store (or reuse its entry), then link the files into the run folder.
 
-    by_name = {s.name: s for s in specs}
-    dims: dict[str, int] = {}
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    for inp in graph.input:
-        spec = by_name.get(inp.name)
-        if spec is None:
-            continue
-        for i, d in enumerate(inp.type.tensor_type.shape.dim[1:]):
-            if d.dim_param and i < len(spec.shape) and int(spec.shape[i]) > 0:
-                dims[d.dim_param] = int(spec.shape[i])
-    return dims
-
-
-def _require_onnx(state: RunState, stage: str) -> Path:
-    if state.onnx_path is not None:
-        return state.onnx_path
-    cfg = state.cfg
-    if cfg.model.name == "onnx":
-        # export not requested: import the file (cheap, no torch needed) so later stages have it.
-        stage_export(state)
-        return state.onnx_path  # type: ignore[return-value]
-    raise PipelineError(
-        f"Stage {stage!r} needs an ONNX model, but the export stage was not run.",
-        "Add export to stages, or start from a file with model=onnx model.onnx_path=...",
-    )
-
-
-def stage_analyze(state: RunState) -> dict:
-    """Theoretical model: per-layer FLOPs/bytes, peaks, roofline."""
-    from pipeline.analyze import analyze_onnx
-
-    onnx_path = _require_onnx(state, "analyze")
-    try:
-        state.hardware.peak_for(state.cfg.precision)
-    except PipelineError as err:
-        raise StageSkipped(f"{err.message} Pass hardware=<gpu> (e.g. hardware=h100_sxm) to see the theoretical "
-                           f"model of {state.cfg.precision.name} on a GPU.") from err
-    state.analysis = analyze_onnx(onnx_path, state.hardware, state.cfg.precision, state.cfg.batch_size,
-                                  sparse=state.cfg.build.sparse_weights,
-                                  dims=_symbolic_dims(onnx_path, state.inputs) or None)
-    d = state.analysis.to_dict()
-    return {"predicted_latency_s": d.get("predicted_latency_s"),
-            "predicted_latency_unfused_s": d.get("predicted_latency_unfused_s"),
-            "layers": len(state.analysis.layers), "fused_groups": len(d.get("groups") or [])}
-
-
-def stage_quantize(state: RunState) -> dict:
-    """INT8 post-training quantization: calibration + explicit Q/DQ ONNX (+ TensorRT calibration cache)."""
-    prec = state.cfg.precision.name
-    if prec == "fp8":
-        raise StageSkipped("FP8 Q/DQ needs ONNX opset 19 and TensorRT 10+ on Hopper/Ada; this pipeline's "
-                           "quantize stage writes INT8 Q/DQ at opset 17 only.")
-    if prec not in ("int8", "best"):
-        raise StageSkipped(f"precision={prec} needs no quantization (only int8 and best do).")
-    from pipeline.quantize import compare_calibrations, quantize_onnx
-
-    onnx_path = _require_onnx(state, "quantize")
-    bs = state.cfg.batch_size
-    calib = _dataset(state, "calib", state.cfg.data.calib_samples)
-    if len(calib) == 0:
-        raise PipelineError("The calibration set is empty.", "Raise data.calib_samples or point data at real samples.")
-    evals = _dataset(state, "eval", state.cfg.data.num_samples)
-    out = state.out_dir / f"{state.model_name}.int8.qdq.onnx"
-    task = state.model_info.get("task") or "auto"
-    task = task if task in ("classification", "embedding") else "auto"
-    res = quantize_onnx(onnx_path, list(calib.batches(bs)), state.cfg.quant, out,
-                        eval_batches=list(evals.batches(bs)), eval_labels=evals.labels,
-                        cache_path=state.out_dir / f"{state.model_name}.calib.cache", task=task)
-    state.qdq_onnx_path = Path(res.qdq_onnx_path)
-    state.quantization = res.to_dict()
-    outputs = {"qdq_onnx": str(res.qdq_onnx_path), "calib_cache": str(res.calibration_cache_path or ""),
-               "algorithm": state.cfg.quant.calib}
-    if state.cfg.quant.compare:
-        from pipeline.quantize import save_comparison_figures
-
-        comparison = compare_calibrations(onnx_path, list(calib.batches(bs)), list(evals.batches(bs)),
-                                          eval_labels=evals.labels, cfg=state.cfg.quant, task=task)
-        state.quantization["comparison"] = comparison
-        outputs["figures"] = [str(p) for p in save_comparison_figures(comparison, state.out_dir)]
-    return outputs
-
-
-def stage_build(state: RunState) -> dict:
-    """TensorRT engine (cached in engines/)."""
-    if state.backend != "tensorrt":
-        raise StageSkipped(f"no TensorRT engine is built: {state.backend_reason}")
-    from pipeline.build import engine_from_onnx
-
-    onnx_path = _require_onnx(state, "build")
-    calib_batches = None
-    if state.cfg.precision.name in ("int8", "best") and state.qdq_onnx_path is None and not state.cfg.build.qdq_onnx:
-        calib = _dataset(state, "calib", state.cfg.data.calib_samples)
-        calib_batches = list(calib.batches(state.cfg.batch_size))
-    source = Path(state.cfg.build.qdq_onnx) if state.cfg.build.qdq_onnx else (state.qdq_onnx_path or onnx_path)
-    state.engine = engine_from_onnx(
-        source, precision=state.cfg.precision, build=state.cfg.build, batch_size=state.cfg.batch_size,
-        engines_dir=Path(state.cfg.engines_dir), model_name=state.model_name, calib_batches=calib_batches,
-        calibration_cache=state.out_dir / f"{state.model_name}.calib.cache", hardware_name=state.hardware.name)
-    from pipeline.build.inspect import precision_summary
-
-    return {"engine": str(state.engine.plan_path), "cache_hit": state.engine.cache_hit,
-            "build_seconds": state.engine.build_seconds, "built_from": str(source),
-            "layer_precisions": precision_summary(state.engine.sidecar.get("layers") or [])}
-
-
-def _achieved(state: RunState) -> None:
-    """Add achieved ops/s and % of the theoretical peak to the measurement."""
-    if state.measured is None or state.analysis is None or state.hardware is None:
-        return
-    from pipeline.profile import achieved
-
-    executed = state.measured.get("precision_executed") or state.cfg.precision.name
-    from pipeline.analyze import resolve_hardware
-    from pipeline.config import HardwareConfig, PrecisionConfig
-
-    # The % of peak is against the processor that ran the model: with hardware=<gpu> analysed but ONNX
-    # Runtime measuring on the CPU, the CPU's peak (not the GPU's) is the honest denominator.
-    hw = state.hardware
-    ran_on = "gpu" if state.backend == "tensorrt" else "cpu"
-    if hw.kind != ran_on:
-        hw = resolve_hardware(HardwareConfig(name="auto" if ran_on == "gpu" else "cpu", kind=ran_on if ran_on == "cpu" else "auto"))
-        state.measured.setdefault("notes", []).append(
-            f"% of peak is against {hw.name} (where the model ran), not the analysed {state.hardware.name}")
-    try:
-        peak = hw.peak_for(PrecisionConfig(name=executed, peak=_peak_key(state, executed)))
-    except PipelineError:
-        return
-    total_flops = state.analysis.to_dict()["totals"]["flops"]
-    lat_s = state.measured["latency_ms"]["median"] / 1e3
-    state.measured.update(achieved(total_flops, lat_s, peak.ops_per_s_dense))
-    if (state.measured.get("pct_of_peak") or 0) > 100:
-        # Measured above the theoretical peak: an assumption behind the peak is too low, not the kernels
-        # too fast. On CPUs it is usually the clock (a VM's 'cpu MHz' is often the base, not the boost).
-        detail = (hw.detection or {}).get("clock_source", "") if hw.kind == "cpu" else ""
-        state.measured.setdefault("notes", []).append(
-            f"measured {state.measured['pct_of_peak']:.0f}% of the theoretical {peak.key} peak: the peak "
-            f"underestimates this processor{f' (clock from {detail})' if detail else ''}; pass the real boost "
-            "clock, e.g. hardware.clock_mhz_max=<MHz>, or the right hardware file")
-    state.measured["peak_key"] = peak.key
-    state.measured["peak_hardware"] = hw.name
-    state.measured["peak_ops_per_s"] = peak.ops_per_s_dense
-    state.measured["model_flops_per_batch"] = total_flops
-
-
-def _peak_key(state: RunState, precision: str) -> str:
-    """Peak key of an executed precision (the configured one when they agree)."""
-    if precision == state.cfg.precision.name:
-        return state.cfg.precision.peak
-    from pipeline.config import precision_config
-
-    return precision_config(precision).peak
-
-
-def stage_profile(state: RunState) -> dict:
-    """Measure latency/throughput on the selected backend and check outputs against the reference."""
-    cfg = state.cfg
-    onnx_path = _require_onnx(state, "profile")
-    inputs = _first_batch(state, cfg.batch_size)
-    outputs: dict = {}
-    if state.backend == "tensorrt":
-        from pipeline.profile.tensorrt_runner import profile_engine
-
-        if state.engine is None:
-            raise PipelineError("The profile stage on TensorRT needs an engine.", "Add build to stages.")
-        costs, peak = None, None
-        if state.analysis is not None:
-            costs = state.analysis.to_dict()["layers"]
-            peak = state.hardware.peak_for(cfg.precision).ops_per_s_dense
-        # The accuracy check runs every evaluation sample (data.num_samples), not only the timed batch:
-        # at batch_size=1 one sample says nothing about top-1 agreement.
-        checked = batches_of(_dataset(state, "eval", cfg.data.num_samples).inputs, cfg.batch_size)
-        prof = profile_engine(state.engine.plan_path, inputs, cfg.profile, onnx_path=onnx_path,
-                              precision=cfg.precision, onnx_costs=costs, peak_ops_per_s=peak,
-                              accuracy_batches=checked)
-        state.measured = prof.measured_dict()
-        state.layer_times = dict(prof.layer_times)
-        state.engine_layers = list(prof.layers)
-        state.accuracy["engine_vs_onnxruntime"] = prof.accuracy
-        outputs["per_layer_times"] = len(state.layer_times)
-    else:
-        from pipeline.profile import measure_onnxruntime
-
-        prec = cfg.precision.name
-        target = onnx_path
-        executed = ORT_CPU_EXECUTES.get(prec, "fp32")
-        notes = []
-        if prec in ("int8", "best") and state.qdq_onnx_path is not None:
-            target, executed = state.qdq_onnx_path, "int8"
-        elif prec in ("int8", "best"):
-            executed = "fp32"
-            notes.append("no Q/DQ model (quantize stage not run): ONNX Runtime measured the FP32 model")
-        if executed != prec and prec != "best":
-            notes.append(f"ONNX Runtime on the CPU has no {prec} execution here: measured {executed}")
-        m = measure_onnxruntime(target, inputs, cfg.profile, precision_executed=executed)
-        m.notes.extend(notes)
-        state.measured = m.to_dict()
-        if target != onnx_path and state.quantization:
-            # The quantize stage already ran both models on the held-out data: reuse, do not rerun.
-            metrics = dict(state.quantization.get("metrics") or {})
-            measured_kernels = metrics.pop("onnxruntime_int8_kernels", None) or metrics
-            state.accuracy["int8_vs_fp32"] = _int8_verdict(measured_kernels, state.model_info.get("task"))
-        outputs["measured_model"] = str(target)
-    _achieved(state)
-    outputs["latency_ms_median"] = state.measured["latency_ms"]["median"]
-    outputs["throughput_samples_s"] = state.measured["throughput_samples_s"]
-    return outputs
-
-
-#: INT8 acceptance against FP32 (issue 3's tolerances): output cosine, and top-1 agreement on classifiers.
-INT8_MIN_COSINE = 0.99
-INT8_MIN_TOP1_AGREEMENT = 0.99
-
-
-def _int8_verdict(metrics: dict, task: str | None) -> dict:
-    """INT8-vs-FP32 metrics with a ``passed`` flag against the INT8 tolerances.
-
-    Top-1 agreement is a check only for classifiers: the arg-max of an embedding or a feature map means nothing.
+    Returns ``(outputs remapped into the run folder, reused)``.
     """
-    out = dict(metrics)
-    checks = []
-    tolerance: dict = {"min_cosine": INT8_MIN_COSINE}
-    if out.get("output_cosine") is not None:
-        checks.append(out["output_cosine"] >= INT8_MIN_COSINE)
-    if task == "classification" and out.get("top1_agreement") is not None:
-        checks.append(out["top1_agreement"] >= INT8_MIN_TOP1_AGREEMENT)
-        tolerance["min_top1_agreement"] = INT8_MIN_TOP1_AGREEMENT
-    out["tolerance"] = tolerance
-    out["passed"] = bool(checks) and all(checks)
-    return out
+    from pipeline.core.store import complete_sidecar, input_record, link_or_copy, source_hash, store_key
+
+    inputs = {k: input_record(p) for k, p in used.items()}
+    versions = {**run.versions, "code": source_hash(*packages)}
+    key = store_key(stage, inputs, config, versions)
+    entry = run.store.lookup(stage, run.model_name, key)
+    reused = entry is not None
+    outputs = None
+    if entry is None:
+        with run.store.filling(stage, run.model_name, key) as tmp:
+            outputs = produce(tmp)
+            for f in sorted(tmp.iterdir()):
+                if f.is_file() and not _is_sidecar(f):
+                    complete_sidecar(f, kind=_kind_of(f), producer=stage, inputs=inputs, config=config,
+                                     versions=versions, key=key)
+        entry = run.store.lookup(stage, run.model_name, key)
+    run.reused_from[stage] = str(entry) if reused else ""
+    from pipeline.core.store import ENTRY_MANIFEST
+
+    for f in sorted(entry.iterdir()):
+        if f.name != ENTRY_MANIFEST and not f.name.startswith("."):
+            link_or_copy(f, run.out / f.name)
+    LOG.info("%s: %s store entry %s", stage, "reused" if reused else "filled", entry)
+    return outputs, reused
 
 
-STAGE_FUNCS: dict[str, Callable[[RunState], dict]] = {
+def _is_sidecar(path: Path) -> bool:
+    """Whether ``path`` is the sidecar of a file beside it (``x.onnx.json`` next to ``x.onnx``)."""
+    return path.suffix == ".json" and path.with_suffix("").exists() and path.with_suffix("").suffix != ""
+
+
+def _kind_of(path: Path) -> str:
+    name = path.name
+    for suffix, kind in ((".int8.qdq.onnx", "qdq_onnx"), (".onnx", "onnx"), (".calib.cache", "calib_cache"),
+                         (".npz", "dataset"), (".png", "figure"), (".json", "results")):
+        if name.endswith(suffix):
+            return kind
+    return "file"
+
+
+def _sidecars_in_run(run: Run, stage: str, used: Dict[str, Optional[Path]], config: Dict[str, Any],
+                     files: List[Path]) -> None:
+    """Sidecars for the files a stage wrote straight into the run folder (stages without a store entry)."""
+    from pipeline.core.store import complete_sidecar, input_record
+
+    inputs = {k: input_record(p) for k, p in used.items() if p is not None and Path(p).is_file()}
+    for f in files:
+        complete_sidecar(f, kind=_kind_of(f), producer=stage, inputs=inputs, config=config,
+                         versions=run.versions, gpu=run.gpu if stage in ("build", "profile") else None)
+
+
+def stage_export(run: Run) -> StageRecord:
+    from pipeline.export.stage import ExportInputs, ExportSettings, SUMMARY_NAME
+    from pipeline.export.stage import run as export
+    try:
+        from pipeline.models import model_source_files
+    except ImportError:  # TEMPORARY until the packaging branch lands
+        def model_source_files(_m):
+            return []
+
+    cfg = run.cfg
+    files = {f"source{i}": Path(p) for i, p in enumerate(model_source_files(cfg.model))}
+    if cfg.model.name == "onnx" and cfg.model.onnx_path and Path(cfg.model.onnx_path).is_file():
+        files["model_onnx"] = Path(cfg.model.onnx_path)
+    settings = ExportSettings(opset=cfg.opset, batch_size=cfg.batch_size)
+    config = {"model": asdict(cfg.model), "export": asdict(settings)}
+    _, reused = _in_store(run, "export", files, config, ("export", "models", "graph"),
+                          lambda out: export(ExportInputs(cfg.model), settings, out))
+    onnx = run.out / f"{run.model_name}.onnx"
+    run.add("onnx", onnx)
+    run.add("summary", run.out / SUMMARY_NAME)
+    summary = json.loads((run.out / SUMMARY_NAME).read_text())
+    return _record(reused, {"onnx": str(onnx), "opset": summary.get("opset"), "check": summary.get("check"),
+                            "warnings": summary.get("warnings", [])}, run.reused_from.get("export", ""))
+
+
+def stage_analyze(run: Run) -> StageRecord:
+    from pipeline.analyze.stage import AnalyzeInputs, AnalyzeSettings
+    from pipeline.analyze.stage import run as analyze
+
+    cfg = run.cfg
+    inputs = AnalyzeInputs(onnx=run.need("onnx", "analyze"), summary=_summary(run))
+    settings = AnalyzeSettings(cfg.hardware, cfg.precision, cfg.batch_size, cfg.build.sparse_weights)
+    out = analyze(inputs, settings, run.out)
+    _sidecars_in_run(run, "analyze", {"onnx": inputs.onnx, "summary": inputs.summary}, asdict(settings), [out.results])
+    run.add("analysis", out.results)
+    d = json.loads(out.results.read_text())["analysis"]
+    return _record(False, {"predicted_latency_s": d.get("predicted_latency_s"),
+                           "predicted_latency_unfused_s": d.get("predicted_latency_unfused_s"),
+                           "layers": len(d.get("layers") or []), "fused_groups": len(d.get("groups") or [])})
+
+
+def stage_quantize(run: Run) -> StageRecord:
+    from pipeline.quantize.stage import RESULTS_NAME, QuantizeInputs, QuantizeSettings, check_precision
+    from pipeline.quantize.stage import run as quantize
+
+    cfg = run.cfg
+    check_precision(cfg.precision.name)
+    inputs = QuantizeInputs(onnx=run.need("onnx", "quantize"), calib_data=_dataset(run, "calib"),
+                            eval_data=_dataset(run, "eval"), summary=_summary(run))
+    settings = QuantizeSettings(cfg.quant, cfg.precision.name, cfg.batch_size)
+    used = {"onnx": inputs.onnx, "calib_data": inputs.calib_data, "eval_data": inputs.eval_data,
+            "summary": inputs.summary}
+    config = {"quant": asdict(cfg.quant), "batch_size": cfg.batch_size, "precision": cfg.precision.name}
+    _, reused = _in_store(run, "quantize", used, config, ("quantize", "graph"),
+                          lambda out: quantize(inputs, settings, out))
+    results = json.loads((run.out / RESULTS_NAME).read_text())
+    run.add("quantization", run.out / RESULTS_NAME)
+    run.add("qdq_onnx", run.out / results["qdq_onnx_path"])
+    if results.get("calibration_cache_path"):
+        run.add("calib_cache", run.out / results["calibration_cache_path"])
+    return _record(reused, {"qdq_onnx": str(run.out / results["qdq_onnx_path"]),
+                            "calib_cache": results.get("calibration_cache_path") or "", "algorithm": cfg.quant.calib},
+                   run.reused_from.get("quantize", ""))
+
+
+def stage_build(run: Run) -> StageRecord:
+    if run.backend != "tensorrt":
+        raise StageSkipped(f"no TensorRT engine is built: {run.backend_reason}")
+    from pipeline.engine.stage import EngineInputs, EngineSettings
+    from pipeline.engine.stage import run as build
+
+    cfg = run.cfg
+    int8 = cfg.precision.name in ("int8", "best")
+    qdq = run.find("qdq_onnx") if int8 else None
+    inputs = EngineInputs(onnx=run.need("onnx", "build"), qdq_onnx=qdq,
+                          calib_data=_dataset(run, "calib") if int8 and qdq is None else None,
+                          calib_cache=run.find("calib_cache") if int8 else None)
+    settings = EngineSettings(cfg.precision, cfg.build, cfg.batch_size, Path(cfg.engines_dir), run.model_name,
+                              hardware_name=cfg.hardware.name)
+    out = build(inputs, settings, run.out)
+    _sidecars_in_run(run, "build", {k: v for k, v in vars(inputs).items()},
+                     {"precision": cfg.precision.name, "build": asdict(cfg.build), "batch_size": cfg.batch_size},
+                     [out.results])
+    run.add("engine_results", out.results)
+    run.artifacts["engine"] = str(out.engine)  # lives in engines_dir (the engine cache), not the run folder
+    res = json.loads(out.results.read_text())
+    return _record(bool(res["cache_hit"]), {"engine": str(out.engine), "cache_hit": res["cache_hit"],
+                                            "build_seconds": res["build_seconds"], "built_from": res["built_from"],
+                                            "layer_precisions": res["layer_precisions"]},
+                   f"the cached engine {out.engine}")
+
+
+def stage_profile(run: Run) -> StageRecord:
+    from pipeline.profile.stage import ProfileInputs, ProfileSettings
+    from pipeline.profile.stage import run as profile
+
+    cfg = run.cfg
+    trt = run.backend == "tensorrt"
+    int8 = cfg.precision.name in ("int8", "best")
+    build = run.stages.get("build")
+    if build is not None and build.status == "failed":
+        # The user asked for an engine to be measured: measuring something else would answer another question.
+        raise MissingInput(f"needs the engine from the build stage, which failed: {build.reason}")
+    inputs = ProfileInputs(onnx=run.need("onnx", "profile"), eval_data=_dataset(run, "eval"),
+                           engine=run.need("engine", "profile") if trt else None,
+                           qdq_onnx=run.find("qdq_onnx") if (int8 and not trt) else None,
+                           analysis=run.find("analysis"), quantization=run.find("quantization"),
+                           summary=_summary(run))
+    settings = ProfileSettings(run.backend, cfg.profile, cfg.precision, cfg.hardware, cfg.batch_size)
+    out = profile(inputs, settings, run.out)
+    _sidecars_in_run(run, "profile", {k: v for k, v in vars(inputs).items()},
+                     {"backend": run.backend, "profile": asdict(cfg.profile), "precision": cfg.precision.name,
+                      "batch_size": cfg.batch_size}, [out.results])
+    run.add("measurement", out.results)
+    m = json.loads(out.results.read_text())["measured"]
+    outputs = {"latency_ms_median": m["latency_ms"]["median"], "throughput_samples_s": m["throughput_samples_s"]}
+    if not trt:
+        outputs["measured_model"] = str(inputs.qdq_onnx or inputs.onnx)
+    return _record(False, outputs)
+
+
+def _record(reused: bool, outputs: Dict[str, Any], source: str = "") -> StageRecord:
+    if not reused:
+        return StageRecord(status="ran", outputs=outputs)
+    return StageRecord(status="reused", outputs=outputs,
+                       reason=f"same inputs, config and versions: reused {source}" if source else "")
+
+
+STAGE_FUNCS: Dict[str, Callable[[Run], StageRecord]] = {
     "export": stage_export,
     "analyze": stage_analyze,
     "quantize": stage_quantize,
@@ -416,64 +453,151 @@ STAGE_FUNCS: dict[str, Callable[[RunState], dict]] = {
 }
 
 
-# ------------------------------------------------------------------------------------------------ report
-def assemble_report(state: RunState, resolved_config: dict | None) -> dict:
-    """The report dict (schema in docs/ARCHITECTURE.md)."""
+# ---------------------------------------------------------------------------------------- the driver
+def _setup_log(out_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(out_dir / RUN_LOG, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    LOG.addHandler(handler)
+    LOG.setLevel(logging.DEBUG)
+    LOG.propagate = False  # the console gets the summary, the log file gets the details
+    return handler
+
+
+def _run_stage(run: Run, name: str) -> Optional[BaseException]:
+    """Run one stage; record its outcome. Returns the exception that failed it (KeyboardInterrupt too)."""
+    LOG.info("stage %s: start", name)
+    print(f"  [{name}] ...", flush=True)
+    t0 = time.perf_counter()
+    error: Optional[BaseException] = None
+    try:
+        rec = STAGE_FUNCS[name](run)
+    except StageSkipped as skip:
+        rec = StageRecord(status="skipped", reason=skip.reason)
+    except MissingInput as missing:
+        rec = StageRecord(status="skipped", reason=missing.reason)
+    except PipelineError as err:
+        rec, error = StageRecord(status="failed", reason=err.message + (f" ({err.hint})" if err.hint else "")), err
+        LOG.error("stage %s failed: %s\n%s", name, rec.reason, traceback.format_exc())
+    except KeyboardInterrupt as err:
+        rec, error = StageRecord(status="failed", reason="interrupted (Ctrl-C)"), err
+        LOG.error("stage %s interrupted by the user\n%s", name, traceback.format_exc())
+    except Exception as err:  # noqa: BLE001 - any failure of a stage is recorded, and the report still written
+        rec, error = StageRecord(status="failed", reason=f"{type(err).__name__}: {err} (traceback in {RUN_LOG})"), err
+        LOG.error("stage %s failed with an unexpected error\n%s", name, traceback.format_exc())
+    rec.seconds = round(time.perf_counter() - t0, 3)
+    run.stages[name] = rec
+    LOG.info("stage %s: %s in %.2fs%s", name, rec.status, rec.seconds, f" ({rec.reason})" if rec.reason else "")
+    return error
+
+
+def run_pipeline(cfg: PipelineConfig, resolved_config: dict | None = None) -> dict:
+    """Run ``cfg.stages`` in order and write report.json/.md/.html to ``cfg.output_dir``.
+
+    Returns:
+        The report dict. Raises PipelineError (after writing the report) when a stage failed, and
+        :class:`RunInterrupted` after a Ctrl-C (the report says where it stopped).
+    """
     from pipeline.environment import environment
 
-    cfg = state.cfg
-    layers = []
-    analysis = None
-    if state.analysis is not None:
-        analysis = state.analysis.to_dict()
-        layers = [dict(layer) for layer in analysis.pop("layers", [])]
-        for layer in layers:
-            if layer.get("name") in state.layer_times:
-                layer["measured_s"] = state.layer_times[layer["name"]]
-    model = {
-        "name": state.model_name,
-        "onnx_path": str(state.onnx_path) if state.onnx_path else None,
-        "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in state.inputs],
-        "outputs": list(state.output_names),
-        "batch_size": cfg.batch_size,
-        **state.model_info,
-    }
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "model": model,
-        "precision": {"name": cfg.precision.name, "weight_bytes": cfg.precision.weight_bytes,
-                      "activation_bytes": cfg.precision.activation_bytes, "peak": cfg.precision.peak},
-        "backend": {"requested": cfg.backend.name, "selected": state.backend, "reason": state.backend_reason},
-        "hardware": state.hardware.to_dict() if state.hardware is not None else None,
-        "stages": {name: vars(rec) for name, rec in state.stages.items()},
-        "analysis": analysis,
-        "layers": layers,
-        "measured": state.measured,
-        "engine_layers": state.engine_layers or None,
-        "accuracy": state.accuracy or None,
-        "quantization": state.quantization,
-        "environment": environment(cfg.command_line, resolved_config),
-    }
+    validate(cfg)
+    backend = select_backend(cfg)
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handler = _setup_log(out_dir)
+    try:
+        run = Run(cfg, out_dir, backend)
+        extra = _manifest_extra(cfg, run, environment(cfg.command_line, resolved_config))
+        failure = _run_stages(run, extra)
+        report, paths = _finish(run, extra)
+    finally:
+        LOG.removeHandler(handler)
+        handler.close()
+    _print_summary(report, paths)
+    if isinstance(failure, KeyboardInterrupt):
+        raise RunInterrupted("Interrupted (Ctrl-C): the report says which stages finished.",
+                             "Run the same command again: finished stages are reused from the store.")
+    if failure is not None:
+        if isinstance(failure, PipelineError):
+            raise failure
+        raise PipelineError(f"A stage failed: {type(failure).__name__}: {failure}",
+                            f"The traceback is in {out_dir / RUN_LOG}.")
+    return report
 
 
-def _print_summary(state: RunState, report_paths: dict) -> None:
+def _manifest_extra(cfg: PipelineConfig, run: Run, env: dict) -> Dict[str, Any]:
+    from pipeline.analyze import resolve_hardware
+
+    hardware = None
+    try:
+        hardware = resolve_hardware(cfg.hardware).to_dict()
+    except PipelineError as err:
+        LOG.warning("hardware not resolved: %s", err.message)
+    return {"precision": asdict(cfg.precision), "batch_size": cfg.batch_size, "hardware": hardware,
+            "requested_stages": list(cfg.stages), "environment": env}
+
+
+def _run_stages(run: Run, extra: Dict[str, Any]) -> Optional[BaseException]:
+    """Every stage but report, in order. Returns the first failure (the run goes on where it can)."""
+    first: Optional[BaseException] = None
+    interrupted = False
+    for name in KNOWN_STAGES:
+        if name == "report":
+            continue
+        if name not in run.cfg.stages:
+            run.stages[name] = StageRecord(status="not requested", reason="not in stages")
+            continue
+        if interrupted:
+            run.stages[name] = StageRecord(status="skipped", reason="the run was interrupted (Ctrl-C) before it")
+            continue
+        error = _run_stage(run, name)
+        first = first or error
+        interrupted = isinstance(error, KeyboardInterrupt)
+        run.write_manifest(extra)
+    return first
+
+
+def _finish(run: Run, extra: Dict[str, Any]) -> tuple[dict, dict]:
+    """The report stage (renders from the run folder's files), then the final ``run.json``."""
+    from pipeline.report.stage import assemble_report, render
+
+    rec = StageRecord(status="not requested", reason="not in stages")
+    run.stages["report"] = rec
+    paths: dict = {}
+    if "report" in run.cfg.stages:
+        rec = run.stages["report"] = StageRecord(status="ran")  # provisional: the report it renders says so
+        run.write_manifest(extra)
+        t0 = time.perf_counter()
+        try:
+            paths = render(run.out)
+            rec.outputs = {k: str(v) for k, v in paths.items()}
+        except (PipelineError, OSError, ValueError) as err:
+            rec.status, rec.reason = "failed", str(err)
+            LOG.error("report failed\n%s", traceback.format_exc())
+        rec.seconds = round(time.perf_counter() - t0, 3)
+    run.write_manifest(extra)
+    return assemble_report(run.out), paths
+
+
+def _print_summary(report: dict, report_paths: dict) -> None:
     from pipeline.report.fmt import fmt_si, fmt_time
 
-    print(f"\n== {state.model_name} | precision={state.cfg.precision.name} | batch={state.cfg.batch_size} | "
-          f"hardware={getattr(state.hardware, 'name', '?')} | backend={state.backend}")
-    for name, rec in state.stages.items():
-        line = f"  {name:<9} {rec.status:<8} {rec.seconds:7.2f}s"
-        if rec.reason:
-            line += f"  ({rec.reason})"
+    hw = report.get("hardware") or {}
+    print(f"\n== {report['model']['name']} | precision={report['precision']['name']} | "
+          f"batch={report['model']['batch_size']} | hardware={hw.get('name', '?')} | "
+          f"backend={report['backend']['selected']}")
+    for name, rec in report["stages"].items():
+        line = f"  {name:<9} {rec['status']:<13} {rec['seconds']:7.2f}s"
+        if rec.get("reason"):
+            line += f"  ({rec['reason']})"
         print(line)
-    if state.analysis is not None:
-        d = state.analysis.to_dict()
-        unfused = d.get("predicted_latency_unfused_s")
-        print(f"  theory: {fmt_si(d['totals']['flops'], 'FLOPs')}/batch, predicted lower bound "
-              f"{fmt_time(d['predicted_latency_s'])} fused"
-              + (f" ({fmt_time(unfused)} node by node)" if unfused else "") + f" on {state.hardware.name}")
-    if state.measured:
-        m = state.measured
+    analysis = report.get("analysis")
+    if analysis:
+        unfused = analysis.get("predicted_latency_unfused_s")
+        print(f"  theory: {fmt_si(analysis['totals']['flops'], 'FLOPs')}/batch, predicted lower bound "
+              f"{fmt_time(analysis['predicted_latency_s'])} fused"
+              + (f" ({fmt_time(unfused)} node by node)" if unfused else "") + f" on {hw.get('name')}")
+    m = report.get("measured")
+    if m:
         line = (f"  measured ({m['backend']}, {m.get('precision_executed')}): median {m['latency_ms']['median']:.3f} ms, "
                 f"{m['throughput_samples_s']:.1f} samples/s")
         if m.get("pct_of_peak") is not None:
@@ -482,60 +606,3 @@ def _print_summary(state: RunState, report_paths: dict) -> None:
         print(line)
     for kind, path in report_paths.items():
         print(f"  report.{kind}: {path}")
-
-
-def run_pipeline(cfg: PipelineConfig, resolved_config: dict | None = None) -> dict:
-    """Run ``cfg.stages`` in order and write report.json/.md/.html to ``cfg.output_dir``.
-
-    Returns:
-        The report dict. Raises PipelineError (after writing the report) when a stage failed.
-    """
-    from pipeline.analyze import resolve_hardware
-
-    _validate(cfg)
-    out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    state = RunState(cfg=cfg, out_dir=out_dir, model_name=_model_name(cfg))
-    state.backend, state.backend_reason = _select_backend(cfg)
-    state.hardware = resolve_hardware(cfg.hardware)
-
-    failure: PipelineError | None = None
-    for name in KNOWN_STAGES:
-        rec = StageRecord()
-        state.stages[name] = rec
-        if name not in cfg.stages:
-            rec.status, rec.reason = "not requested", "not in stages"
-            continue
-        if name == "report":
-            continue  # written below, once every other stage has a status
-        if failure is not None:
-            rec.status, rec.reason = "skipped", f"an earlier stage failed: {failure.message}"
-            continue
-        t0 = time.perf_counter()
-        try:
-            rec.outputs = STAGE_FUNCS[name](state) or {}
-            rec.status = "ran"
-        except StageSkipped as skip:
-            rec.status, rec.reason = "skipped", skip.reason
-        except PipelineError as err:
-            rec.status, rec.reason = "failed", err.message + (f" ({err.hint})" if err.hint else "")
-            failure = err
-        rec.seconds = round(time.perf_counter() - t0, 3)
-
-    report_paths: dict = {}
-    if "report" in cfg.stages:
-        from pipeline.report import write_reports
-
-        rec = state.stages["report"]
-        rec.status = "ran"
-        t0 = time.perf_counter()
-        report = assemble_report(state, resolved_config)
-        report_paths = write_reports(report, out_dir)
-        rec.seconds = round(time.perf_counter() - t0, 3)
-        rec.outputs = {k: str(v) for k, v in report_paths.items()}
-    else:
-        report = assemble_report(state, resolved_config)
-    _print_summary(state, report_paths)
-    if failure is not None:
-        raise failure
-    return report

@@ -202,7 +202,7 @@ def _stages(report: Mapping[str, Any]) -> Section:
     rows, flagged = [], []
     for i, (name, info) in enumerate((report.get("stages") or {}).items()):
         status = str(info.get("status"))
-        if status != "ran":
+        if status not in ("ran", "reused"):
             flagged.append(i)
         outputs = info.get("outputs") or {}
         out_text = (
@@ -210,11 +210,11 @@ def _stages(report: Mapping[str, Any]) -> Section:
             if isinstance(outputs, Mapping)
             else fmt_value(outputs)
         )
-        seconds = fmt_time(info.get("seconds")) if status == "ran" else MISSING
+        seconds = fmt_time(info.get("seconds")) if status in ("ran", "reused") else MISSING
         rows.append(
             [
                 name,
-                status.upper() if status != "ran" else status,
+                status.upper() if status not in ("ran", "reused") else status,
                 seconds,
                 str(info.get("reason") or ""),
                 out_text or MISSING,
@@ -593,7 +593,7 @@ def _generic(report: Mapping[str, Any], key: str, title: str, stages: tuple) -> 
     value = report.get(key)
     if value is None:
         infos = report.get("stages") or {}
-        why = [stage_reason(report, s) for s in stages if (infos.get(s) or {}).get("status") != "ran"]
+        why = [stage_reason(report, s) for s in stages if (infos.get(s) or {}).get("status") not in ("ran", "reused")]
         text = "; ".join(why) if why else f"the {'/'.join(stages)} stage(s) ran but recorded no {key} results"
         return Section(title, key, [Para(f"No {key} results: {text}.", "warning")])
     return Section(title, key, generic_blocks(value) or [Para("(empty)")])

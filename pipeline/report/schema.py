@@ -31,7 +31,7 @@ _ALWAYS_DICT = ("model", "precision", "stages", "environment")
 #: Sections that are a dict, or null when the stage producing them did not run.
 _DICT_OR_NULL = ("hardware", "analysis", "measured", "accuracy", "quantization")
 
-STAGE_STATUSES = ("ran", "skipped", "failed", "not requested")
+STAGE_STATUSES = ("ran", "reused", "skipped", "failed", "not requested")
 
 
 def validate_report(report: Any) -> None:
@@ -92,6 +92,6 @@ def stage_reason(report: Mapping[str, Any], stage: str) -> str:
         return f"the {stage} stage was not requested in this run (add it to stages=[...])"
     status = info.get("status")
     reason = info.get("reason") or "no reason recorded"
-    if status == "ran":
+    if status in ("ran", "reused"):
         return f"the {stage} stage ran but recorded no data ({reason})"
     return f"the {stage} stage {status}: {reason}"

@@ -1,0 +1,3 @@
+from pipeline.report.stage import main
+
+raise SystemExit(main())
