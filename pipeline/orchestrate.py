@@ -178,11 +178,13 @@ class Run:
         user = getattr(self.cfg.inputs, kind, None)
         if kind == "qdq_onnx" and not user and self.cfg.build.qdq_onnx:
             user = self.cfg.build.qdq_onnx  # the older name of inputs.qdq_onnx
-        if user:
-            return Path(user)
         if kind in self.artifacts:
             return self.out / self.artifacts[kind]
-        return self.upstream.get(kind)
+        found = Path(user) if user else self.upstream.get(kind)
+        if found is not None:
+            # Recorded (absolute) so the report of this run shows what it was made from.
+            self.artifacts[kind] = str(found.resolve())
+        return found
 
     def need(self, kind: str, stage: str) -> Path:
         """Like :meth:`find`, but a missing file is a :class:`MissingInput` naming why it is missing."""
