@@ -151,6 +151,7 @@ class Run:
         self.artifacts: Dict[str, str] = {}
         self.stages: Dict[str, StageRecord] = {}
         self.reused_from: Dict[str, str] = {}
+        self.memo: Dict[str, Any] = {}  # helpers worth building once per run (a model's tokenizer), never results
         self.upstream = self._upstream_artifacts()
         from pipeline.environment import gpu_names, package_versions
 
@@ -241,7 +242,9 @@ def _dataset(run: Run, split: str) -> Path:
     summary_path = _summary(run)
     specs = input_specs(read_summary(summary_path))
     n = cfg.data.calib_samples if split == "calib" else cfg.data.num_samples
-    ds = load_dataset(cfg.data, specs, split=split, num_samples=n, tokenizer=_tokenizer(cfg, specs))
+    if "tokenizer" not in run.memo:
+        run.memo["tokenizer"] = _tokenizer(cfg, specs)
+    ds = load_dataset(cfg.data, specs, split=split, num_samples=n, tokenizer=run.memo["tokenizer"])
     path = save_dataset(ds, run.out / "data" / f"{split}.npz")
     write_sidecar(path, kind="dataset", producer="data", inputs={"summary": input_record(summary_path)},
                   config={"data": asdict(cfg.data), "split": split}, extra={"summary": ds.summary()})
@@ -457,12 +460,21 @@ STAGE_FUNCS: Dict[str, Callable[[Run], StageRecord]] = {
 
 # ---------------------------------------------------------------------------------------- the driver
 def _setup_log(out_dir: Path) -> logging.Handler:
+    """``run.log`` gets every stage, tracebacks and the libraries' INFO messages; the console gets the summary."""
     handler = logging.FileHandler(out_dir / RUN_LOG, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.DEBUG)
     LOG.addHandler(handler)
     LOG.setLevel(logging.DEBUG)
-    LOG.propagate = False  # the console gets the summary, the log file gets the details
+    LOG.propagate = False  # tracebacks go to the file, not to a console handler on the root logger
+    logging.getLogger().addHandler(handler)
     return handler
+
+
+def _close_log(handler: logging.Handler) -> None:
+    LOG.removeHandler(handler)
+    logging.getLogger().removeHandler(handler)
+    handler.close()
 
 
 def _run_stage(run: Run, name: str) -> Optional[BaseException]:
@@ -512,8 +524,7 @@ def run_pipeline(cfg: PipelineConfig, resolved_config: dict | None = None) -> di
         failure = _run_stages(run, extra)
         report, paths = _finish(run, extra)
     finally:
-        LOG.removeHandler(handler)
-        handler.close()
+        _close_log(handler)
     _print_summary(report, paths)
     if isinstance(failure, KeyboardInterrupt):
         raise RunInterrupted("Interrupted (Ctrl-C): the report says which stages finished.",

@@ -14,7 +14,7 @@
 # the torch interpreter, then scripts/gpu_evidence.py profiles the same engine again and times it with
 # benchmarks/trt_execute_loop.py. Results go to outputs/gpu/ and, if $OUT is set, to $OUT.
 set -uo pipefail
-PHASE=${1:?phase: small | fp16tf32 | int8 | qdq | qdq1 | probe | main | cache}
+PHASE=${1:?phase: small | fp16tf32 | int8 | qdq | qdq1 | probe | main | cache | tokens | bert-fp16 | bert-int8 | rn50}
 G=outputs/gpu
 mkdir -p "$G/onnx" "$G/results" "$G/runs"
 OUTDIR=${OUT:-$G/out}
@@ -98,7 +98,48 @@ gpu_tests() {
   tail -12 "$OUTDIR/pytest-gpu.txt"
 }
 
+# main_command NAME ARGS...: the user's command, `python pipeline/run.py ARGS`, in one interpreter with
+# TensorRT and torch (gpukit-both), every stage from export to report, on the TensorRT backend.
+main_command() {
+  local name=$1 t0=$SECONDS; shift
+  echo "== $name: python pipeline/run.py $*"
+  timeout ${STEP_TIMEOUT:-560} gpukit-both pipeline/run.py backend=tensorrt "$@" hydra.run.dir=$G/runs/$name \
+    engines_dir=$PWD/engines
+  echo "   run.py rc=$? after $((SECONDS - t0)) s"
+  cp $G/runs/$name/report.json "$OUTDIR/$name.report.json" 2>/dev/null || true
+}
+
 case "$PHASE" in
+  tokens)
+    # Issue 10: the transformers end to end (int64 token ids bound as the engine's int32), and tests/gpu.
+    torch_kit || exit 1
+    gpu_tests
+    main_command minilm-fp16-bs32 model=minilm data=text precision=fp16 batch_size=32
+    main_command minilm-int8-bs32 model=minilm data=text precision=int8 batch_size=32
+    ;;
+  bert-fp16)
+    torch_kit || exit 1
+    main_command bert-fp16-bs32 model=bert data=text precision=fp16 batch_size=32
+    ;;
+  bert-int8)
+    torch_kit || exit 1
+    main_command bert-int8-bs32 model=bert data=text precision=int8 batch_size=32
+    ;;
+  rn50)
+    # ResNet-50 INT8 at batch 256 through the main command (NVML telemetry in measurement.json), then the
+    # same engine timed by the independent execute loop (benchmarks/trt_execute_loop.py via gpu_evidence.py).
+    torch_kit || exit 1
+    main_command resnet50-int8-bs256 model=resnet50 precision=int8 batch_size=256 data.calib_samples=64 \
+      data.num_samples=256 profile.warmup_s=2 profile.duration_s=5
+    cp $G/runs/resnet50-int8-bs256/measurement.json "$OUTDIR/resnet50-int8-bs256.measurement.json" 2>/dev/null || true
+    eng=$(python3 -c "import json;print(json.load(open('$G/runs/resnet50-int8-bs256/engine.json'))['engine'])" 2>/dev/null)
+    echo "== evidence on $eng"
+    timeout 200 gpukit-trt scripts/gpu_evidence.py --onnx "$G/runs/resnet50-int8-bs256/resnet50.int8.qdq.onnx" \
+      --model resnet50 --precision int8 --batch 256 --report "$G/runs/resnet50-int8-bs256/report.json" \
+      --out "$G/results/resnet50-int8-bs256.json"
+    echo "   evidence rc=$?"
+    cp "$G/results/resnet50-int8-bs256.json" "$OUTDIR/" 2>/dev/null || true
+    ;;
   small)
     export_models
     gpu_tests
@@ -150,6 +191,6 @@ case "$PHASE" in
 esac
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv
 # Reports, sidecars and loop timings in one tar (what comes back is limited to 8 files).
-tar -cf "$OUTDIR/results-$PHASE.tar" $G/results $G/runs/*/report.* $G/runs/*/.hydra/overrides.yaml engines/*.plan.json \
-  $G/onnx/export.json 2>/dev/null
+tar -cf "$OUTDIR/results-$PHASE.tar" $G/results $G/runs/*/report.* $G/runs/*/*.json $G/runs/*/run.log \
+  $G/runs/*/.hydra/overrides.yaml engines/*.plan.json $G/onnx/export.json 2>/dev/null
 echo "== phase $PHASE done $(date -u +%FT%TZ)"
