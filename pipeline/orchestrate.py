@@ -513,9 +513,13 @@ def run_pipeline(cfg: PipelineConfig, resolved_config: dict | None = None) -> di
     """
     from pipeline.environment import environment
 
-    validate(cfg)
-    backend = select_backend(cfg)
     out_dir = Path(cfg.output_dir)
+    try:
+        validate(cfg)
+        backend = select_backend(cfg)
+    except PipelineError:
+        _discard_unused_run_folder(out_dir)
+        raise
     out_dir.mkdir(parents=True, exist_ok=True)
     handler = _setup_log(out_dir)
     try:
@@ -535,6 +539,19 @@ def run_pipeline(cfg: PipelineConfig, resolved_config: dict | None = None) -> di
         raise PipelineError(f"A stage failed: {type(failure).__name__}: {failure}",
                             f"The traceback is in {out_dir / RUN_LOG}.")
     return report
+
+
+def _discard_unused_run_folder(out_dir: Path) -> None:
+    """Remove the run folder Hydra made for a run that failed before any work (only its ``.hydra`` in it)."""
+    import shutil
+
+    if not out_dir.is_dir() or any(p.name != ".hydra" for p in out_dir.iterdir()):
+        return
+    shutil.rmtree(out_dir / ".hydra", ignore_errors=True)
+    try:
+        out_dir.rmdir()
+    except OSError:
+        pass
 
 
 def _manifest_extra(cfg: PipelineConfig, run: Run, env: dict) -> Dict[str, Any]:
