@@ -41,13 +41,19 @@ class ModelConfig:
 
     Attributes:
         name: zoo name (resnet18, resnet50, mobilenet_v2, bert, digits_cnn, minilm), ``custom``
-            (any torch module through ``builder._target_``) or ``onnx`` (start from ``onnx_path``).
+            (your torch module: ``path`` + ``class_name``, or ``builder._target_``) or ``onnx`` (start
+            from ``onnx_path``).
         input_kind: ``image`` (N,C,H,W float), ``tokens`` (N,S int64 ids + attention mask) or
             ``features`` (any float tensor, for ``custom`` modules such as an MLP).
         input_shape: shape of one sample without the batch dimension, e.g. [3, 224, 224] or [128].
         num_classes: classifier outputs (image models).
         layers/hidden/heads/intermediate/vocab_size: encoder shape (bert).
-        builder: for ``custom``: a Hydra ``_target_`` dict that builds the torch module.
+        path: for ``custom``: a ``.py`` file defining the model class, loaded without any
+            ``PYTHONPATH`` set-up (relative paths start from the working directory).
+        class_name: for ``custom`` with ``path``: the class (or function) in that file that builds the module.
+        kwargs: for ``custom``: keyword arguments for ``class_name`` (or extra ones for ``builder``).
+        builder: for ``custom``: a Hydra ``_target_`` dict that builds the torch module from an
+            importable module (the alternative to ``path``).
         onnx_path: for ``onnx``: the ONNX file to start from.
         pretrained: load real weights where the model has them in a package (digits_cnn trains on
             scikit-learn's digits; minilm ships its weights). Random weights otherwise.
@@ -65,6 +71,9 @@ class ModelConfig:
     heads: int = 12
     intermediate: int = 3072
     vocab_size: int = 30522
+    path: Optional[str] = None
+    class_name: Optional[str] = None
+    kwargs: Dict[str, Any] = field(default_factory=dict)
     builder: Optional[Dict[str, Any]] = None
     onnx_path: Optional[str] = None
     pretrained: bool = True
