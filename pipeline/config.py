@@ -158,6 +158,9 @@ class DataConfig:
         normalize: how ``folder`` images become floats: ``imagenet`` (scale to [0,1], then the
             ImageNet mean/std per channel; 3-channel inputs only, others fall back to ``unit``) or
             ``unit`` (scale to [0,1]). ``digits`` always scales to [0,1], as digits_cnn was trained.
+        resize: let images whose size or channel count differs from the model input be resized
+            (bilinear) and have grayscale replicated to the input's channels; each adaptation is noted in
+            ``Dataset.notes``. False (default): such data is an error naming both shapes.
     """
 
     name: str = "random"
@@ -166,6 +169,7 @@ class DataConfig:
     calib_samples: int = 64
     seed: int = 0
     normalize: str = "imagenet"
+    resize: bool = False
 
 
 @dataclass
