@@ -66,15 +66,16 @@ def main(cfg: DictConfig) -> None:
 
 
 def command_line(argv: list[str]) -> str:
-    """The command as the user typed it: ``trt-pipeline ...``, ``python -m pipeline.run ...`` or ``python pipeline/run.py ...``.
+    """The command as the user typed it: ``trt-pipeline``, ``python -m pipeline.run`` or ``python pipeline/run.py ...``.
 
     Args:
         argv: ``sys.argv`` (its first entry is the console script, or this file's path).
     """
     prog = os.path.basename(argv[0]) if argv else ""
+    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)  # set by `python -m`, None for a file
     if prog.startswith("trt-pipeline"):  # the console script (trt-pipeline, trt-pipeline.exe)
         head = ["trt-pipeline"]
-    elif getattr(sys.modules.get("__main__"), "__spec__", None) is not None and sys.modules["__main__"].__spec__.name == "pipeline.run":
+    elif main_spec is not None and main_spec.name == "pipeline.run":
         head = ["python", "-m", "pipeline.run"]
     else:
         head = ["python", argv[0] if argv else "pipeline/run.py"]

@@ -280,7 +280,8 @@ def write_model_files(folder: Path) -> Path:
     """A model class in a file, importing a sibling module that imports a sibling package."""
     (folder / "sub_h3").mkdir(parents=True)
     (folder / "sub_h3" / "__init__.py").write_text("")
-    (folder / "sub_h3" / "act.py").write_text("import torch\nACT = torch.nn.ReLU\n")
+    (folder / "sub_h3" / "act.py").write_text("import torch\nfrom . import consts  # relative, inside the package\nACT = torch.nn.ReLU\n")
+    (folder / "sub_h3" / "consts.py").write_text("SLOPE = 0.0\n")
     (folder / "layers_h3.py").write_text(LAYERS_FILE)
     (folder / "unrelated.py").write_text("raise SystemExit('never imported')\n")
     path = folder / "my_model.py"
@@ -308,7 +309,8 @@ def test_custom_model_from_a_file_needs_no_environment(tmp_path):
     # The files whose content defines the model: the file and what it imports from its folder, not the rest.
     root = path.parent.resolve()
     assert model_source_files(file_cfg(path, class_name="Net")) == sorted(
-        [root / "layers_h3.py", root / "my_model.py", root / "sub_h3" / "__init__.py", root / "sub_h3" / "act.py"]
+        [root / "layers_h3.py", root / "my_model.py", root / "sub_h3" / "__init__.py", root / "sub_h3" / "act.py",
+         root / "sub_h3" / "consts.py"]
     )
     assert model_source_files(zoo_cfg("resnet18")) == [] and model_source_files(zoo_cfg("custom", builder=LINEAR)) == []
 
@@ -352,7 +354,7 @@ def test_custom_target_that_cannot_be_imported_points_to_model_path(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(path.parent)}
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env,
                          cwd=Path(__file__).resolve().parent.parent).stdout
-    assert out.split() == ["Net", "__init__.py", "act.py", "layers_h3.py", "my_model.py"]
+    assert out.split() == ["Net", "__init__.py", "act.py", "consts.py", "layers_h3.py", "my_model.py"]
 
 
 def test_onnx_model_describes_the_file(tmp_path):
@@ -366,6 +368,9 @@ def test_onnx_model_describes_the_file(tmp_path):
         (s.name, s.shape, s.dtype, s.vocab_size) for s in bundle.inputs
     ]
     assert onnx_bundle.output_names == ["last_hidden_state"]
+    from pipeline.models import model_source_files
+
+    assert model_source_files(zoo_cfg("onnx", onnx_path=str(path))) == [Path(path).resolve()]
     with pytest.raises(PipelineError):
         build_model(ModelConfig(name="onnx"))
     with pytest.raises(PipelineError):

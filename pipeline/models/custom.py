@@ -131,7 +131,8 @@ def _import_target_module(target: str) -> None:
                 f"model.builder._target_={target}: module '{err.name}' cannot be imported (it is not installed "
                 "and its folder is not on the Python path)",
                 "load the class from its file instead: model.path=/path/to/file.py model.class_name=<Class> "
-                "(no set-up needed), or add the module's folder to PYTHONPATH (PYTHONPATH=/path/to/folder trt-pipeline ...)",
+                "(no set-up needed), or add the module's folder to PYTHONPATH "
+                "(PYTHONPATH=/path/to/folder trt-pipeline ...)",
             ) from err
         raise PipelineError(
             f"model.builder._target_={target}: importing '{module_name}' failed: {err}",
@@ -149,9 +150,10 @@ def _module_from_file(cfg: "ModelConfig") -> tuple[Any, str]:
     source = load_source_file(path)
     defined = defined_classes(source)
     if not cfg.class_name:
+        example = defined[0] if defined else "MyNet"
         raise PipelineError(
             f"model.path={path} needs model.class_name: the class (or function) that builds the model",
-            f"classes defined in {path.name}: {', '.join(defined) or 'none'} (e.g. model.class_name={defined[0] if defined else 'MyNet'})",
+            f"classes defined in {path.name}: {', '.join(defined) or 'none'} (e.g. model.class_name={example})",
         )
     factory = getattr(source, cfg.class_name, None)
     if factory is None or not callable(factory):
@@ -318,10 +320,13 @@ def _imported_files(file: Path, root: Path) -> set[Path]:
         if isinstance(node, ast.Import):
             dotted += [(root, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = root if not node.level else file.parent.parents[node.level - 2] if node.level > 1 else file.parent
+            if node.level > len(file.parents):
+                continue  # a relative import above the file system root cannot resolve
+            base = file.parents[node.level - 1] if node.level else root  # `from . import x`: the file's folder
             head = node.module or ""
             dotted += [(base, head)] if head else []
-            dotted += [(base, f"{head}.{alias.name}" if head else alias.name) for alias in node.names if alias.name != "*"]
+            names = [alias.name for alias in node.names if alias.name != "*"]
+            dotted += [(base, f"{head}.{name}" if head else name) for name in names]
     files: set[Path] = set()
     for base, name in dotted:
         files |= _module_paths(base, name, root)
@@ -353,5 +358,6 @@ def _onnx_files(onnx_path: str) -> list[Path]:
     from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
     model = onnx.load(str(path), load_external_data=False)
-    extra = {(path.parent / ExternalDataInfo(t).location).resolve() for t in model.graph.initializer if uses_external_data(t)}
+    external = [t for t in model.graph.initializer if uses_external_data(t)]
+    extra = {(path.parent / ExternalDataInfo(t).location).resolve() for t in external}
     return sorted({path, *extra})
