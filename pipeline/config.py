@@ -1,6 +1,6 @@
 """Typed configuration: the structured-config schemas Hydra validates overrides against.
 
-Only ``pipeline/run.py`` knows Hydra. It composes ``conf/``, validates it against
+Only ``pipeline/run.py`` knows Hydra. It composes ``pipeline/conf/`` (``pkg://pipeline.conf``), validates it against
 :class:`PipelineConfig` (a typo in an override fails there, with the valid keys listed) and hands the
 typed object to :func:`pipeline.orchestrate.run_pipeline`. Code below the entry point reads typed
 fields, never ``cfg.get("x", default)``.
@@ -18,8 +18,21 @@ KNOWN_STAGES = ("export", "analyze", "quantize", "build", "profile", "report")
 #: Precisions the ``precision`` group offers.
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8", "fp8", "best")
 
+#: The folder above the ``pipeline`` package: the repository root in a source checkout (where ``.git``
+#: may be found), ``site-packages`` in an installed wheel. Never used to find configuration files.
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CONF_DIR = REPO_ROOT / "conf"
+
+
+def _package_conf_dir() -> Path:
+    # importlib.resources finds the package's own data the same way in a checkout and in a wheel.
+    # A regular package (pipeline/conf/__init__.py) on a file system resolves to a real directory.
+    from importlib.resources import files  # noqa: PLC0415
+
+    return Path(str(files("pipeline.conf")))
+
+
+#: The Hydra configuration shipped in the package (``pipeline/conf``; the repository's ``conf`` links here).
+CONF_DIR = _package_conf_dir()
 
 
 @dataclass
@@ -28,13 +41,19 @@ class ModelConfig:
 
     Attributes:
         name: zoo name (resnet18, resnet50, mobilenet_v2, bert, digits_cnn, minilm), ``custom``
-            (any torch module through ``builder._target_``) or ``onnx`` (start from ``onnx_path``).
+            (your torch module: ``path`` + ``class_name``, or ``builder._target_``) or ``onnx`` (start
+            from ``onnx_path``).
         input_kind: ``image`` (N,C,H,W float), ``tokens`` (N,S int64 ids + attention mask) or
             ``features`` (any float tensor, for ``custom`` modules such as an MLP).
         input_shape: shape of one sample without the batch dimension, e.g. [3, 224, 224] or [128].
         num_classes: classifier outputs (image models).
         layers/hidden/heads/intermediate/vocab_size: encoder shape (bert).
-        builder: for ``custom``: a Hydra ``_target_`` dict that builds the torch module.
+        path: for ``custom``: a ``.py`` file defining the model class, loaded without any
+            ``PYTHONPATH`` set-up (relative paths start from the working directory).
+        class_name: for ``custom`` with ``path``: the class (or function) in that file that builds the module.
+        kwargs: for ``custom``: keyword arguments for ``class_name`` (or extra ones for ``builder``).
+        builder: for ``custom``: a Hydra ``_target_`` dict that builds the torch module from an
+            importable module (the alternative to ``path``).
         onnx_path: for ``onnx``: the ONNX file to start from.
         pretrained: load real weights where the model has them in a package (digits_cnn trains on
             scikit-learn's digits; minilm ships its weights). Random weights otherwise.
@@ -52,6 +71,9 @@ class ModelConfig:
     heads: int = 12
     intermediate: int = 3072
     vocab_size: int = 30522
+    path: Optional[str] = None
+    class_name: Optional[str] = None
+    kwargs: Dict[str, Any] = field(default_factory=dict)
     builder: Optional[Dict[str, Any]] = None
     onnx_path: Optional[str] = None
     pretrained: bool = True
@@ -136,6 +158,9 @@ class DataConfig:
         normalize: how ``folder`` images become floats: ``imagenet`` (scale to [0,1], then the
             ImageNet mean/std per channel; 3-channel inputs only, others fall back to ``unit``) or
             ``unit`` (scale to [0,1]). ``digits`` always scales to [0,1], as digits_cnn was trained.
+        resize: let images whose size or channel count differs from the model input be resized
+            (bilinear) and have grayscale replicated to the input's channels; each adaptation is noted in
+            ``Dataset.notes``. False (default): such data is an error naming both shapes.
     """
 
     name: str = "random"
@@ -144,6 +169,7 @@ class DataConfig:
     calib_samples: int = 64
     seed: int = 0
     normalize: str = "imagenet"
+    resize: bool = False
 
 
 @dataclass
@@ -313,20 +339,36 @@ class PipelineConfig:
 
 
 def precision_config(name: str) -> PrecisionConfig:
-    """The ``precision`` group's option ``name`` (``conf/precision/<name>.yaml``), for code called without Hydra."""
+    """The ``precision`` group's option ``name`` (``pipeline/conf/precision/<name>.yaml``), for code called without Hydra.
+
+    Read from the installed package through importlib.resources, so it works from any directory.
+
+    Raises:
+        PipelineError: ``name`` is not an option of the ``precision`` group.
+    """
+    from importlib.resources import files  # noqa: PLC0415
+
     from omegaconf import OmegaConf  # noqa: PLC0415
 
-    return PrecisionConfig(**OmegaConf.to_container(OmegaConf.load(CONF_DIR / "precision" / f"{name}.yaml")))
+    from pipeline.errors import PipelineError  # noqa: PLC0415
+
+    resource = files("pipeline.conf").joinpath("precision", f"{name}.yaml")
+    if not resource.is_file():
+        options = sorted(p.name[: -len(".yaml")] for p in files("pipeline.conf").joinpath("precision").iterdir()
+                         if p.name.endswith(".yaml"))
+        raise PipelineError(f"unknown precision '{name}'", f"use one of: {', '.join(options)}")
+    merged = OmegaConf.merge(OmegaConf.structured(PrecisionConfig), OmegaConf.create(resource.read_text()))
+    return OmegaConf.to_object(merged)
 
 
 def register_configs() -> None:
-    """Register the schemas with Hydra's ConfigStore (called by the entry point only)."""
+    """Register the schema with Hydra's ConfigStore (called by the entry point only).
+
+    Only the whole-run schema is stored, as a primary config (``config.yaml`` lists ``pipeline_schema``
+    first in its defaults): it types every group's node (``model: ModelConfig``...). Schemas stored inside a
+    group (``model/model_schema``) would show up as choices of that group in ``--help`` and on typos, and
+    no option needs them.
+    """
     from hydra.core.config_store import ConfigStore
 
-    cs = ConfigStore.instance()
-    cs.store(name="pipeline_schema", node=PipelineConfig)
-    cs.store(group="model", name="model_schema", node=ModelConfig)
-    cs.store(group="precision", name="precision_schema", node=PrecisionConfig)
-    cs.store(group="hardware", name="hardware_schema", node=HardwareConfig)
-    cs.store(group="backend", name="backend_schema", node=BackendConfig)
-    cs.store(group="data", name="data_schema", node=DataConfig)
+    ConfigStore.instance().store(name="pipeline_schema", node=PipelineConfig)

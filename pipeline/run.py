@@ -1,9 +1,14 @@
 #!/usr/bin/env python
-"""Entry point: ``python pipeline/run.py [overrides]`` (Hydra).
+"""Entry point: ``trt-pipeline [overrides]`` (console script), ``python pipeline/run.py [overrides]`` or
+``python -m pipeline.run [overrides]`` (Hydra). ``--help`` prints the app's help (stages, config groups,
+examples: ``pipeline/conf/hydra/help/pipeline.yaml``); ``--hydra-help`` prints Hydra's.
+
+The configuration ships inside the package (``pkg://pipeline.conf``), so every form works from any
+directory; run outputs (``outputs/``, ``multirun/``) and ``engines/`` go under the directory you run in.
 
 Examples::
 
-    python pipeline/run.py                                  # resnet18, fp32, hardware/backend detected
+    trt-pipeline                                            # resnet18, fp32, hardware/backend detected
     python pipeline/run.py precision=int8 model=resnet50 batch_size=32
     python pipeline/run.py -m precision=fp32,int8           # multirun, ends with one comparison table
     python pipeline/run.py model=onnx model.onnx_path=my.onnx hardware=h100_sxm
@@ -32,13 +37,18 @@ from pipeline.errors import PipelineError  # noqa: E402
 register_configs()
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+#: Where Hydra finds ``config.yaml``: the package itself (importlib), never a path relative to the caller.
+CONFIG_PATH = "pkg://pipeline.conf"
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    """Validate the composed config and run the pipeline (Hydra calls this once per job)."""
     from pipeline.orchestrate import run_pipeline
 
     try:
         typed: PipelineConfig = OmegaConf.to_object(cfg)  # validates types and fills interpolations
-        typed.command_line = " ".join(["python", *sys.argv])
+        typed.command_line = command_line(sys.argv)
         resolved = OmegaConf.to_container(cfg, resolve=True)
         run_pipeline(typed, resolved_config=resolved)
     except PipelineError as err:
@@ -53,6 +63,23 @@ def main(cfg: DictConfig) -> None:
             FAILED_JOBS.append(err.message)
             return
         sys.exit(2)
+
+
+def command_line(argv: list[str]) -> str:
+    """The command as the user typed it: ``trt-pipeline``, ``python -m pipeline.run`` or ``python pipeline/run.py ...``.
+
+    Args:
+        argv: ``sys.argv`` (its first entry is the console script, or this file's path).
+    """
+    prog = os.path.basename(argv[0]) if argv else ""
+    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)  # set by `python -m`, None for a file
+    if prog.startswith("trt-pipeline"):  # the console script (trt-pipeline, trt-pipeline.exe)
+        head = ["trt-pipeline"]
+    elif main_spec is not None and main_spec.name == "pipeline.run":
+        head = ["python", "-m", "pipeline.run"]
+    else:
+        head = ["python", argv[0] if argv else "pipeline/run.py"]
+    return " ".join([*head, *argv[1:]])
 
 
 def _is_multirun() -> bool:

@@ -29,7 +29,14 @@ def _typed(cfg) -> PipelineConfig:
     return OmegaConf.to_object(cfg)
 
 
-GROUPS = ["model", "precision", "hardware", "backend", "data"]
+#: Every config group of the app: each folder of pipeline/conf except Hydra's own (hydra/help...).
+GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__"))
+
+
+def test_the_config_ships_in_the_package_and_conf_links_there():
+    assert CONF_DIR == REPO / "pipeline" / "conf" and (CONF_DIR / "__init__.py").is_file()
+    assert (REPO / "conf").is_symlink() and (REPO / "conf").resolve() == CONF_DIR.resolve()
+    assert set(GROUPS) >= {"model", "precision", "hardware", "backend", "data"}
 
 
 @pytest.mark.parametrize("group", GROUPS)
@@ -101,3 +108,44 @@ def test_preview_features_override_is_typed():
     assert typed.build.preview_features == {"faster_dynamic_shapes_0805": False}
     with pytest.raises(Exception, match="preview_features"):
         _typed(_compose(["+build.preview_features.faster_dynamic_shapes_0805=maybe"]))
+
+
+def test_help_group_composes_with_the_app_template():
+    cfg = _compose([])
+    assert cfg.hydra.help.app_name == "trt-pipeline"
+    assert "$APP_CONFIG_GROUPS" in cfg.hydra.help.template and "== Stages" in cfg.hydra.help.template
+    assert "trt-pipeline is powered by Hydra" not in cfg.hydra.help.header  # not Hydra's default page
+
+
+def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "pipeline" / "run.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _section(text: str, title: str) -> str:
+    """The lines of ``--help`` between the heading ``== <title>...`` and the next heading."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"== {title}"))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("==")), len(lines))
+    return "\n".join(lines[start + 1 : end]) + "\n"
+
+
+def test_help_lists_the_stages_groups_keys_and_examples(tmp_path):
+    res = _cli(["--help"], tmp_path)  # from another directory: the config comes from the package
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "_schema" not in out and "powered by Hydra" not in out
+    stage_lines = [line.split()[0] for line in _section(out, "Stages").splitlines() if line.startswith("  ")]
+    assert stage_lines == ["export", "analyze", "quantize", "build", "profile", "report"], stage_lines
+    groups = _section(out, "Config groups").splitlines()
+    for group in GROUPS:
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        assert f"{group}: {', '.join(options)}" in groups, (group, groups)
+    keys = _section(out, "Most used keys")
+    for key in ("stages=", "batch_size=", "model.path=", "model.class_name=", "data.resize=true", "quant.calib="):
+        assert f"  {key}" in keys, key
+    examples = [line for line in _section(out, "Examples").splitlines() if line.strip().startswith("trt-pipeline ")]
+    assert len(examples) == 5
+    assert not list(tmp_path.iterdir()), "--help writes nothing"
+    hydra_help = _cli(["--hydra-help"], tmp_path)
+    assert hydra_help.returncode == 0 and "Hydra (" in hydra_help.stdout and "hydra/help: default, pipeline" in hydra_help.stdout

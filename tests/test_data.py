@@ -66,7 +66,7 @@ def test_digits_calib_comes_from_the_train_split():
 
 def test_digits_adapt_to_rgb_32x32_like_torch_interpolate():
     split = digits_split()
-    ds = load_dataset(DataConfig(name="digits"), IMG, "eval", 6)
+    ds = load_dataset(DataConfig(name="digits", resize=True), IMG, "eval", 6)
     x = ds.inputs["input"]
     assert x.shape == (6, 3, 32, 32) and x.dtype == np.float32
     ref = torch.nn.functional.interpolate(torch.from_numpy(split.test_x[:6].copy())[:, None], size=(32, 32), mode="bilinear", align_corners=False)
@@ -74,7 +74,7 @@ def test_digits_adapt_to_rgb_32x32_like_torch_interpolate():
     np.testing.assert_array_equal(x[:, 0], x[:, 1])
     np.testing.assert_array_equal(x[:, 0], x[:, 2])
     (hw,) = [InputSpec("input", (16, 16))]
-    assert load_dataset(DataConfig(name="digits"), [hw], "eval", 2).inputs["input"].shape == (2, 16, 16)
+    assert load_dataset(DataConfig(name="digits", resize=True), [hw], "eval", 2).inputs["input"].shape == (2, 16, 16)
 
 
 @pytest.mark.parametrize("src, dst", [((8, 8), (32, 32)), ((17, 9), (5, 12)), ((10, 10), (10, 3))])
@@ -111,7 +111,7 @@ def _write_png(path, value: int, size=(20, 12), mode="RGB"):
 def test_folder_labels_disjoint_splits_and_normalization(tmp_path):
     for i in range(6):
         _write_png(tmp_path / ("cat" if i % 2 else "dog") / f"{i}.png", value=10 * i)
-    cfg = DataConfig(name="folder", path=str(tmp_path), num_samples=4, calib_samples=2, normalize="unit")
+    cfg = DataConfig(name="folder", path=str(tmp_path), num_samples=4, calib_samples=2, normalize="unit", resize=True)
     ev = load_dataset(cfg, IMG, "eval")
     ca = load_dataset(cfg, IMG, "calib")
     assert ev.inputs["input"].shape == (4, 3, 32, 32) and len(ca) == 2
@@ -121,7 +121,7 @@ def test_folder_labels_disjoint_splits_and_normalization(tmp_path):
     # Labels: sorted class names (cat=0, dog=1); odd values were cats.
     for val, label in zip(ev.inputs["input"][:, 0, 0, 0], ev.labels):
         assert label == (0 if round(float(val) * 255) // 10 % 2 else 1)
-    imnet = load_dataset(DataConfig(name="folder", path=str(tmp_path), num_samples=4, calib_samples=2), IMG, "eval")
+    imnet = load_dataset(DataConfig(name="folder", path=str(tmp_path), num_samples=4, calib_samples=2, resize=True), IMG, "eval")
     expected = (ev.inputs["input"][:, :, 0, 0] - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
     np.testing.assert_allclose(imnet.inputs["input"][:, :, 0, 0], expected, atol=1e-5)
 
@@ -129,7 +129,7 @@ def test_folder_labels_disjoint_splits_and_normalization(tmp_path):
 def test_folder_without_class_subfolders_has_no_labels(tmp_path):
     for i in range(3):
         _write_png(tmp_path / f"{i}.jpg", value=i, mode="L")
-    ds = load_dataset(DataConfig(name="folder", path=str(tmp_path), num_samples=2, calib_samples=1), GRAY8, "eval")
+    ds = load_dataset(DataConfig(name="folder", path=str(tmp_path), num_samples=2, calib_samples=1, resize=True), GRAY8, "eval")
     assert ds.labels is None and ds.inputs["input"].shape == (2, 1, 8, 8)
 
 
@@ -159,7 +159,7 @@ def test_npz_channels_last_images_are_adapted(tmp_path):
     x = rng.random((10, 8, 8, 3)).astype(np.float64)
     y = np.arange(10)
     np.savez(tmp_path / "d.npz", x=x, y=y)
-    cfg = DataConfig(name="npz", path=str(tmp_path / "d.npz"), num_samples=6, calib_samples=4)
+    cfg = DataConfig(name="npz", path=str(tmp_path / "d.npz"), num_samples=6, calib_samples=4, resize=True)
     ev = load_dataset(cfg, [InputSpec("input", (3, 16, 16))], "eval")
     ca = load_dataset(cfg, [InputSpec("input", (3, 16, 16))], "calib")
     assert ev.inputs["input"].dtype == np.float32 and ev.inputs["input"].shape == (6, 3, 16, 16)
@@ -172,7 +172,7 @@ def test_npz_channels_last_images_are_adapted(tmp_path):
 def test_npz_grayscale_and_exact_shapes(tmp_path):
     x = np.random.default_rng(1).random((5, 8, 8)).astype(np.float32)
     np.savez(tmp_path / "g.npz", inputs=x)
-    ds = load_dataset(DataConfig(name="npz", path=str(tmp_path / "g.npz"), num_samples=5, calib_samples=0), IMG, "eval")
+    ds = load_dataset(DataConfig(name="npz", path=str(tmp_path / "g.npz"), num_samples=5, calib_samples=0, resize=True), IMG, "eval")
     assert ds.inputs["input"].shape == (5, 3, 32, 32) and ds.labels is None
     flat = load_dataset(DataConfig(name="npz", path=str(tmp_path / "g.npz"), num_samples=5, calib_samples=0), [InputSpec("input", (64,))], "eval")
     assert sorted(flat.inputs["input"].sum(1).round(4)) == sorted(x.reshape(5, 64).sum(1).round(4))
@@ -273,3 +273,68 @@ def test_batches_and_summary():
     assert ds.summary()["inputs"]["b"]["shape"] == [10, 2] and len(ds) == 10
     with pytest.raises(ValueError):
         next(ds.batches(0))
+
+
+# --- data that does not fit the model: an error naming both shapes, unless data.resize=true ----------------
+BIG = [InputSpec("input", (3, 224, 224), "float32")]
+
+
+def test_npz_of_the_wrong_shape_is_an_error_naming_both_shapes(tmp_path):
+    x = np.random.default_rng(3).random((6, 1, 7, 7)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", inputs=x)
+    cfg = DataConfig(name="npz", path=str(tmp_path / "calib.npz"), num_samples=4, calib_samples=2)
+    for split in ("calib", "eval"):
+        with pytest.raises(PipelineError) as err:
+            load_dataset(cfg, BIG, split)
+        msg = err.value.message
+        assert "[1, 7, 7]" in msg and "[3, 224, 224]" in msg, msg  # the data's sample shape and the input's
+        assert "'input'" in msg and "calib.npz" in msg and "data=npz" in msg, msg  # the input and the source
+        assert "data.resize=true" in err.value.hint
+    ds = load_dataset(DataConfig(name="npz", path=str(tmp_path / "calib.npz"), num_samples=6, calib_samples=0,
+                                 resize=True), BIG, "eval")
+    assert ds.notes == ["npz 'inputs' -> input 'input': resized [1, 7, 7] -> [3, 224, 224] "
+                        "(bilinear, channels replicated; data.resize=true)"]
+    assert ds.summary()["notes"] == ds.notes
+    ref = torch.nn.functional.interpolate(torch.from_numpy(x), size=(224, 224), mode="bilinear", align_corners=False)
+    np.testing.assert_allclose(ds.inputs["input"][:, 2:3], ref.numpy(), atol=1e-5)
+
+
+def test_layout_changes_that_keep_every_value_need_no_flag_and_are_noted(tmp_path):
+    x = np.random.default_rng(4).random((5, 32, 32, 3)).astype(np.float32)
+    np.savez(tmp_path / "nhwc.npz", x=x)
+    ds = load_dataset(DataConfig(name="npz", path=str(tmp_path / "nhwc.npz"), num_samples=5, calib_samples=0), IMG, "eval")
+    np.testing.assert_array_equal(np.sort(ds.inputs["input"].ravel()), np.sort(x.ravel()))
+    assert ds.notes == ["npz 'x' -> input 'input': NHWC -> NCHW [32, 32, 3] -> [3, 32, 32]"]
+    exact = np.zeros((5, 3, 32, 32), np.float32)
+    np.savez(tmp_path / "exact.npz", inputs=exact)
+    assert load_dataset(DataConfig(name="npz", path=str(tmp_path / "exact.npz"), num_samples=5, calib_samples=0),
+                        IMG, "eval").notes == []
+    with pytest.raises(PipelineError) as err:  # 2 channels: not even data.resize=true could fit them
+        np.savez(tmp_path / "two.npz", inputs=np.zeros((5, 2, 32, 32), np.float32))
+        load_dataset(DataConfig(name="npz", path=str(tmp_path / "two.npz"), num_samples=5, calib_samples=0), IMG, "eval")
+    assert "[2, 32, 32]" in err.value.message and "data.resize" not in err.value.hint
+
+
+def test_digits_for_another_input_shape_need_data_resize():
+    with pytest.raises(PipelineError) as err:
+        load_dataset(DataConfig(name="digits"), IMG, "calib", 4)
+    assert "[1, 8, 8]" in err.value.message and "[3, 32, 32]" in err.value.message and "data=digits" in err.value.message
+    assert "data.resize=true" in err.value.hint
+    ds = load_dataset(DataConfig(name="digits", resize=True), IMG, "calib", 4)
+    assert ds.notes == ["digits -> input 'input': resized [1, 8, 8] -> [3, 32, 32] (bilinear, channels replicated; "
+                        "data.resize=true)"]
+    assert load_dataset(DataConfig(name="digits"), GRAY8, "calib", 4).notes == []
+
+
+def test_folder_images_of_another_size_need_data_resize(tmp_path):
+    for i in range(3):
+        _write_png(tmp_path / f"{i}.png", value=i, size=(20, 12))
+    _write_png(tmp_path / "3.png", value=3, size=(32, 32))
+    cfg = DataConfig(name="folder", path=str(tmp_path), num_samples=4, calib_samples=0)
+    with pytest.raises(PipelineError) as err:
+        load_dataset(cfg, IMG, "eval")
+    assert "20x12 pixels" in err.value.message and "[3, 12, 20]" in err.value.message
+    assert "[3, 32, 32]" in err.value.message and "data.resize=true" in err.value.hint
+    ds = load_dataset(DataConfig(name="folder", path=str(tmp_path), num_samples=4, calib_samples=0, resize=True), IMG, "eval")
+    assert ds.notes == ["folder -> input 'input': 3 of 4 images resized to 32x32 pixels (bilinear; data.resize=true) "
+                        "from width x height 20x12 (3)"]

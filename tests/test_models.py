@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -206,8 +207,11 @@ def test_digits_cnn_shape_errors_and_random_weights(digits_cache):
     assert rnd.metrics == {} and "random" in rnd.notes
 
 
+LINEAR = {"_target_": "torch.nn.Linear", "in_features": 16, "out_features": 4}
+
+
 def test_custom_model_from_target():
-    bundle = build_model(zoo_cfg("custom"))
+    bundle = build_model(zoo_cfg("custom", builder=LINEAR, num_classes=4))
     assert isinstance(bundle.module, torch.nn.Linear)
     assert bundle.inputs[0].shape == (16,) and bundle.task == "classification" and bundle.num_classes == 4
     conv = build_model(
@@ -235,6 +239,124 @@ def test_custom_model_errors(builder, shape):
     assert err.value.hint
 
 
+MODEL_FILE = """
+import dataclasses
+import torch
+from layers_h3 import Block  # a sibling module: the file's folder is importable
+
+
+@dataclasses.dataclass
+class Sizes:  # dataclasses need the module registered while the file executes
+    width: int
+
+
+class Net(torch.nn.Module):
+    def __init__(self, width: int = 8, classes: int = 10):
+        super().__init__()
+        self.sizes = Sizes(width)
+        self.block = Block(3, width)
+        self.fc = torch.nn.Linear(width, classes)
+
+    def forward(self, x):
+        return self.fc(self.block(x).mean((2, 3)))
+
+
+class Helper:
+    pass
+"""
+
+LAYERS_FILE = """
+import torch
+from sub_h3.act import ACT
+
+
+class Block(torch.nn.Sequential):
+    def __init__(self, cin, cout):
+        super().__init__(torch.nn.Conv2d(cin, cout, 3, padding=1), ACT())
+"""
+
+
+def write_model_files(folder: Path) -> Path:
+    """A model class in a file, importing a sibling module that imports a sibling package."""
+    (folder / "sub_h3").mkdir(parents=True)
+    (folder / "sub_h3" / "__init__.py").write_text("")
+    (folder / "sub_h3" / "act.py").write_text("import torch\nfrom . import consts  # relative, inside the package\nACT = torch.nn.ReLU\n")
+    (folder / "sub_h3" / "consts.py").write_text("SLOPE = 0.0\n")
+    (folder / "layers_h3.py").write_text(LAYERS_FILE)
+    (folder / "unrelated.py").write_text("raise SystemExit('never imported')\n")
+    path = folder / "my_model.py"
+    path.write_text(MODEL_FILE)
+    return path
+
+
+def file_cfg(path, **kw) -> ModelConfig:
+    return zoo_cfg("custom", path=str(path), input_kind="image", input_shape=[3, 12, 12], num_classes=10, **kw)
+
+
+def test_custom_model_from_a_file_needs_no_environment(tmp_path):
+    from pipeline.models import model_source_files
+
+    path = write_model_files(tmp_path / "models")
+    assert str(path.parent) not in sys.path
+    bundle = build_model(file_cfg(path, class_name="Net", kwargs={"width": 4}))
+    assert type(bundle.module).__name__ == "Net" and bundle.module.sizes.width == 4
+    assert bundle.task == "classification" and bundle.num_classes == 10 and bundle.inputs[0].shape == (3, 12, 12)
+    assert f"Net from {path}" in bundle.notes
+    assert bundle.parameters() == (3 * 4 * 9 + 4) + (4 * 10 + 10)
+    again = build_model(file_cfg(path, class_name="Net", kwargs={"width": 4}))  # seeded: same weights
+    for a, b in zip(bundle.module.parameters(), again.module.parameters()):
+        assert torch.equal(a, b)
+    # The files whose content defines the model: the file and what it imports from its folder, not the rest.
+    root = path.parent.resolve()
+    assert model_source_files(file_cfg(path, class_name="Net")) == sorted(
+        [root / "layers_h3.py", root / "my_model.py", root / "sub_h3" / "__init__.py", root / "sub_h3" / "act.py",
+         root / "sub_h3" / "consts.py"]
+    )
+    assert model_source_files(zoo_cfg("resnet18")) == [] and model_source_files(zoo_cfg("custom", builder=LINEAR)) == []
+
+
+def test_custom_model_file_errors_say_what_to_fix(tmp_path):
+    path = write_model_files(tmp_path)
+    cases = {
+        "missing file": (file_cfg(tmp_path / "absent.py", class_name="Net"), "does not exist", "directory you run in"),
+        "missing class": (file_cfg(path, class_name="Nett"), "defines no class or function", "Net, Helper"),
+        "no class name": (file_cfg(path), "needs model.class_name", "Net, Helper"),
+        "bad kwargs": (file_cfg(path, class_name="Net", kwargs={"depth": 3}), "unexpected keyword argument 'depth'",
+                       "(width: int = 8, classes: int = 10)"),
+        "not a module": (file_cfg(path, class_name="Helper"), "not a torch.nn.Module", "torch.nn.Module subclass"),
+        "both ways": (file_cfg(path, class_name="Net", builder=LINEAR), "both model.path", "use one"),
+        "neither": (zoo_cfg("custom"), "needs model.path", "model.class_name=MyNet"),
+    }
+    for case, (cfg, message, hint) in cases.items():
+        with pytest.raises(PipelineError) as err:
+            build_model(cfg)
+        assert message in err.value.message and hint in err.value.hint, (case, err.value.message, err.value.hint)
+    broken = tmp_path / "broken.py"
+    broken.write_text("import torch\nraise RuntimeError('boom at import')\n")
+    with pytest.raises(PipelineError) as err:
+        build_model(file_cfg(broken, class_name="Net"))
+    assert "RuntimeError: boom at import" in err.value.message and str(broken) in err.value.message
+
+
+def test_custom_target_that_cannot_be_imported_points_to_model_path(tmp_path):
+    path = write_model_files(tmp_path / "pkg_dir")
+    with pytest.raises(PipelineError) as err:
+        build_model(zoo_cfg("custom", builder={"_target_": "my_model_not_on_path.Net"}))
+    assert "'my_model_not_on_path' cannot be imported" in err.value.message
+    assert "model.path=" in err.value.hint and "PYTHONPATH" in err.value.hint
+    # With its folder on PYTHONPATH the same _target_ works, and its file is a model source file.
+    code = (
+        "from pipeline.config import ModelConfig\n"
+        "from pipeline.models import build_model, model_source_files\n"
+        "cfg = ModelConfig(name='custom', input_kind='image', input_shape=[3, 12, 12], builder={'_target_': 'my_model.Net'})\n"
+        "print(type(build_model(cfg).module).__name__, *sorted(p.name for p in model_source_files(cfg)))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(path.parent)}
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env,
+                         cwd=Path(__file__).resolve().parent.parent).stdout
+    assert out.split() == ["Net", "__init__.py", "act.py", "consts.py", "layers_h3.py", "my_model.py"]
+
+
 def test_onnx_model_describes_the_file(tmp_path):
     from pipeline.export import export_onnx
 
@@ -246,6 +368,9 @@ def test_onnx_model_describes_the_file(tmp_path):
         (s.name, s.shape, s.dtype, s.vocab_size) for s in bundle.inputs
     ]
     assert onnx_bundle.output_names == ["last_hidden_state"]
+    from pipeline.models import model_source_files
+
+    assert model_source_files(zoo_cfg("onnx", onnx_path=str(path))) == [Path(path).resolve()]
     with pytest.raises(PipelineError):
         build_model(ModelConfig(name="onnx"))
     with pytest.raises(PipelineError):

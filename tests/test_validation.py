@@ -45,3 +45,21 @@ def test_quant_op_types_must_be_ops_the_quantize_stage_handles(tmp_path):
     assert "not ['Nope']" in err.message and "quant.op_types=[Conv,Gemm,MatMul]" in err.hint
     err = _fails(tmp_path, precision=int8, quant=QuantConfig(op_types=[]))
     assert "the list is empty" in err.message
+
+
+def test_calibration_data_that_does_not_fit_the_model_fails_the_run_naming_both_shapes(tmp_path):
+    import numpy as np
+
+    from pipeline.config import BackendConfig, ModelConfig
+
+    np.savez(tmp_path / "calib.npz", inputs=np.zeros((8, 1, 7, 7), np.float32))
+    model = ModelConfig(name="custom", input_kind="image", input_shape=[3, 16, 16], num_classes=4,
+                        builder={"_target_": "torch.nn.Conv2d", "in_channels": 3, "out_channels": 4, "kernel_size": 3})
+    int8 = PrecisionConfig(name="int8", weight_bytes=1, activation_bytes=1, peak="int8_tensor")
+    cfg = PipelineConfig(output_dir=str(tmp_path / "out"), engines_dir=str(tmp_path / "engines"), model=model,
+                         precision=int8, backend=BackendConfig(name="onnxruntime"), stages=["export", "quantize"],
+                         data=DataConfig(name="npz", path=str(tmp_path / "calib.npz"), num_samples=4, calib_samples=4))
+    with pytest.raises(PipelineError) as err:
+        run_pipeline(cfg)
+    assert "[1, 7, 7]" in err.value.message and "[3, 16, 16]" in err.value.message and "'input'" in err.value.message
+    assert "data.resize=true" in err.value.hint

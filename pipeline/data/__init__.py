@@ -8,11 +8,16 @@ Sources (``data.name``):
 * ``random``: seeded N(0, 1) floats; token ids uniform in ``[0, vocab)`` with a full attention mask.
   calib and eval come from independent random streams.
 * ``digits``: scikit-learn's 8x8 digits. eval = exactly digits_cnn's test split (in order), calib =
-  samples of its train split. Adapted to image models: scaled to [0, 1], resized (bilinear),
-  channels replicated.
+  samples of its train split, scaled to [0, 1].
 * ``folder``: PNG/JPEG images under ``data.path`` (labels from subfolder names when every image sits
-  in one), resized and normalized.
+  in one), normalized.
 * ``npz``: arrays in ``data.path``: ``inputs``/``x`` or one key per input name; optional ``labels``/``y``.
+
+Data whose per-sample shape does not fit the model input is an error naming both shapes (and the input
+and the source), unless ``data.resize=true``: then images are resized (bilinear) and grayscale replicated
+to the input's channels, and each adaptation is a line of ``Dataset.notes``. Layout changes that keep
+every value (a missing channel axis, channels-last arrays, a flat array of the right size) need no flag;
+they are noted too.
 * ``text``: English sentences from Python's help texts (``pydoc_data``), tokenized with the model's
   tokenizer where it has one, else a deterministic hash tokenizer.
 
@@ -21,7 +26,7 @@ Only numpy (and scikit-learn / Pillow for their sources) is imported; never torc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
@@ -46,12 +51,15 @@ class Dataset:
             shape exactly as the model's :class:`InputSpec` says.
         labels: int64 class labels (N,) where the source has them, else None.
         description: where the samples came from and how they were adapted (for the report).
+        notes: one line per adaptation of the data to the model (resized, channels replicated, layout
+            changed, mask filled...), for the console and the report; empty when the data fit as stored.
     """
 
     name: str
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None
     description: str
+    notes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(len(next(iter(self.inputs.values())))) if self.inputs else 0
@@ -83,13 +91,14 @@ class Dataset:
             yield start, min(start + batch_size, n)
 
     def summary(self) -> dict[str, Any]:
-        """JSON-friendly description: name, samples, input shapes/dtypes, labels, description."""
+        """JSON-friendly description: name, samples, input shapes/dtypes, labels, description, notes."""
         return {
             "name": self.name,
             "num_samples": len(self),
             "inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in self.inputs.items()},
             "labels": self.labels is not None,
             "description": self.description,
+            "notes": list(self.notes),
         }
 
 
@@ -121,8 +130,8 @@ def load_dataset(
         A :class:`Dataset` whose arrays match ``specs`` in name, dtype and per-sample shape.
 
     Raises:
-        PipelineError: unknown source, missing/corrupt file, data that cannot be adapted to the
-            model, fewer samples than asked.
+        PipelineError: unknown source, missing/corrupt file, data that does not fit the model's
+            inputs (without ``data.resize=true``) or cannot be adapted to them, fewer samples than asked.
     """
     from pipeline.data import sources
 

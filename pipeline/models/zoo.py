@@ -182,55 +182,6 @@ def build_digits_cnn(cfg: "ModelConfig") -> ModelBundle:
     )
 
 
-def build_custom(cfg: "ModelConfig") -> ModelBundle:
-    """Any torch module from ``cfg.builder`` (``{_target_: pkg.Class, arg: value, ...}``)."""
-    builder = cfg.builder
-    if not builder or "_target_" not in builder:
-        raise PipelineError(
-            "model=custom needs model.builder with a _target_",
-            "e.g. '+model.builder={_target_: torch.nn.Linear, in_features: 16, out_features: 4}' "
-            "(see conf/model/custom.yaml)",
-        )
-    import torch
-    from hydra.errors import HydraException
-    from hydra.utils import instantiate
-
-    _seeded(cfg.seed)
-    try:
-        module = instantiate(builder)
-    except (HydraException, ImportError, TypeError, ValueError) as err:
-        raise PipelineError(
-            f"model=custom: could not build {builder['_target_']}: {err}",
-            "check model.builder._target_ (a importable class or function) and its arguments",
-        ) from err
-    if not isinstance(module, torch.nn.Module):
-        raise PipelineError(
-            f"model=custom: {builder['_target_']} returned {type(module).__name__}, not a torch.nn.Module",
-            "point model.builder._target_ at a torch.nn.Module class or a function returning one",
-        )
-    module.eval()
-    if cfg.input_kind == "tokens":
-        inputs = _token_specs(cfg, int(cfg.vocab_size))
-    elif cfg.input_kind in ("image", "features"):
-        inputs = [InputSpec(IMAGE_INPUT, tuple(int(d) for d in cfg.input_shape), "float32")]
-    else:
-        raise PipelineError(
-            f"unknown model.input_kind '{cfg.input_kind}'", "use image, features or tokens"
-        )
-    outputs = _probe_outputs(module, inputs, cfg)
-    names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
-    is_classifier = len(outputs) == 1 and outputs[0].ndim == 2 and outputs[0].shape[1] == cfg.num_classes
-    return ModelBundle(
-        name=cfg.name,
-        module=module,
-        inputs=inputs,
-        output_names=names,
-        task="classification" if is_classifier else "features",
-        num_classes=int(cfg.num_classes) if is_classifier else None,
-        notes=f"custom module {builder['_target_']} (seed {cfg.seed})",
-    )
-
-
 def _probe_outputs(module: Any, inputs: list[InputSpec], cfg: "ModelConfig") -> list[Any]:
     # One forward pass on a batch of 2 to learn how many outputs the module has (and to turn a
     # shape mismatch into a clear message here rather than an exporter trace error later).
