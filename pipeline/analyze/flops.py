@@ -422,6 +422,7 @@ def graph_costs(
     # Folded values only give shapes; which nodes are constant is decided node by node below.
     g = tensor_info(inferred)
     g.constants = {init.name for init in proto.graph.initializer}
+    g.graph_inputs = [name for name in g.graph_inputs if name not in g.constants]
 
     layers: List[LayerCost] = []
     unsupported: Dict[str, int] = {}

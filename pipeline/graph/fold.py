@@ -4,7 +4,8 @@ export clean-up that turns initializer copies into initializers of their own."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, Set, Tuple
+import contextlib
+from typing import TYPE_CHECKING, Dict, Iterator, Set, Tuple
 
 from pipeline.graph.edges import NONDETERMINISTIC_OPS
 
@@ -30,6 +31,22 @@ def _fold_sizes(graph: "gs.Graph") -> None:
             out.inputs.clear()
 
 
+@contextlib.contextmanager
+def _quiet_folding() -> Iterator[None]:
+    """Silence graphsurgeon's and ONNX Runtime's warnings while folding: a subgraph that does not
+    evaluate just stays unfolded, and ONNX Runtime's graph optimizer reports every Unsqueeze it
+    cannot remove on stderr."""
+    import onnxruntime as ort
+    from onnx_graphsurgeon.logger import G_LOGGER
+
+    ort.set_default_logger_severity(3)  # errors only
+    try:
+        with G_LOGGER.suppress(G_LOGGER.ERROR):
+            yield
+    finally:
+        ort.set_default_logger_severity(2)  # ONNX Runtime's default: warnings
+
+
 def _foldable_domain(node: "gs.Node") -> bool:
     return node.domain in ("", "ai.onnx", None) and node.op not in NONDETERMINISTIC_OPS
 
@@ -52,8 +69,9 @@ def fold_graph_constants(graph: "gs.Graph", size_threshold: int | None = None) -
 
     before = {name for name, t in graph.tensors().items() if isinstance(t, gs.Constant)}
     _fold_sizes(graph)
-    graph.fold_constants(size_threshold=size_threshold, error_ok=True, flatten_subgraphs=False,
-                         should_exclude_node=lambda n: not _foldable_domain(n))
+    with _quiet_folding():
+        graph.fold_constants(size_threshold=size_threshold, error_ok=True, flatten_subgraphs=False,
+                             should_exclude_node=lambda n: not _foldable_domain(n))
     folded = {name: t.values for name, t in graph.tensors().items()
               if isinstance(t, gs.Constant) and name not in before}
     graph.nodes = [n for n in graph.nodes if n.outputs]

@@ -172,6 +172,8 @@ def infer_with_folding(model: "onnx.ModelProto", max_elements: int = FOLD_MAX_EL
     folded: Dict[str, Any] = {}
     inferred = infer_shapes(helper_model)
     for _ in range(max_rounds):
+        if not _foldable_left(inferred):
+            break  # spares a graphsurgeon round that would find nothing
         helper_model, new = fold_constants(inferred, size_threshold=max_elements * 8)
         new = {k: v for k, v in new.items() if k not in folded}
         if not new:
@@ -181,6 +183,28 @@ def infer_with_folding(model: "onnx.ModelProto", max_elements: int = FOLD_MAX_EL
     have = {i.name for i in inferred.graph.initializer}
     inferred.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in folded.items() if k not in have)
     return inferred, weights
+
+
+def _foldable_left(model: "onnx.ModelProto") -> bool:
+    """Whether a fold round could change anything: a Constant node, a Shape/Size of a static
+    tensor, or a default-domain node reading constants only."""
+    from pipeline.graph.edges import NONDETERMINISTIC_OPS
+
+    graph = model.graph
+    consts = {i.name for i in graph.initializer}
+    static = set(consts)
+    for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
+        t = vi.type.tensor_type
+        if vi.type.HasField("tensor_type") and t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
+            static.add(vi.name)
+    for node in graph.node:
+        if node.op_type == "Constant" or (node.op_type in ("Shape", "Size") and node.input[0] in static):
+            return True
+        present = [t for t in node.input if t]
+        if (present and node.domain in ("", "ai.onnx") and node.op_type not in NONDETERMINISTIC_OPS
+                and all(t in consts for t in present)):
+            return True
+    return False
 
 
 @dataclass

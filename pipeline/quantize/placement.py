@@ -111,7 +111,9 @@ def keep_float_nodes(model: Union["onnx.ModelProto", "gs.Graph"], rules: Sequenc
 
     if not rules:
         return out
-    graph = to_graph(model) if hasattr(model, "graph") else model
+    import onnx
+
+    graph = to_graph(model) if isinstance(model, onnx.ModelProto) else model
     const = Constness()
     index = node_positions(graph)
     if "ffn" in rules:
