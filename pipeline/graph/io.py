@@ -54,7 +54,8 @@ def copy_model(model: "onnx.ModelProto") -> "onnx.ModelProto":
 
 
 def save_model(model: "onnx.ModelProto", path: PathLike, external_data: Optional[bool] = None) -> Path:
-    """Write ``model`` atomically; weights go to ``<name>.data`` beside it when asked or above 2 GiB.
+    """Write ``model`` atomically; weights go to ``<name>.data`` beside it when asked or above 2 GiB
+    (tensors under 1 KiB stay inline, onnx's default).
 
     Args:
         model: the model (not modified).
@@ -76,7 +77,8 @@ def save_model(model: "onnx.ModelProto", path: PathLike, external_data: Optional
         if external_data:
             # The temporary file sits beside ``path``, so the data file (named after the final
             # path, which the .onnx records) lands where the renamed .onnx will look for it.
-            onnx.save(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+            # onnx moves the data out of the proto it saves: save a copy so ``model`` stays whole.
+            onnx.save(copy_model(model), str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
                       location=path.name + ".data")
         else:
             onnx.save(model, str(tmp))
