@@ -275,6 +275,7 @@ def qdq_onnx_from_onnx(
         KeyError: an activation in the plan has no parameters (a caller bug).
     """
     import onnx
+    from onnx import numpy_helper
 
     from pipeline.graph import to_graph, to_model
     from pipeline.graph.edit import NameSource, insert_qdq_pair
@@ -288,8 +289,11 @@ def qdq_onnx_from_onnx(
     head: List["gs.Node"] = []
     before: Dict[int, List["gs.Node"]] = {}
 
+    inits = {i.name: i for i in out.graph.initializer}
     for w, slot in plan.weights.items():
-        qp = weight_qparams(tensors[w].values, slot.axis)
+        # From the proto, not ``tensors[w].values``: that would swap graphsurgeon's lazy proto for
+        # an array, and the export would then re-encode every weight.
+        qp = weight_qparams(numpy_helper.to_array(inits[w]), slot.axis)
         slots = [(nodes[i], k) for i, k in plan.weight_uses.get(w, [])]
         head.extend(insert_qdq_pair(tensors[w], slots, qp.scale, np.asarray(qp.zero_point, dtype=qp.np_dtype()),
                                     _axis(qp), names))
