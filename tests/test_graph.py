@@ -318,3 +318,22 @@ def test_qdq_plan_and_insertion_use_graph_positions():
     ops = [n.op_type for n in q.graph.node]
     assert ops[:4] == ["QuantizeLinear", "DequantizeLinear"] * 2  # the two weights first
     assert isinstance(to_graph(q), gs.Graph)
+
+
+def test_insert_cast_and_cleanup():
+    from pipeline.graph import cleanup, insert_cast
+
+    model = make_model([mk("Relu", ["x"], ["r"]), mk("Neg", ["x"], ["n"]), mk("Add", ["r", "x"], ["y"])],
+                       [("x", [3])], [("y", [3])])
+    graph = to_graph(model)
+    t = graph.tensors()
+    (add,) = [n for n in graph.nodes if n.op == "Add"]
+    down = insert_cast(t["x"], [(add, 1)], TensorProto.FLOAT16, NameSource(t))
+    up = insert_cast(down.outputs[0], [(add, 1)], TensorProto.FLOAT, NameSource(graph.tensors()))
+    graph.nodes.extend([down, up])  # appended out of order: cleanup sorts them
+    cleanup(graph)
+    assert [n.op for n in graph.nodes if n.op != "Cast"] == ["Relu", "Add"]  # the unread Neg is gone
+    out = to_model(graph)
+    onnx.checker.check_model(out)
+    x = np.array([0.1, -2.0, 3.3333], np.float32)
+    np.testing.assert_allclose(_run(out, {"x": x})[0], np.maximum(x, 0) + x.astype(np.float16).astype(np.float32))

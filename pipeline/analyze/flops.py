@@ -16,6 +16,9 @@ Conventions (every number the report shows follows these):
 * **Constants are folded**: a node whose inputs are all constant (initializers, Constant nodes,
   shapes known after batch substitution, weight DequantizeLinear in Q/DQ models) is computed at
   engine build time, so it costs nothing (category ``constant``) and its outputs count as weights.
+* **Shapes** come from :func:`pipeline.graph.shapes.infer_with_folding`: ONNX shape inference with
+  small constant subgraphs folded by onnx-graphsurgeon (evaluated by ONNX Runtime), so reshape
+  targets computed at run time (exported attention) become static.
 * **Data movement** ops cost 0 FLOPs. Views (Reshape, Flatten, Squeeze, Unsqueeze, Identity,
   Dropout) and metadata (Shape, Size) also move 0 bytes; copies (Transpose, Concat, Slice, Gather,
   Pad, Cast...) read and write their tensors. A Gather from a constant table reads only the rows it

@@ -28,7 +28,17 @@ from pipeline.graph.edges import (
     present,
     producer_of,
 )
+from pipeline.graph.edit import NameSource, cleanup, insert_after, insert_cast, insert_qdq_pair
+from pipeline.graph.fold import fold_constants, fold_graph_constants, fold_initializer_identities
 from pipeline.graph.io import copy_model, load_model, save_model, to_graph, to_model
+from pipeline.graph.shapes import (
+    TensorInfo,
+    UnknownShape,
+    infer_shapes,
+    infer_with_folding,
+    substitute_dims,
+    tensor_info,
+)
 from pipeline.graph.patterns import (
     AttentionBlock,
     AttentionMatMul,
@@ -49,7 +59,9 @@ from pipeline.graph.patterns import (
 
 __all__ = [
     "AttentionBlock", "AttentionMatMul", "Constness", "ConvChain", "Edges", "FfnBlock", "GeluActivation",
-    "ResidualAdd", "attention_blocks", "attention_matmuls", "compute_nodes", "consumer_slots", "consumers_of",
+    "NameSource", "ResidualAdd", "TensorInfo", "UnknownShape", "cleanup", "fold_constants", "fold_graph_constants",
+    "fold_initializer_identities", "infer_shapes", "infer_with_folding", "insert_after", "insert_cast",
+    "insert_qdq_pair", "substitute_dims", "tensor_info", "attention_blocks", "attention_matmuls", "compute_nodes", "consumer_slots", "consumers_of",
     "conv_chains", "conv_residual_adds", "copy_model", "edges_of", "ffn_blocks", "first_compute_node",
     "gelu_activations", "graph_output_names", "last_compute_node", "load_model", "node_positions",
     "other_input", "present", "producer_of", "save_model", "to_graph", "to_model",

@@ -1,8 +1,13 @@
-"""Graph edits on onnx-graphsurgeon graphs: fresh names and inserting a node pair on an edge."""
+"""Graph edits on onnx-graphsurgeon graphs: fresh names, a node inserted on an edge (Cast, Q/DQ),
+and dead-node cleanup with toposort.
+
+Inserted nodes are returned, not added to ``graph.nodes``: the caller places them (ONNX wants a
+topological node list; :func:`cleanup` re-sorts a whole graph when order does not matter).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -23,6 +28,45 @@ class NameSource:
             name, k = f"{base}_{k}", k + 1
         self.used.add(name)
         return name
+
+
+def insert_after(
+    tensor: "gs.Tensor",
+    slots: Sequence[Tuple["gs.Node", int]],
+    op: str,
+    names: NameSource,
+    attrs: Optional[Dict[str, Any]] = None,
+    extra_inputs: Sequence["gs.Tensor"] = (),
+    base: Optional[str] = None,
+) -> "gs.Node":
+    """A node ``op(tensor, *extra_inputs)`` whose output the ``slots`` read instead of ``tensor``.
+
+    Args:
+        tensor: the tensor the new node reads.
+        slots: ``(consumer node, input index)`` reads to rewire; other readers keep ``tensor``.
+        op: the op type, e.g. ``Cast``.
+        names: source of fresh names (``<base>_<op>`` for the node, ``<base>_<op>_Output`` for its output).
+        attrs: node attributes.
+        extra_inputs: further inputs after ``tensor`` (scales, zero points...).
+        base: name stem (default ``tensor.name``).
+
+    Returns:
+        The new node (not yet in ``graph.nodes``).
+    """
+    import onnx_graphsurgeon as gs
+
+    stem = f"{base or tensor.name}_{op}"
+    out = gs.Variable(names(f"{stem}_Output"))
+    node = gs.Node(op, names(stem), dict(attrs or {}), [tensor, *extra_inputs], [out])
+    for consumer, k in slots:
+        consumer.inputs[k] = out
+    return node
+
+
+def insert_cast(tensor: "gs.Tensor", slots: Sequence[Tuple["gs.Node", int]], to: int,
+                names: NameSource) -> "gs.Node":
+    """A ``Cast(to=<TensorProto type>)`` of ``tensor`` read by ``slots`` (see :func:`insert_after`)."""
+    return insert_after(tensor, slots, "Cast", names, {"to": int(to)})
 
 
 def insert_qdq_pair(
@@ -54,9 +98,10 @@ def insert_qdq_pair(
     base = tensor.name
     scale_c = gs.Constant(names(f"{base}_scale"), np.asarray(scale, dtype=np.float32))
     zp_c = gs.Constant(names(f"{base}_zero_point"), np.asarray(zero_point))
+    attrs = {"axis": int(axis)} if axis is not None else {}
+    # Names in the order scale, zero point, Q output, DQ output, Q node, DQ node (stable across versions).
     q_out = gs.Variable(names(f"{base}_QuantizeLinear_Output"))
     dq_out = gs.Variable(names(f"{base}_DequantizeLinear_Output"))
-    attrs = {"axis": int(axis)} if axis is not None else {}
     q = gs.Node("QuantizeLinear", names(f"{base}_QuantizeLinear"), dict(attrs), [tensor, scale_c, zp_c], [q_out])
     dq = gs.Node("DequantizeLinear", names(f"{base}_DequantizeLinear"), dict(attrs), [q_out, scale_c, zp_c], [dq_out])
     for node, k in slots:
@@ -64,4 +109,17 @@ def insert_qdq_pair(
     return [q, dq]
 
 
-__all__ = ["NameSource", "insert_qdq_pair"]
+def cleanup(graph: "gs.Graph", keep_unused_inputs: bool = True) -> "gs.Graph":
+    """Remove nodes and tensors nothing reaches the graph outputs from, then sort topologically.
+
+    Args:
+        graph: modified in place.
+        keep_unused_inputs: keep graph inputs nothing reads (the model's signature).
+
+    Returns:
+        ``graph``.
+    """
+    return graph.cleanup(remove_unused_graph_inputs=not keep_unused_inputs).toposort()
+
+
+__all__ = ["NameSource", "cleanup", "insert_after", "insert_cast", "insert_qdq_pair"]
