@@ -80,6 +80,19 @@ def test_graph_round_trip_keeps_node_order_and_model_fields():
     onnx.checker.check_model(back)
 
 
+def test_export_keeps_big_weights_exact_and_the_graph_intact():
+    big = weights(128, 160)  # above the size exported as a stub and filled in afterwards
+    nodes = [mk("MatMul", ["x", "w"], ["m"]), mk("Transpose", ["w"], ["wt"]), mk("MatMul", ["m", "wt"], ["y"])]
+    model = make_model(nodes, [("x", [2, 128])], [("y", [2, 128])], {"w": big})
+    graph = to_graph(model)
+    back = to_model(graph)
+    (w,) = [t for t in back.graph.initializer if t.name == "w"]
+    np.testing.assert_array_equal(numpy_helper.to_array(w), big)
+    np.testing.assert_array_equal(graph.tensors()["w"].values, big)  # the graph still holds the data
+    x = weights(2, 128, seed=3)
+    np.testing.assert_allclose(_run(back, {"x": x})[0], _run(model, {"x": x})[0], rtol=1e-6)
+
+
 # --- edges ----------------------------------------------------------------------------------------
 
 def test_producers_consumers_and_positions():

@@ -3,6 +3,7 @@ the onnx-graphsurgeon form (``gs.import_onnx`` / ``gs.export_onnx``) every graph
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
@@ -108,7 +109,16 @@ def to_model(graph: "gs.Graph", like: Optional["onnx.ModelProto"] = None) -> "on
     """
     import onnx_graphsurgeon as gs
 
-    model = gs.export_onnx(graph, do_type_check=False)
+    weights = _stub_weights(graph)
+    try:
+        model = gs.export_onnx(graph, do_type_check=False)
+    finally:
+        for tensor, values in weights.values():
+            tensor._values = values
+    for init in model.graph.initializer:
+        if init.name in weights:
+            init.CopyFrom(weights[init.name][1].tensor)
+            init.name = weights[init.name][0].name
     if like is not None:
         model.ir_version = like.ir_version
         model.producer_name = like.producer_name
@@ -119,6 +129,37 @@ def to_model(graph: "gs.Graph", like: Optional["onnx.ModelProto"] = None) -> "on
         del model.metadata_props[:]
         model.metadata_props.extend(like.metadata_props)
     return model
+
+
+#: Initializers of at least this many elements are exported as stubs and filled in afterwards.
+_STUB_ELEMENTS = 1 << 14
+
+
+def _stub_weights(graph: "gs.Graph") -> dict:
+    """Swap each big, still-lazy weight for a data-less stub of the same name, dims and type.
+
+    graphsurgeon's export copies every initializer twice (``make_graph``, then ``make_model``);
+    exporting stubs and copying each original proto once into the result makes the export cost
+    one copy of the weights, as ``ModelProto.CopyFrom`` would.
+
+    Returns:
+        name -> (tensor, its original lazy values), to restore after the export.
+    """
+    import onnx
+    import onnx_graphsurgeon as gs
+    from onnx_graphsurgeon.ir.tensor import LazyValues
+
+    stubs = {}
+    for name, tensor in graph.tensors().items():
+        values = getattr(tensor, "_values", None) if isinstance(tensor, gs.Constant) else None
+        # Dims, not ByteSize(): protobuf walks the message to size it.
+        if not isinstance(values, LazyValues) or math.prod(values.tensor.dims) < _STUB_ELEMENTS:
+            continue
+        src = values.tensor
+        stub = onnx.TensorProto(name=name, dims=list(src.dims), data_type=src.data_type)
+        stubs[name] = (tensor, values)
+        tensor._values = LazyValues(stub)
+    return stubs
 
 
 __all__ = ["copy_model", "load_model", "save_model", "to_graph", "to_model"]
