@@ -16,6 +16,9 @@ Conventions (every number the report shows follows these):
 * **Constants are folded**: a node whose inputs are all constant (initializers, Constant nodes,
   shapes known after batch substitution, weight DequantizeLinear in Q/DQ models) is computed at
   engine build time, so it costs nothing (category ``constant``) and its outputs count as weights.
+* **Shapes** come from :func:`pipeline.graph.shapes.infer_with_folding`: ONNX shape inference with
+  small constant subgraphs folded by onnx-graphsurgeon (evaluated by ONNX Runtime), so reshape
+  targets computed at run time (exported attention) become static.
 * **Data movement** ops cost 0 FLOPs. Views (Reshape, Flatten, Squeeze, Unsqueeze, Identity,
   Dropout) and metadata (Shape, Size) also move 0 bytes; copies (Transpose, Concat, Slice, Gather,
   Pad, Cast...) read and write their tensors. A Gather from a constant table reads only the rows it
@@ -30,21 +33,16 @@ Conventions (every number the report shows follows these):
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from pipeline.config import PrecisionConfig
 from pipeline.errors import PipelineError
-
-Shape = Tuple[int, ...]
-
-#: TensorProto data types stored as floats (take the precision's byte size):
-#: FLOAT, FLOAT16, DOUBLE, BFLOAT16, FLOAT8E4M3FN, E4M3FNUZ, E5M2, E5M2FNUZ, FLOAT4E2M1.
-_FLOAT_TYPES = {1, 10, 11, 16, 17, 18, 19, 20, 23}
-#: TensorProto integer/bool types and their element sizes in bytes (INT4/UINT4 pack two per byte).
-_INT_SIZES = {2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 12: 4, 13: 8, 21: 0.5, 22: 0.5}
+from pipeline.graph.edges import NONDETERMINISTIC_OPS
+from pipeline.graph.shapes import TensorInfo
+from pipeline.graph.shapes import UnknownShape as _UnknownShape
+from pipeline.graph.shapes import numel as _numel
 
 #: FLOPs per output element of elementwise ops (one per arithmetic step; exp/erf/tanh count 1).
 ELEMENTWISE_FLOPS: Dict[str, float] = {
@@ -102,8 +100,7 @@ COPY_OPS = {"Transpose", "Concat", "Split", "Slice", "Gather", "GatherElements",
             "ReverseSequence", "Compress", "NonZero", "EyeLike", "SplitToSequence"}
 _GATHER_OPS = {"Gather", "GatherElements", "GatherND"}
 #: Ops never folded even with constant inputs (their output changes run to run).
-_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
-                     "Multinomial", "Bernoulli"}
+_NONDETERMINISTIC = NONDETERMINISTIC_OPS
 #: Quantization: Q = divide + round + zero-point add + saturate; DQ = subtract zero point + multiply.
 QUANT_FLOPS = {"QuantizeLinear": 4, "DequantizeLinear": 2, "DynamicQuantizeLinear": 6}
 
@@ -222,67 +219,6 @@ class GraphCosts:
     graph_outputs: List[str] = field(default_factory=list)
 
 
-class _UnknownShape(Exception):
-    def __init__(self, tensor: str):
-        super().__init__(tensor)
-        self.tensor = tensor
-
-
-def _numel(shape: Sequence[int]) -> int:
-    return math.prod(shape) if shape else 1
-
-
-class _Graph:
-    """Shapes, types and constness of every tensor of a shape-inferred graph."""
-
-    def __init__(self, model: Any, weight_inputs: frozenset = frozenset()):
-        graph = model.graph
-        self.shapes: Dict[str, Optional[Shape]] = {}
-        self.types: Dict[str, int] = {}
-        self.values: Dict[str, Any] = {}  # small constant int tensors (Shape outputs, Constant nodes)
-        for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
-            t = vi.type.tensor_type
-            if not vi.type.HasField("tensor_type"):
-                continue
-            self.types[vi.name] = t.elem_type
-            if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
-                self.shapes[vi.name] = tuple(int(d.dim_value) for d in t.shape.dim)
-            else:
-                self.shapes.setdefault(vi.name, None)
-        self.constants = set(weight_inputs)
-        for init in graph.initializer:
-            self.shapes[init.name] = tuple(int(d) for d in init.dims)
-            self.types[init.name] = init.data_type
-            self.constants.add(init.name)
-        for node in graph.node:
-            if node.op_type == "Constant" and node.output:
-                for attr in node.attribute:
-                    if attr.name == "value":
-                        self.shapes[node.output[0]] = tuple(int(d) for d in attr.t.dims)
-                        self.types[node.output[0]] = attr.t.data_type
-                    elif attr.name in ("value_float", "value_int"):
-                        self.shapes[node.output[0]] = ()
-                    elif attr.name in ("value_floats", "value_ints"):
-                        self.shapes[node.output[0]] = (len(attr.floats) or len(attr.ints),)
-        self.graph_inputs = [i.name for i in graph.input if i.name not in self.constants]
-        self.graph_outputs = [o.name for o in graph.output]
-
-    def shape(self, name: str) -> Shape:
-        shape = self.shapes.get(name)
-        if shape is None:
-            raise _UnknownShape(name)
-        return shape
-
-    def known(self, name: str) -> bool:
-        return self.shapes.get(name) is not None
-
-    def elem_bytes(self, name: str, precision_bytes: float) -> float:
-        elem = self.types.get(name, 1)
-        if elem in _FLOAT_TYPES or elem not in _INT_SIZES:
-            return precision_bytes
-        return _INT_SIZES[elem]
-
-
 def _attr(node: Any, name: str, default: Any = None) -> Any:
     from onnx import helper
 
@@ -298,7 +234,7 @@ def _present(names: Sequence[str]) -> List[str]:
 
 # --- per-op FLOP rules: (flops, macs, category) --------------------------------------------------
 
-def _conv(node: Any, g: _Graph, x: str, w: str, bias: Optional[str]) -> Tuple[float, float, str]:
+def _conv(node: Any, g: TensorInfo, x: str, w: str, bias: Optional[str]) -> Tuple[float, float, str]:
     y = g.shape(node.output[0])
     wshape = g.shape(w)
     kernel = wshape[2:]
@@ -314,7 +250,7 @@ def _conv(node: Any, g: _Graph, x: str, w: str, bias: Optional[str]) -> Tuple[fl
     return flops, macs, category
 
 
-def _conv_transpose(node: Any, g: _Graph) -> Tuple[float, float, str]:
+def _conv_transpose(node: Any, g: TensorInfo) -> Tuple[float, float, str]:
     x = g.shape(node.input[0])
     w = g.shape(node.input[1])  # [C_in, C_out / group, k...]
     y = g.shape(node.output[0])
@@ -324,7 +260,7 @@ def _conv_transpose(node: Any, g: _Graph) -> Tuple[float, float, str]:
     return 2 * macs + (_numel(y) if bias else 0), macs, "conv_transpose"
 
 
-def _gemm(node: Any, g: _Graph) -> Tuple[float, float, str]:
+def _gemm(node: Any, g: TensorInfo) -> Tuple[float, float, str]:
     a = g.shape(node.input[0])
     b = g.shape(node.input[1])
     m, k = (a[1], a[0]) if _attr(node, "transA", 0) else (a[0], a[1])
@@ -334,14 +270,14 @@ def _gemm(node: Any, g: _Graph) -> Tuple[float, float, str]:
     return 2 * macs + (m * n if bias else 0), macs, "gemm"
 
 
-def _matmul(node: Any, g: _Graph, a: str) -> Tuple[float, float, str]:
+def _matmul(node: Any, g: TensorInfo, a: str) -> Tuple[float, float, str]:
     # out = broadcast(batch) x M x N (1-D operands drop their dim); each output needs K MACs.
     k = g.shape(a)[-1]
     macs = _numel(g.shape(node.output[0])) * k
     return 2 * macs, macs, "matmul"
 
 
-def _einsum(node: Any, g: _Graph) -> Tuple[float, float, str]:
+def _einsum(node: Any, g: TensorInfo) -> Tuple[float, float, str]:
     equation = _attr(node, "equation", b"")
     equation = (equation.decode() if isinstance(equation, bytes) else str(equation)).replace(" ", "")
     lhs = equation.split("->")[0]
@@ -371,7 +307,7 @@ def _gelu(node: Any) -> float:
     return 8 if approx == "tanh" else ELEMENTWISE_FLOPS["Gelu"]
 
 
-def _pool(node: Any, g: _Graph) -> float:
+def _pool(node: Any, g: TensorInfo) -> float:
     op = node.op_type
     if op.startswith("Global"):
         return _numel(g.shape(node.input[0]))
@@ -379,7 +315,7 @@ def _pool(node: Any, g: _Graph) -> float:
     return _numel(g.shape(node.output[0])) * _numel(kernel)
 
 
-def _resize(node: Any, g: _Graph) -> float:
+def _resize(node: Any, g: TensorInfo) -> float:
     x = g.shape(node.input[0])
     y = g.shape(node.output[0])
     mode = _attr(node, "mode", b"nearest")
@@ -390,7 +326,7 @@ def _resize(node: Any, g: _Graph) -> float:
     return _numel(y) * (2 * taps**resized if taps else 0)
 
 
-def _flops_of(node: Any, g: _Graph) -> Tuple[float, float, str, str]:
+def _flops_of(node: Any, g: TensorInfo) -> Tuple[float, float, str, str]:
     """(flops, macs, category, note) of a node that is not folded."""
     op = node.op_type
     inputs = list(node.input)
@@ -446,186 +382,14 @@ def _flops_of(node: Any, g: _Graph) -> Tuple[float, float, str, str]:
 # --- model preparation ---------------------------------------------------------------------------
 
 def _load(model: Union[str, os.PathLike, Any]) -> Any:
-    import onnx
+    from pipeline.graph.io import copy_model, load_model
 
     if isinstance(model, (str, os.PathLike)):
-        try:
-            # Only dims are needed, so external weight files are not read.
-            return onnx.load(os.fspath(model), load_external_data=False)
-        except Exception as err:  # OSError, protobuf DecodeError, onnx's own types
-            raise PipelineError(
-                f"cannot read ONNX model {model}: {err}",
-                hint="check the path (the export stage writes <output_dir>/<model>.onnx)",
-            ) from err
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    return copy
+        return load_model(model, load_weights=False)  # only dims are needed: weights stay on disk
+    return copy_model(model)
 
 
-def _substitute_dims(model: Any, batch_size: int, dims: Mapping[str, int]) -> Tuple[int, List[str]]:
-    """Give symbolic dims values: the leading dim of every graph input is the batch."""
-    notes: List[str] = []
-    graph = model.graph
-    init_names = {i.name for i in graph.initializer}
-    values = dict(dims)
-    effective = batch_size
-    for inp in graph.input:
-        if inp.name in init_names or not inp.type.HasField("tensor_type"):
-            continue
-        shape = inp.type.tensor_type.shape
-        if not shape.dim:
-            continue
-        d0 = shape.dim[0]
-        if d0.HasField("dim_value"):
-            if d0.dim_value != batch_size:
-                effective = int(d0.dim_value)
-                notes.append(f"input '{inp.name}' has a fixed batch of {d0.dim_value}; batch_size "
-                             f"{batch_size} cannot change it, costs are for batch {d0.dim_value}")
-        elif d0.dim_param:
-            values.setdefault(d0.dim_param, batch_size)
-        else:  # anonymous dynamic dim
-            d0.dim_value = batch_size
-    # Exporters annotate intermediates with their own symbolic dims ("Add227_dim_0"); shape
-    # inference would keep those instead of computing values, so intermediates are re-inferred.
-    del graph.value_info[:]
-    left = set()
-    for vi in graph.input:
-        if not vi.type.HasField("tensor_type"):
-            continue
-        for d in vi.type.tensor_type.shape.dim:
-            if d.dim_param and d.dim_param in values:
-                d.dim_value = int(values[d.dim_param])  # setting the value clears dim_param
-            elif d.dim_param:
-                left.add(d.dim_param)
-    for vi in graph.output:
-        if not vi.type.HasField("tensor_type"):
-            continue
-        for d in vi.type.tensor_type.shape.dim:
-            if d.dim_param:
-                if d.dim_param in values:
-                    d.dim_value = int(values[d.dim_param])
-                else:
-                    d.ClearField("dim_param")  # let inference compute it
-    if left:
-        notes.append(f"symbolic dims without a value: {sorted(left)} (pass dims={{name: size}});"
-                     " nodes that depend on them are marked 'shape unknown'")
-    return effective, notes
-
-
-def _infer(model: Any) -> Any:
-    import onnx
-
-    try:
-        return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
-    except Exception as err:  # onnx raises InferenceError / ValidationError / RuntimeError
-        raise PipelineError(
-            f"ONNX shape inference failed: {err}",
-            hint="check the model with onnx.checker.check_model, or re-export it with static shapes",
-        ) from err
-
-
-#: Constants up to this many elements are evaluated to propagate shapes (shape arithmetic,
-#: scales); bigger ones (weights) only contribute their dims.
-_FOLD_MAX_ELEMENTS = 1 << 16
-_FOLD_MAX_ROUNDS = 8
-
-
-def _infer_with_folding(proto: Any) -> Tuple[Any, frozenset]:
-    """Shape-infer ``proto``, evaluating small constant subgraphs so that shapes computed at run time
-    (Shape -> Gather -> Concat -> Reshape chains of exported attention) become static.
-
-    ONNX shape inference alone propagates values through few ops, so exported multi-head attention
-    often ends with unknown shapes. Here every node whose inputs are known small constants is
-    evaluated with ``onnx.reference`` and replaced by an initializer, and inference reruns until
-    nothing new folds. Large initializers (weights) become typed graph inputs of the helper model:
-    their dims are all inference needs, and their data is never copied or read.
-
-    Returns:
-        (inferred helper model, names of the weights turned into inputs).
-    """
-    from onnx import TensorProto, helper, numpy_helper
-
-    graph = proto.graph
-    opset = {o.domain or "": o.version for o in proto.opset_import}
-    input_names = {i.name for i in graph.input}
-    values: Dict[str, Any] = {}
-    small, big_inputs = [], []
-    for init in graph.initializer:
-        external = init.data_location == TensorProto.EXTERNAL
-        if not external and _numel(init.dims) <= _FOLD_MAX_ELEMENTS:
-            small.append(init)
-            values[init.name] = numpy_helper.to_array(init)
-        elif init.name not in input_names:
-            big_inputs.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
-        else:
-            big_inputs.append(None)  # already declared as an input (IR < 4 models)
-    weights = frozenset(init.name for init in graph.initializer if init.name not in values)
-    nodes = list(graph.node)
-    inputs = [i for i in graph.input if i.name not in values] + [b for b in big_inputs if b is not None]
-    inputs = [i for i in inputs if i.name not in values]
-
-    def build(nodes_: List[Any], inits: List[Any]) -> Any:
-        g = helper.make_graph(nodes_, graph.name or "g", inputs, list(graph.output), initializer=inits)
-        m = helper.make_model(g, opset_imports=list(proto.opset_import))
-        m.ir_version = max(proto.ir_version, 4)
-        return m
-
-    inits = list(small)
-    inferred = _infer(build(nodes, inits))
-    for _ in range(_FOLD_MAX_ROUNDS):
-        g = _Graph(inferred, weights)
-        keep, changed = [], False
-        for node in nodes:
-            outs = _fold_node(node, g, values, opset)
-            if outs is None:
-                keep.append(node)
-                continue
-            changed = True
-            for name, array in outs.items():
-                values[name] = array
-                inits.append(numpy_helper.from_array(array, name))
-        if not changed:
-            break
-        nodes = keep
-        inferred = _infer(build(nodes, inits))
-    return inferred, weights
-
-
-def _fold_node(node: Any, g: "_Graph", values: Dict[str, Any], opset: Dict[str, int]) -> Optional[Dict[str, Any]]:
-    """Values of ``node``'s outputs when they are small constants, else None."""
-    import numpy as np
-
-    if node.op_type in _NONDETERMINISTIC or node.domain not in ("", "ai.onnx") or not node.output:
-        return None
-    present = _present(node.input)
-    if node.op_type in ("Shape", "Size") and g.known(node.input[0]):
-        shape = g.shape(node.input[0])
-        if node.op_type == "Size":
-            return {node.output[0]: np.array(_numel(shape), dtype=np.int64)}
-        rank = len(shape)
-        start, end = int(_attr(node, "start", 0)), _attr(node, "end", None)
-        start = max(0, start + rank if start < 0 else start)
-        end = rank if end is None else max(0, int(end) + rank if int(end) < 0 else int(end))
-        return {node.output[0]: np.array(shape[start:end], dtype=np.int64)}
-    if not all(i in values for i in present) or (node.op_type != "Constant" and not present):
-        return None
-    from onnx.reference import ReferenceEvaluator
-
-    try:
-        evaluator = ReferenceEvaluator(node, opsets={"": opset.get("", 17)})
-        results = evaluator.run(None, {i: values[i] for i in present})
-    except Exception:  # an op the reference runtime lacks or rejects: leave it to inference
-        return None
-    outs = {}
-    for name, array in zip(node.output, results):
-        array = np.asarray(array)
-        if not name or array.size > _FOLD_MAX_ELEMENTS or array.dtype == object:
-            return None
-        outs[name] = array
-    return outs
-
-
-def _shape_value(node: Any, g: _Graph) -> bool:
+def _shape_value(node: Any, g: TensorInfo) -> bool:
     """Record Shape/Size outputs of fully known tensors as constants (they fold after batch substitution)."""
     if node.op_type not in ("Shape", "Size") or not g.known(node.input[0]):
         return False
@@ -652,10 +416,15 @@ def graph_costs(
     if batch_size < 1:
         raise PipelineError(f"batch_size must be >= 1, got {batch_size}", hint="set batch_size=1 or more")
     precision = precision or PrecisionConfig()
+    from pipeline.graph.shapes import infer_with_folding, substitute_dims, tensor_info
+
     proto = _load(model)
-    effective, notes = _substitute_dims(proto, batch_size, dims or {})
-    inferred, weights = _infer_with_folding(proto)
-    g = _Graph(inferred, weights)
+    effective, notes = substitute_dims(proto, batch_size, dims or {})
+    inferred, _ = infer_with_folding(proto)
+    # Folded values only give shapes; which nodes are constant is decided node by node below.
+    g = tensor_info(inferred)
+    g.constants = {init.name for init in proto.graph.initializer}
+    g.graph_inputs = [name for name in g.graph_inputs if name not in g.constants]
 
     layers: List[LayerCost] = []
     unsupported: Dict[str, int] = {}

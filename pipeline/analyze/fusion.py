@@ -47,6 +47,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Uni
 
 from pipeline.analyze.flops import ELEMENTWISE_FLOPS, GraphCosts, LayerCost, graph_costs
 from pipeline.config import PrecisionConfig
+from pipeline.graph.edges import edges_of
 
 #: Categories of layers that run on Tensor Cores and anchor a fused kernel.
 MAC_CATEGORIES = frozenset({"conv", "conv_1x1", "conv_depthwise", "conv_transpose", "gemm", "matmul"})
@@ -177,17 +178,13 @@ def groups_from_costs(costs: GraphCosts) -> List[FusionGroup]:
             alias[outs[0]] = root(ins[0])
         elif kinds[i] in (_VIEW, _DQ):
             kinds[i] = _CONST if ins and ins[0] in consts else _OTHER
-    producer: Dict[str, int] = {}
+    edges = edges_of(io)
+    producer, direct = edges.producer, edges.consumers  # tensor -> writer / every reader
     consumers: Dict[str, Set[int]] = {}  # root -> real consumers (not views, DQs, metadata, constants)
-    direct: Dict[str, List[int]] = {}  # tensor -> every node reading it
-    for i, (ins, outs) in enumerate(io):
+    for i, (ins, _) in enumerate(io):
         for t in ins:
-            direct.setdefault(t, []).append(i)
             if t not in consts and kinds[i] not in _DEFERRED:
                 consumers.setdefault(root(t), set()).add(i)
-        for t in outs:
-            if t not in alias:
-                producer[t] = i
     output_roots = {root(t) for t in graph_outputs}
 
     def data_inputs(i: int) -> List[str]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -30,12 +30,11 @@ from pipeline.quantize.scales import QParams, weight_qparams
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
+    import onnx_graphsurgeon as gs
 
 #: Ops whose float inputs get Q/DQ.
 COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
 POOL_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool")
-#: Ops that TensorRT fuses into a preceding Conv (so a residual Add fed through them is conv-side).
-_CONV_EPILOGUE = ("BatchNormalization",)
 #: Opset written when the input model is older than per-channel Q/DQ allows (axis needs >= 13).
 QDQ_OPSET = 17
 
@@ -82,23 +81,23 @@ class QdqPlan:
             "kept_float": [dict(k) for k in self.kept_float]}
 
 
-def node_label(node: "onnx.NodeProto", index: int) -> str:
-    """A node's name, or ``OpType#index`` when the exporter left it unnamed."""
-    return node.name or f"{node.op_type}#{index}"
+def node_label(node: Any, index: int) -> str:
+    """A node's name, or ``OpType#index`` when the exporter left it unnamed (``NodeProto`` or gs node)."""
+    op = getattr(node, "op_type", None) or node.op
+    return node.name or f"{op}#{index}"
 
 
-def _weight_axis(node: "onnx.NodeProto", input_index: int, ndim: int, per_channel: bool) -> Optional[int]:
+def _weight_axis(op: str, attrs: Dict[str, Any], input_index: int, ndim: int, per_channel: bool) -> Optional[int]:
     """The output-channel axis of a weight input, or None for per-tensor."""
     if not per_channel or ndim < 1:
         return None
-    if node.op_type == "Conv":
+    if op == "Conv":
         return 0 if input_index == 1 else None
-    if node.op_type == "Gemm":
-        attrs = {a.name: a.i for a in node.attribute}
+    if op == "Gemm":
         if input_index == 1:
             return 0 if attrs.get("transB", 0) else 1
         return 1 if attrs.get("transA", 0) else 0
-    if node.op_type == "MatMul":
+    if op == "MatMul":
         if ndim < 2:
             return None
         # x @ W: output channels are W's last axis; W @ x: they are W's second-to-last axis.
@@ -106,49 +105,9 @@ def _weight_axis(node: "onnx.NodeProto", input_index: int, ndim: int, per_channe
     return None
 
 
-def _producers(model: "onnx.ModelProto") -> Dict[str, int]:
-    return {o: i for i, n in enumerate(model.graph.node) for o in n.output}
-
-
-def _consumer_counts(model: "onnx.ModelProto") -> Dict[str, int]:
-    counts: Dict[str, int] = {}
-    for n in model.graph.node:
-        for t in n.input:
-            counts[t] = counts.get(t, 0) + 1
-    for o in model.graph.output:
-        counts[o.name] = counts.get(o.name, 0) + 1
-    return counts
-
-
-def _chain_length(tensor: str, model: "onnx.ModelProto", producers: Dict[str, int],
-                  consumers: Dict[str, int], limit: int = 64) -> int:
-    """Nodes on the single-consumer chain that produces ``tensor``, back to the branch point."""
-    steps = 0
-    t = tensor
-    while steps < limit and t in producers:
-        node = model.graph.node[producers[t]]
-        steps += 1
-        if not node.input:
-            break
-        t = node.input[0]
-        if consumers.get(t, 0) > 1:
-            break
-    return steps
-
-
-def _is_conv_side(tensor: str, model: "onnx.ModelProto", producers: Dict[str, int]) -> bool:
-    """True if ``tensor`` comes from a Conv, directly or through a BatchNormalization."""
-    t = tensor
-    for _ in range(3):
-        if t not in producers:
-            return False
-        node = model.graph.node[producers[t]]
-        if node.op_type == "Conv":
-            return True
-        if node.op_type not in _CONV_EPILOGUE:
-            return False
-        t = node.input[0]
-    return False
+def _compute_slots(op: str, n_inputs: int) -> List[int]:
+    # Conv/Gemm: inputs 0 and 1 (bias stays float: TensorRT folds it in int32/float itself).
+    return [0, 1] if op in ("Conv", "Gemm", "MatMul") else list(range(n_inputs))
 
 
 def plan_qdq(
@@ -181,57 +140,58 @@ def plan_qdq(
             topological order). See :mod:`pipeline.quantize.placement`.
 
     Returns:
-        The :class:`QdqPlan`.
+        The :class:`QdqPlan` (slots are ``(index in model.graph.node, input index)``).
 
     Raises:
         PipelineError: an unknown ``keep_float`` rule.
     """
+    import onnx_graphsurgeon as gs
+
+    from pipeline.graph import conv_residual_adds, producer_of, to_graph
     from pipeline.quantize.placement import check_rules, keep_float_nodes
 
     check_rules(keep_float)
-    inits = {i.name: i for i in model.graph.initializer}
-    const_outputs = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
-    producers = _producers(model)
-    consumers = _consumer_counts(model)
+    graph = to_graph(model)
+    init_types = {i.name: i.data_type for i in model.graph.initializer}
     plan = QdqPlan()
 
     def excluded(label: str) -> bool:
         return any(fnmatch.fnmatchcase(label, p) for p in exclude_nodes)
 
-    def is_float(t: str) -> bool:
-        if t in inits:
-            return inits[t].data_type == 1  # FLOAT
-        return float_tensors is None or t in float_tensors
+    def is_weight(t: "gs.Tensor") -> bool:
+        return isinstance(t, gs.Constant)
 
-    def add_activation(t: str, slot: Tuple[int, int]) -> None:
-        plan.activations.setdefault(t, []).append(slot)
+    def from_constant_node(t: "gs.Tensor") -> bool:
+        node = producer_of(t)
+        return node is not None and node.op == "Constant"
 
-    def compute_slots(node: "onnx.NodeProto") -> List[int]:
-        # Conv/Gemm: inputs 0 and 1 (bias stays float: TensorRT folds it in int32/float itself).
-        return [0, 1] if node.op_type in ("Conv", "Gemm", "MatMul") else list(range(len(node.input)))
+    def is_float(t: "gs.Tensor") -> bool:
+        if is_weight(t):
+            return init_types.get(t.name) == 1  # FLOAT
+        return float_tensors is None or t.name in float_tensors
 
-    def skip_reason(idx: int, node: "onnx.NodeProto") -> Optional[str]:
+    def skip_reason(idx: int, node: "gs.Node") -> Optional[str]:
         """Why a compute node is not quantized by the name/type rules, or None."""
         if excluded(node_label(node, idx)):
             return "excluded by pattern"
-        slots = compute_slots(node)
-        act_inputs = [i for i in slots if i < len(node.input) and node.input[i]
-                      and node.input[i] not in inits and node.input[i] not in const_outputs]
-        if node.op_type == "MatMul" and len(act_inputs) == 2 and not quantize_bmm:
+        slots = [i for i in _compute_slots(node.op, len(node.inputs)) if i < len(node.inputs) and node.inputs[i].name]
+        acts = [i for i in slots if not is_weight(node.inputs[i]) and not from_constant_node(node.inputs[i])]
+        if node.op == "MatMul" and len(acts) == 2 and not quantize_bmm:
             return "activation x activation MatMul kept in float (quantize_bmm=false)"
-        if not all(is_float(node.input[i]) for i in slots if i < len(node.input) and node.input[i]):
+        if not all(is_float(node.inputs[i]) for i in slots):
             return "non-float input"
         return None
 
     kept: Dict[int, list] = {}
     if keep_float:
-        candidates = [i for i, n in enumerate(model.graph.node) if n.op_type in op_types and skip_reason(i, n) is None]
-        kept = {i: ks for i, ks in keep_float_nodes(model, keep_float, candidates).items()
-                if model.graph.node[i].op_type in op_types}
+        candidates = [i for i, n in enumerate(graph.nodes) if n.op in op_types and skip_reason(i, n) is None]
+        kept = {i: ks for i, ks in keep_float_nodes(graph, keep_float, candidates).items()
+                if graph.nodes[i].op in op_types}
+    residual_skip = {id(r.node): r.skip for r in conv_residual_adds(graph)} if residual_add else {}
 
-    for idx, node in enumerate(model.graph.node):
+    for idx, node in enumerate(graph.nodes):
         label = node_label(node, idx)
-        op = node.op_type
+        op = node.op
         if op in op_types:
             reason = skip_reason(idx, node)
             if reason is None and idx in kept:
@@ -242,48 +202,39 @@ def plan_qdq(
             if reason is not None:
                 plan.skipped[label] = reason
                 continue
-            slots = compute_slots(node)
-            for i in slots:
-                if i >= len(node.input) or not node.input[i]:
-                    continue
-                t = node.input[i]
-                if t in inits:
-                    ndim = len(inits[t].dims)
-                    axis = _weight_axis(node, i, ndim, per_channel)
-                    prev = plan.weights.get(t)
-                    if prev is not None and prev.axis != axis:
-                        axis = None  # shared weight used along different axes: one per-tensor scale
-                    plan.weights[t] = WeightSlot(t, axis)
-                    plan.weight_uses.setdefault(t, []).append((idx, i))
-                elif t in const_outputs:
-                    continue  # Constant-node weights are rare in exports; left in float
-                else:
-                    add_activation(t, (idx, i))
+            _plan_compute_inputs(plan, node, idx, per_channel, is_weight, from_constant_node)
             plan.nodes.append(label)
         elif op in POOL_OPS and pooling and not excluded(label):
-            if is_float(node.input[0]):
-                add_activation(node.input[0], (idx, 0))
+            if is_float(node.inputs[0]):
+                plan.activations.setdefault(node.inputs[0].name, []).append((idx, 0))
                 plan.nodes.append(label)
-        elif op == "Add" and residual_add and not excluded(label) and len(node.input) == 2:
-            a, b = node.input
-            if a in inits or b in inits or a in const_outputs or b in const_outputs:
-                continue  # bias add, not a residual
-            conv_a, conv_b = _is_conv_side(a, model, producers), _is_conv_side(b, model, producers)
-            if not (conv_a or conv_b):
-                continue
-            if conv_a and not conv_b:
-                pick = 1
-            elif conv_b and not conv_a:
-                pick = 0
-            else:
-                # Both branches end in a conv (downsampling shortcut): the shorter chain is the skip.
-                la = _chain_length(a, model, producers, consumers)
-                lb = _chain_length(b, model, producers, consumers)
-                pick = 0 if la < lb else 1
-            if is_float(node.input[pick]):
-                add_activation(node.input[pick], (idx, pick))
+        elif id(node) in residual_skip and not excluded(label):
+            pick = residual_skip[id(node)]
+            if is_float(node.inputs[pick]):
+                plan.activations.setdefault(node.inputs[pick].name, []).append((idx, pick))
                 plan.nodes.append(label)
     return plan
+
+
+def _plan_compute_inputs(plan: QdqPlan, node: "gs.Node", idx: int, per_channel: bool,
+                         is_weight: Callable[["gs.Tensor"], bool],
+                         from_constant_node: Callable[["gs.Tensor"], bool]) -> None:
+    """Add a quantized compute node's weight and activation inputs to ``plan``."""
+    for i in _compute_slots(node.op, len(node.inputs)):
+        if i >= len(node.inputs) or not node.inputs[i].name:
+            continue
+        t = node.inputs[i]
+        if is_weight(t):
+            axis = _weight_axis(node.op, node.attrs, i, len(t.shape), per_channel)
+            prev = plan.weights.get(t.name)
+            if prev is not None and prev.axis != axis:
+                axis = None  # shared weight used along different axes: one per-tensor scale
+            plan.weights[t.name] = WeightSlot(t.name, axis)
+            plan.weight_uses.setdefault(t.name, []).append((idx, i))
+        elif from_constant_node(t):
+            continue  # Constant-node weights are rare in exports; left in float
+        else:
+            plan.activations.setdefault(t.name, []).append((idx, i))
 
 
 def _ensure_qdq_opset(model: "onnx.ModelProto") -> "onnx.ModelProto":
@@ -309,6 +260,9 @@ def qdq_onnx_from_onnx(
 ) -> "onnx.ModelProto":
     """Write Q/DQ pairs into a copy of ``model`` following ``plan``.
 
+    Weight pairs go first; an activation's pair goes right before its first rewired consumer, so
+    the node list stays topological.
+
     Args:
         model: FP32 model (not modified).
         plan: from :func:`plan_qdq`.
@@ -321,62 +275,40 @@ def qdq_onnx_from_onnx(
         KeyError: an activation in the plan has no parameters (a caller bug).
     """
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    out = _ensure_qdq_opset(out)
-    g = out.graph
-    inits = {i.name: i for i in g.initializer}
-    used_names = {n for node in g.node for n in list(node.input) + list(node.output)} | set(inits)
+    from pipeline.graph import to_graph, to_model
+    from pipeline.graph.edit import NameSource, insert_qdq_pair
 
-    def fresh(base: str) -> str:
-        name, k = base, 1
-        while name in used_names:
-            name, k = f"{base}_{k}", k + 1
-        used_names.add(name)
-        return name
+    # No copy of ``model``: graphsurgeon only reads it, and the export builds a new model.
+    out = _ensure_qdq_opset(model)
+    graph = to_graph(out)
+    tensors = graph.tensors()
+    nodes = list(graph.nodes)
+    names = NameSource(set(tensors))
+    head: List["gs.Node"] = []
+    before: Dict[int, List["gs.Node"]] = {}
 
-    def make_pair(tensor: str, qp: QParams) -> Tuple[List["onnx.NodeProto"], str]:
-        scale = fresh(f"{tensor}_scale")
-        zp = fresh(f"{tensor}_zero_point")
-        g.initializer.append(numpy_helper.from_array(np.asarray(qp.scale, dtype=np.float32), scale))
-        g.initializer.append(numpy_helper.from_array(np.asarray(qp.zero_point, dtype=qp.np_dtype()), zp))
-        q_out, dq_out = fresh(f"{tensor}_QuantizeLinear_Output"), fresh(f"{tensor}_DequantizeLinear_Output")
-        kw = {"axis": int(qp.axis)} if qp.axis is not None and np.ndim(qp.scale) == 1 else {}
-        q = helper.make_node("QuantizeLinear", [tensor, scale, zp], [q_out], name=fresh(f"{tensor}_QuantizeLinear"), **kw)
-        dq = helper.make_node("DequantizeLinear", [q_out, scale, zp], [dq_out],
-                              name=fresh(f"{tensor}_DequantizeLinear"), **kw)
-        return [q, dq], dq_out
-
-    nodes = list(g.node)
-    rewired: Dict[Tuple[int, int], str] = {}
-    before: Dict[int, List["onnx.NodeProto"]] = {}
-    head: List["onnx.NodeProto"] = []
-
+    inits = {i.name: i for i in out.graph.initializer}
     for w, slot in plan.weights.items():
-        arr = numpy_helper.to_array(inits[w])
-        qp = weight_qparams(arr, slot.axis)
-        pair, dq_out = make_pair(w, qp)
-        head.extend(pair)
-        for s in plan.weight_uses.get(w, []):
-            rewired[s] = dq_out
-
+        # From the proto, not ``tensors[w].values``: that would swap graphsurgeon's lazy proto for
+        # an array, and the export would then re-encode every weight.
+        qp = weight_qparams(numpy_helper.to_array(inits[w]), slot.axis)
+        slots = [(nodes[i], k) for i, k in plan.weight_uses.get(w, [])]
+        head.extend(insert_qdq_pair(tensors[w], slots, qp.scale, np.asarray(qp.zero_point, dtype=qp.np_dtype()),
+                                    _axis(qp), names))
     for t, slots in plan.activations.items():
-        pair, dq_out = make_pair(t, act_qparams[t])
-        first = min(s[0] for s in slots)
-        before.setdefault(first, []).extend(pair)
-        for s in slots:
-            rewired[s] = dq_out
+        qp = act_qparams[t]
+        pair = insert_qdq_pair(tensors[t], [(nodes[i], k) for i, k in slots], qp.scale,
+                               np.asarray(qp.zero_point, dtype=qp.np_dtype()), _axis(qp), names)
+        before.setdefault(min(i for i, _ in slots), []).extend(pair)
 
-    new_nodes: List["onnx.NodeProto"] = list(head)
-    for idx, node in enumerate(nodes):
-        new_nodes.extend(before.get(idx, []))
-        for i in range(len(node.input)):
-            if (idx, i) in rewired:
-                node.input[i] = rewired[(idx, i)]
-        new_nodes.append(node)
-    del g.node[:]
-    g.node.extend(new_nodes)
-    onnx.checker.check_model(out)
-    return out
+    graph.nodes = head + [n for idx, node in enumerate(nodes) for n in before.get(idx, []) + [node]]
+    result = to_model(graph, like=out)
+    onnx.checker.check_model(result)
+    return result
+
+
+def _axis(qp: QParams) -> Optional[int]:
+    """The Q/DQ ``axis`` attribute: only per-channel (1-D) parameters carry one."""
+    return int(qp.axis) if qp.axis is not None and np.ndim(qp.scale) == 1 else None
