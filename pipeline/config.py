@@ -334,7 +334,7 @@ class PipelineConfig:
     batch_size: int = 1
     opset: int = 17
     output_dir: str = "."
-    engines_dir: str = str(REPO_ROOT / "engines")
+    engines_dir: str = "engines"  # relative to where the run starts (Hydra runs: ${hydra:runtime.cwd}/engines)
     command_line: str = ""
 
 

@@ -151,6 +151,7 @@ class Run:
         self.artifacts: Dict[str, str] = {}
         self.stages: Dict[str, StageRecord] = {}
         self.reused_from: Dict[str, str] = {}
+        self.data_notes: List[str] = []  # how the samples were adapted to the model (data.resize=true...)
         self.memo: Dict[str, Any] = {}  # helpers worth building once per run (a model's tokenizer), never results
         self.upstream = self._upstream_artifacts()
         from pipeline.environment import gpu_names, package_versions
@@ -248,9 +249,10 @@ def _dataset(run: Run, split: str) -> Path:
     path = save_dataset(ds, run.out / "data" / f"{split}.npz")
     write_sidecar(path, kind="dataset", producer="data", inputs={"summary": input_record(summary_path)},
                   config={"data": asdict(cfg.data), "split": split}, extra={"summary": ds.summary()})
-    for note in getattr(ds, "notes", None) or []:
-        print(f"  data: {note}")
+    for note in ds.notes:
+        print(f"  data ({split}): {note}")
         LOG.info("data %s: %s", split, note)
+        run.data_notes.append(f"{split}: {note}")
     run.add(kind, path)
     return path
 
@@ -324,16 +326,10 @@ def _sidecars_in_run(run: Run, stage: str, used: Dict[str, Optional[Path]], conf
 def stage_export(run: Run) -> StageRecord:
     from pipeline.export.stage import ExportInputs, ExportSettings, SUMMARY_NAME
     from pipeline.export.stage import run as export
-    try:
-        from pipeline.models import model_source_files
-    except ImportError:  # TEMPORARY until the packaging branch lands
-        def model_source_files(_m):
-            return []
+    from pipeline.models import model_source_files
 
     cfg = run.cfg
     files = {f"source{i}": Path(p) for i, p in enumerate(model_source_files(cfg.model))}
-    if cfg.model.name == "onnx" and cfg.model.onnx_path and Path(cfg.model.onnx_path).is_file():
-        files["model_onnx"] = Path(cfg.model.onnx_path)
     settings = ExportSettings(opset=cfg.opset, batch_size=cfg.batch_size)
     config = {"model": asdict(cfg.model), "export": asdict(settings)}
     _, reused = _in_store(run, "export", files, config, ("export", "models", "graph"),
@@ -499,6 +495,9 @@ def _run_stage(run: Run, name: str) -> Optional[BaseException]:
         rec, error = StageRecord(status="failed", reason=f"{type(err).__name__}: {err} (traceback in {RUN_LOG})"), err
         LOG.error("stage %s failed with an unexpected error\n%s", name, traceback.format_exc())
     rec.seconds = round(time.perf_counter() - t0, 3)
+    if run.data_notes:  # shown with the stage that first drew the samples (console and report)
+        rec.outputs["data_notes"] = list(run.data_notes)
+        run.data_notes.clear()
     run.stages[name] = rec
     LOG.info("stage %s: %s in %.2fs%s", name, rec.status, rec.seconds, f" ({rec.reason})" if rec.reason else "")
     return error

@@ -62,7 +62,9 @@ def main(cfg: DictConfig) -> None:
 
             FAILED_JOBS.append(err.message)
             return
-        sys.exit(2)
+        from pipeline.errors import RunInterrupted
+
+        sys.exit(130 if isinstance(err, RunInterrupted) else 2)
 
 
 def command_line(argv: list[str]) -> str:

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.orchestrate import batches_of
+from pipeline.profile.stage import batches_of
 from pipeline.profile.tensorrt_runner import outputs_vs_onnxruntime
 from tests.onnx_models import mlp
 

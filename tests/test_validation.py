@@ -29,7 +29,7 @@ def test_folder_and_npz_data_need_an_existing_path(tmp_path):
     assert "does not exist" in err.message
     # Not checked when no stage reads data.
     cfg = PipelineConfig(output_dir=str(tmp_path / "a"), data=DataConfig(name="folder"), stages=["export", "analyze"])
-    from pipeline.orchestrate import _validate
+    from pipeline.orchestrate import validate as _validate
 
     _validate(cfg)
 

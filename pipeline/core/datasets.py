@@ -29,7 +29,7 @@ def save_dataset(ds: "Dataset", path: Path) -> Path:
     arrays = dict(ds.inputs)
     if ds.labels is not None:
         arrays[LABELS_KEY] = np.asarray(ds.labels)
-    meta = {"name": ds.name, "description": ds.description, "notes": list(getattr(ds, "notes", []) or [])}
+    meta = {"name": ds.name, "description": ds.description, "notes": list(ds.notes)}
     arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
@@ -62,8 +62,5 @@ def load_dataset_file(path: Path, input_names: List[str] | None = None) -> "Data
     if missing:
         raise PipelineError(f"Dataset {path} has no array for the model input(s) {missing} (it has {sorted(arrays)}).",
                             "Use a dataset made for this model, or drop inputs.*_data to draw new samples.")
-    ds = Dataset(name=meta.get("name", path.stem), inputs=arrays, labels=labels,
-                 description=meta.get("description", f"samples from {path}"))
-    if meta.get("notes") and hasattr(ds, "notes"):
-        ds.notes = list(meta["notes"])
-    return ds
+    return Dataset(name=meta.get("name", path.stem), inputs=arrays, labels=labels,
+                   description=meta.get("description", f"samples from {path}"), notes=list(meta.get("notes") or []))

@@ -353,11 +353,15 @@ def _module_paths(base: Path, dotted: str, root: Path) -> set[Path]:
 def _onnx_files(onnx_path: str) -> list[Path]:
     path = Path(onnx_path).expanduser().resolve()
     if not path.is_file():
-        return [path]  # the model stage reports the missing file; the key still names it
+        return []  # the export stage reports the missing file
     import onnx
+    from google.protobuf.message import DecodeError
     from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, OSError, ValueError):
+        return [path]  # not an ONNX model: the export stage says so, with what to do
     external = [t for t in model.graph.initializer if uses_external_data(t)]
     extra = {(path.parent / ExternalDataInfo(t).location).resolve() for t in external}
     return sorted({path, *extra})
