@@ -104,7 +104,7 @@ def _select_backend(cfg: PipelineConfig) -> tuple[str, str]:
     """Pick the runtime; ``backend=tensorrt`` without TensorRT or a GPU is an error before any work is done."""
     if cfg.backend.name == "onnxruntime":
         return "onnxruntime", "backend=onnxruntime was requested"
-    from pipeline.build import tensorrt_status
+    from pipeline.trt import tensorrt_status
 
     ok, why = tensorrt_status()
     if ok:
@@ -262,7 +262,7 @@ def stage_build(state: RunState) -> dict:
     """TensorRT engine (cached in engines/)."""
     if state.backend != "tensorrt":
         raise StageSkipped(f"no TensorRT engine is built: {state.backend_reason}")
-    from pipeline.build import engine_from_onnx
+    from pipeline.trt import engine_from_onnx
 
     onnx_path = _require_onnx(state, "build")
     calib_batches = None
@@ -274,7 +274,7 @@ def stage_build(state: RunState) -> dict:
         source, precision=state.cfg.precision, build=state.cfg.build, batch_size=state.cfg.batch_size,
         engines_dir=Path(state.cfg.engines_dir), model_name=state.model_name, calib_batches=calib_batches,
         calibration_cache=state.out_dir / f"{state.model_name}.calib.cache", hardware_name=state.hardware.name)
-    from pipeline.build.inspect import precision_summary
+    from pipeline.trt.inspector import precision_summary
 
     return {"engine": str(state.engine.plan_path), "cache_hit": state.engine.cache_hit,
             "build_seconds": state.engine.build_seconds, "built_from": str(source),
@@ -336,7 +336,7 @@ def stage_profile(state: RunState) -> dict:
     inputs = _first_batch(state, cfg.batch_size)
     outputs: dict = {}
     if state.backend == "tensorrt":
-        from pipeline.profile.tensorrt_runner import profile_engine
+        from pipeline.trt import profile_engine
 
         if state.engine is None:
             raise PipelineError("The profile stage on TensorRT needs an engine.", "Add build to stages.")
@@ -356,7 +356,7 @@ def stage_profile(state: RunState) -> dict:
         state.accuracy["engine_vs_onnxruntime"] = prof.accuracy
         outputs["per_layer_times"] = len(state.layer_times)
     else:
-        from pipeline.profile import measure_onnxruntime
+        from pipeline.ort import measure_onnxruntime
 
         prec = cfg.precision.name
         target = onnx_path

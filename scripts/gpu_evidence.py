@@ -70,9 +70,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
 
-    from pipeline.build import engine_from_onnx
+    from pipeline.trt import engine_from_onnx
     from pipeline.config import BuildConfig, ProfileConfig
-    from pipeline.profile.tensorrt_runner import profile_engine
+    from pipeline.trt import profile_engine
 
     prec = _precision(args.precision)
     res: dict = {"command": "gpukit-trt " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),

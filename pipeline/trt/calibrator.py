@@ -70,7 +70,7 @@ def make_calibrator(
         input_shapes: the shape TensorRT calibrates at for each input (batch included).
         cache_path: calibration cache file (read if usable, written after calibration).
         fingerprint: what the cache depends on (ONNX hash, calibrator...), stored beside it.
-        cuda: a :class:`pipeline.build.cuda_mem.CudaApi`; created on first use when None.
+        cuda: a :class:`pipeline.trt.cuda.CudaApi`; created on first use when None.
 
     Returns:
         The calibrator object (keep a reference until the build finishes).
@@ -161,7 +161,7 @@ def make_calibrator(
 
         def _device(self, name: str, arr: np.ndarray) -> int:
             if self._cuda is None:
-                from pipeline.build.cuda_mem import cuda_api  # noqa: PLC0415
+                from pipeline.trt.cuda import cuda_api  # noqa: PLC0415
 
                 self._cuda = cuda_api()
             if self._stream is None:
