@@ -22,6 +22,7 @@ Only numpy is imported at module level; Polygraphy and ONNX Runtime inside the f
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -255,10 +256,14 @@ def run_over_batches(runners: Sequence["BaseRunner"], batches: Sequence[Mapping[
     """
     from polygraphy.comparator import Comparator  # noqa: PLC0415
     from polygraphy.exception import PolygraphyException  # noqa: PLC0415
+    from polygraphy.logger import G_LOGGER  # noqa: PLC0415
 
     feeds = [dict(b) for b in batches]
+    # Polygraphy logs every iteration's tensors at INFO; the pipeline prints its own summary.
+    quiet = G_LOGGER.verbosity(G_LOGGER.WARNING) if hasattr(G_LOGGER, "verbosity") else contextlib.nullcontext()
     try:
-        results = Comparator.run(list(runners), data_loader=feeds)
+        with quiet:
+            results = Comparator.run(list(runners), data_loader=feeds)
     except PipelineError:
         raise
     except PolygraphyException as err:
