@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from types import ModuleType
 from typing import Any, Callable, List, Tuple
 
@@ -20,8 +21,12 @@ def recording_logger(trt: ModuleType, echo: Callable[[str], None]) -> Any:
             base.__init__(self)
             self.messages: List[Tuple[str, str]] = []
 
-        def log(self, severity: Any, msg: str) -> None:  # noqa: D401 - TensorRT callback
-            sev = str(severity).rsplit(".", 1)[-1]
+        def log(self, severity: Any, msg: str, _str: Any = str, _finalizing: Any = sys.is_finalizing) -> None:
+            # TensorRT objects kept for the process (timing caches) are destroyed at interpreter exit
+            # and log then, when module globals may already be gone: the defaults bind what is needed.
+            if _finalizing():
+                return
+            sev = _str(severity).rsplit(".", 1)[-1]
             if sev in ("INTERNAL_ERROR", "ERROR", "WARNING"):
                 self.messages.append((sev, msg))
             if sev in ("INTERNAL_ERROR", "ERROR"):
