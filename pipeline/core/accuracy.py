@@ -252,12 +252,17 @@ def run_over_batches(runners: Sequence["BaseRunner"], batches: Sequence[Mapping[
         disagree on order (the first runner's output list decides).
 
     Raises:
-        PipelineError: a runner failed (the message names it).
+        PipelineError: two runners share a name; a runner failed (the message names it).
     """
     from polygraphy.comparator import Comparator  # noqa: PLC0415
     from polygraphy.exception import PolygraphyException  # noqa: PLC0415
     from polygraphy.logger import G_LOGGER  # noqa: PLC0415
 
+    names = [r.name for r in runners]
+    if len(set(names)) != len(names):
+        # Comparator.run keys results by runner name: a repeated name would silently drop a runner.
+        raise PipelineError(f"The runners of one comparison need distinct names, got {names}.",
+                            "Pass name=... to the runner factories.")
     feeds = [dict(b) for b in batches]
     # Polygraphy logs every iteration's tensors at INFO; the pipeline prints its own summary.
     quiet = G_LOGGER.verbosity(G_LOGGER.WARNING) if hasattr(G_LOGGER, "verbosity") else contextlib.nullcontext()
