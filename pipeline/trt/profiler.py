@@ -332,6 +332,7 @@ def profile_engine(
             log(f"[profile] accuracy: engine vs ONNX Runtime on {len(checked)} batch(es) (Polygraphy Comparator)")
             runner = engine_runner(trt, engine, cuda, {n: np.asarray(a).dtype for n, a in checked[0].items()})
             accuracy = compare_with_onnxruntime(runner, checked, onnx_path, prec)
+            accuracy["runner"] = "pipeline.trt engine runner (inputs in the engine dtypes) via Polygraphy Comparator"
         sess = EngineSession(trt, engine, inputs, cuda)
         log(f"[profile] timing {plan_path.name}: warm-up {profile.warmup_s} s, >= {profile.duration_s} s")
         timed = time_session(sess, cuda, profile, batch, gpu.name, prec, notes)
