@@ -66,7 +66,8 @@ class FlipOneBatch(BaseRunner):
 
 def test_same_model_agrees_on_every_sample(classifier):
     batches = _batches(8, 1)
-    res = compare_with_onnxruntime(onnxrt_runner(classifier, batches[0], name="under-test"), batches, classifier, "int8")
+    runner = onnxrt_runner(classifier, batches[0], name="under-test")
+    res = compare_with_onnxruntime(runner, batches, classifier, "int8")
     assert res["passed"] and res["samples"] == 8 and res["batches"] == 8
     assert res["top1_agreement"] == 1.0 and res["cosine"] == pytest.approx(1.0)
     assert res["runner"] == "under-test" and res["reference"].startswith("onnxruntime")

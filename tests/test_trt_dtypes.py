@@ -60,3 +60,24 @@ def test_engine_inputs_keeps_engine_inputs_only_and_reports_missing():
     assert sorted(out) == ["attention_mask", "input_ids"] and all(a.dtype == np.int32 for a in out.values())
     with pytest.raises(PipelineError, match=r"needs inputs \['token_type_ids'\]"):
         engine_inputs(feed, {"token_type_ids": np.dtype(np.int32)})
+
+
+def test_calibrator_copies_batches_in_the_network_dtypes():
+    import importlib.util
+    from pathlib import Path
+
+    from pipeline.trt.calibrator import make_calibrator
+
+    spec = importlib.util.spec_from_file_location("trt_fake_module", Path(__file__).parent / "test_trt_fake.py")
+    fake = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fake)
+    cuda = fake.FakeCuda()
+    ids = np.array([[5, 7, 9, 11], [1, 2, 3, 4]], np.int64)
+    cal = make_calibrator(fake.make_fake_trt("8.6"), "entropy", [{"ids": ids}], {"ids": [2, 4]}, None, {},
+                          cuda=cuda, input_dtypes={"ids": np.dtype(np.int32)})
+    assert cal.get_batch(["ids"]) is not None
+    assert cuda.last.dtype == np.int32 and cuda.last.tolist() == ids.tolist()
+    too_big = make_calibrator(fake.make_fake_trt("8.6"), "entropy", [{"ids": ids * 2**33}], {"ids": [2, 4]}, None, {},
+                              cuda=fake.FakeCuda(), input_dtypes={"ids": np.dtype(np.int32)})
+    with pytest.raises(PipelineError, match="'ids'"):
+        too_big.get_batch(["ids"])

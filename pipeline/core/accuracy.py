@@ -101,7 +101,8 @@ def _allclose_one(ref: np.ndarray, act: np.ndarray, atol: float, rtol: float) ->
     max_ref = float(np.abs(ref).max()) if ref.size and finite else 0.0
     norm = float(np.linalg.norm(ref)) if finite else 0.0
     rel = float(np.linalg.norm(act - ref) / norm) if norm > 0 else (0.0 if diff == 0 else float("inf"))
-    return {"max_abs_diff": diff, "rel_l2": rel, "max_abs_ref": max_ref, "passed": finite and diff <= atol + rtol * max_ref}
+    return {"max_abs_diff": diff, "rel_l2": rel, "max_abs_ref": max_ref,
+            "passed": finite and diff <= atol + rtol * max_ref}
 
 
 def allclose_outputs(reference: Sequence[np.ndarray], actual: Sequence[np.ndarray], names: Sequence[str],

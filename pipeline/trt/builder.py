@@ -118,8 +118,8 @@ def build_serialized(trt: ModuleType, req: BuildRequest, build: BuildConfig, fea
     timing = use_timing_cache(config, builder, cache_file, logger, log)
     calibrator = None
     if req.plan.calibrator:
-        calibrator = attach_calibrator(trt, config, profile, features, req.plan.calibrator, req.batches, req.shapes,
-                                       req.calib_cache, req.calib_fp, cuda, log)
+        calibrator = attach_calibrator(trt, config, network, profile, features, req.plan.calibrator, req.batches,
+                                       req.shapes, req.calib_cache, req.calib_fp, cuda, log)
     log(f"[build] building {req.stem} ({req.plan.precision}, TensorRT {features.library_version}, {gpu.name})")
     try:
         serialized = builder.build_serialized_network(network, config)
@@ -129,7 +129,8 @@ def build_serialized(trt: ModuleType, req: BuildRequest, build: BuildConfig, fea
     seconds = time.perf_counter() - t0
     if serialized is None:
         errs = [m for s, m in logger.messages if s != "WARNING"][-5:]
-        raise PipelineError(f"TensorRT {features.library_version} failed to build {req.stem}: " + ("; ".join(errs) or "no message"),
+        raise PipelineError(f"TensorRT {features.library_version} failed to build {req.stem}: "
+                            + ("; ".join(errs) or "no message"),
                             "Raise build.workspace_mb, lower build.optimization_level, or try another precision.")
     plan_bytes = bytes(serialized)
     write_bytes(req.plan_path, plan_bytes)

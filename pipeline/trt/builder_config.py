@@ -90,7 +90,8 @@ def builder_config(trt: ModuleType, builder: Any, features: TrtFeatures, plan: B
     return config, set_preview_features(trt, config, features, build.preview_features)
 
 
-def add_optimization_profile(builder: Any, network: Any, config: Any, shapes: Mapping[str, Mapping[str, List[int]]]) -> Any:
+def add_optimization_profile(builder: Any, network: Any, config: Any,
+                             shapes: Mapping[str, Mapping[str, List[int]]]) -> Any:
     """One optimization profile with min/opt/max for every network input; returns it.
 
     Raises:
@@ -106,7 +107,17 @@ def add_optimization_profile(builder: Any, network: Any, config: Any, shapes: Ma
     return profile
 
 
-def attach_calibrator(trt: ModuleType, config: Any, profile: Any, features: TrtFeatures, kind: str,
+def network_input_dtypes(trt: ModuleType, network: Any) -> Dict[str, np.dtype]:
+    """Numpy dtype of each network input TensorRT reports (int64 ids become int32 on 8.6)."""
+    out = {}
+    for t in network_inputs(network):
+        dtype = getattr(t, "dtype", None)
+        if dtype is not None and hasattr(trt, "nptype"):
+            out[t.name] = np.dtype(trt.nptype(dtype))
+    return out
+
+
+def attach_calibrator(trt: ModuleType, config: Any, network: Any, profile: Any, features: TrtFeatures, kind: str,
                       batches: Optional[List[Mapping[str, np.ndarray]]], shapes: Mapping[str, Mapping[str, List[int]]],
                       cache: Optional[Path], fingerprint: Mapping[str, Any], cuda: Any,
                       log: Callable[[str], None]) -> Any:
@@ -117,7 +128,8 @@ def attach_calibrator(trt: ModuleType, config: Any, profile: Any, features: TrtF
     # batch even with a smaller calibration profile (illegal memory access on an H100), so the
     # calibrator re-chunks the samples into batches of exactly this shape instead.
     calib_shapes = {n: list(sh["opt"]) for n, sh in shapes.items()}
-    calibrator = make_calibrator(trt, kind, batches, calib_shapes, cache, fingerprint, cuda=cuda)
+    calibrator = make_calibrator(trt, kind, batches, calib_shapes, cache, fingerprint, cuda=cuda,
+                                 input_dtypes=network_input_dtypes(trt, network))
     config.int8_calibrator = calibrator
     if features.calibration_profile:
         config.set_calibration_profile(profile)

@@ -58,7 +58,8 @@ def calib_digest(batches: Sequence[Mapping[str, np.ndarray]]) -> str:
 
 
 def engine_key(onnx_sha: str, precision: PrecisionConfig, batch_size: int, shapes: Mapping[str, Any],
-               plan: BuildPlan, build: BuildConfig, batches: Optional[Sequence[Mapping[str, np.ndarray]]]) -> Dict[str, Any]:
+               plan: BuildPlan, build: BuildConfig,
+               batches: Optional[Sequence[Mapping[str, np.ndarray]]]) -> Dict[str, Any]:
     """What the engine's file name hashes: everything that changes the engine's meaning."""
     return {
         "onnx_sha256": onnx_sha,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (GPU tests need it)")
