@@ -234,6 +234,9 @@ def time_session(sess: Any, cuda: Any, profile: ProfileConfig, batch: int, devic
     enqueue = graph_enqueue(sess, cuda, notes) if profile.cuda_graph else sess.execute
     loop, telemetry = timed_with_telemetry(enqueue, cuda, sess.stream, profile.warmup_s, profile.duration_s,
                                            profile.min_iterations)
+    if telemetry.get("available"):
+        notes.append(f"NVML sampled clocks, power, temperature and utilization every {telemetry['period_ms']:g} ms "
+                     "in a background thread during the timed runs (gpu_telemetry)")
     out: Dict[str, Any] = {"measurement": _measurement(loop, batch, device, precision, False, notes),
                            "with_copies": None, "telemetry": telemetry, "telemetry_with_copies": {}}
     if profile.with_copies:
