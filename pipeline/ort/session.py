@@ -35,7 +35,7 @@ ORT_DTYPES = {
 
 
 def ort_session(
-    model: "Union[str, os.PathLike, bytes, onnx.ModelProto]",
+    model: Union[str, os.PathLike, bytes, "onnx.ModelProto"],
     threads: int = 0,
     providers: Optional[Sequence[str]] = None,
     optimize: bool = True,
