@@ -2,7 +2,7 @@
 """Does the timing cache make a second build faster? Three builds of one engine, each in a fresh process.
 
 1. ``cold``: an empty engines folder, timing cache on: every kernel is timed; the build stage saves
-   the cache (if TensorRT can read it back, see ``pipeline.build.engine.save_timing_cache``).
+   the cache (if TensorRT can read it back, see ``pipeline.trt.timing_cache.save_timing_cache``).
 2. ``warm``: the same engine rebuilt (``force_rebuild``) with that cache.
 3. ``control``: rebuilt once more with the timing cache off, after the other two, so that it has
    the same warm disk and driver caches as ``warm``: only the timing cache differs.
@@ -64,7 +64,7 @@ def _engine_facts(art) -> dict:
 
 
 def _build_step(args, step: str, engines_dir: Path) -> dict:
-    from pipeline.build import engine_from_onnx
+    from pipeline.trt import engine_from_onnx
     from pipeline.config import BuildConfig
 
     t0 = time.perf_counter()
@@ -152,8 +152,8 @@ def _tiny(path: Path, ops: str, batch):
 
 
 def probe(args) -> dict:
-    from pipeline.build import detect_features, engine_from_onnx
-    from pipeline.build.trt_features import import_tensorrt
+    from pipeline.trt import detect_features, engine_from_onnx
+    from pipeline.trt import import_tensorrt
     from pipeline.config import BuildConfig
 
     features = detect_features(import_tensorrt())

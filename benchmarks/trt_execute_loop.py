@@ -53,7 +53,11 @@ def main(argv: list[str] | None = None) -> dict:
             nbytes = int(np.prod(shape)) * np.dtype(trt.nptype(engine.get_tensor_dtype(n))).itemsize
             buf = cuda.mem_alloc(max(nbytes, 1))
             if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT:
-                host = np.random.default_rng(0).standard_normal(shape).astype(trt.nptype(engine.get_tensor_dtype(n)))
+                dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(n)))
+                # Token ids and masks get zeros (a valid id and mask value): random values cast to
+                # integers would index outside an embedding table.
+                host = (np.random.default_rng(0).standard_normal(shape).astype(dtype) if dtype.kind == "f"
+                        else np.zeros(shape, dtype))
                 cuda.memcpy_htod(buf, host)
             bufs.append(buf)
             context.set_tensor_address(n, int(buf))

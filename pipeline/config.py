@@ -203,7 +203,7 @@ class ProfileConfig:
 
 @dataclass
 class BuildConfig:
-    """TensorRT engine build settings (the build stage; see pipeline/build/).
+    """TensorRT engine build settings (the build stage: pipeline/engine/, TensorRT code in pipeline/trt/).
 
     Attributes:
         min_batch/opt_batch/max_batch: optimization profile for the batch dimension; 0 = use

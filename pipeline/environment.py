@@ -50,15 +50,10 @@ def git_commit() -> str | None:
 
 
 def gpu_names() -> list[str]:
-    """Names of the NVIDIA GPUs nvidia-smi sees (empty without a driver)."""
-    if not shutil.which("nvidia-smi"):
-        return []
-    try:
-        res = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [line.strip() for line in res.stdout.splitlines() if line.strip()] if res.returncode == 0 else []
+    """``"<name>, <driver>"`` for each NVIDIA GPU, from NVML (empty without a driver or nvidia-ml-py)."""
+    from pipeline.core.gpu import gpu_names as nvml_gpu_names
+
+    return nvml_gpu_names()
 
 
 def cpu_model() -> str:

@@ -70,9 +70,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
 
-    from pipeline.build import engine_from_onnx
+    from pipeline.trt import engine_from_onnx
     from pipeline.config import BuildConfig, ProfileConfig
-    from pipeline.profile.tensorrt_runner import profile_engine
+    from pipeline.trt import profile_engine
 
     prec = _precision(args.precision)
     res: dict = {"command": "gpukit-trt " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
@@ -164,6 +164,9 @@ def main(argv=None) -> dict:
         "latency_ms_median": m.latency_ms["median"], "latency_ms_p99": m.latency_ms["p99"],
         "ratio_pipeline_to_minimal": round(res["ratio_pipeline_to_minimal"], 4),
         "accuracy_passed": prof.accuracy.get("passed"),
+        # NVML over the timed loop: clocks and power say whether the GPU ran at its boost clock.
+        "gpu_telemetry": {k: (v["median"] if isinstance(v, dict) else v)
+                          for k, v in prof.measured_dict()["gpu_telemetry"].items()},
         "build_seconds": res["build"].get("build_seconds"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,8 @@
-"""The engine-vs-ONNX-Runtime accuracy check over several batches (the comparison logic runs here;
-the runner under test is ONNX Runtime itself, on the same or a changed model)."""
+"""The one accuracy module: backend-vs-ONNX-Runtime over several batches (Polygraphy Comparator with the
+runner interface both backends share), and the three former ``compare_outputs`` behind one module.
+
+The runner under test is ONNX Runtime itself (Polygraphy's OnnxrtRunner over the pipeline's session),
+on the same model, or wrapped so that one batch's outputs come back changed."""
 
 from __future__ import annotations
 
@@ -7,10 +10,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from polygraphy.backend.base import BaseRunner
+from polygraphy.common import TensorMetadata
 
+from pipeline.core import accuracy
+from pipeline.core.accuracy import compare_runners, compare_with_onnxruntime
 from pipeline.errors import PipelineError
 from pipeline.profile.stage import batches_of
-from pipeline.profile.tensorrt_runner import outputs_vs_onnxruntime
+from pipeline.ort import onnxrt_runner
 from tests.onnx_models import mlp
 
 
@@ -35,30 +42,79 @@ def _batches(n_batches, batch, seed=0):
     return [{"x": rng.standard_normal((batch, 16)).astype(np.float32)} for _ in range(n_batches)]
 
 
+class FlipOneBatch(BaseRunner):
+    """ONNX Runtime, except that the outputs of one given batch come back with the classes reversed."""
+
+    def __init__(self, path, flip_x):
+        super().__init__(name="flipped")
+        self.path, self.flip_x = str(path), flip_x
+
+    def activate_impl(self):
+        self.sess = ort.InferenceSession(self.path)
+
+    def get_input_metadata_impl(self):
+        return TensorMetadata().add("x", dtype=np.float32, shape=[None, 16])
+
+    def infer_impl(self, feed_dict):
+        y = self.sess.run(None, dict(feed_dict))[0]
+        self.inference_time = 0.0
+        return {"y": y[:, ::-1] if np.array_equal(feed_dict["x"], self.flip_x) else y}
+
+    def deactivate_impl(self):
+        del self.sess
+
+
 def test_same_model_agrees_on_every_sample(classifier):
-    sess = ort.InferenceSession(str(classifier))
-    res = outputs_vs_onnxruntime(lambda f: ("y", sess.run(None, f)[0]), _batches(8, 1), classifier, "int8")
+    batches = _batches(8, 1)
+    runner = onnxrt_runner(classifier, batches[0], name="under-test")
+    res = compare_with_onnxruntime(runner, batches, classifier, "int8")
     assert res["passed"] and res["samples"] == 8 and res["batches"] == 8
     assert res["top1_agreement"] == 1.0 and res["cosine"] == pytest.approx(1.0)
+    assert res["runner"] == "under-test" and res["reference"].startswith("onnxruntime")
 
 
 def test_one_wrong_batch_shows_in_top1_over_all_samples(classifier):
     sess = ort.InferenceSession(str(classifier))
     batches = _batches(4, 2, seed=1)
-
-    def run(feed):  # the third batch's outputs come back with the classes reversed
-        y = sess.run(None, feed)[0]
-        return "y", (y[:, ::-1] if np.array_equal(feed["x"], batches[2]["x"]) else y)
-
     refs = np.concatenate([sess.run(None, b)[0] for b in batches])
     flipped = refs.copy()
     flipped[4:6] = flipped[4:6, ::-1]
     expected = float(np.mean(refs.argmax(1) == flipped.argmax(1)))
-    res = outputs_vs_onnxruntime(run, batches, classifier, "int8")
+    res = compare_with_onnxruntime(FlipOneBatch(classifier, batches[2]["x"]), batches, classifier, "int8")
     assert res["samples"] == 8 and res["top1_agreement"] == pytest.approx(expected) and expected < 1.0
     assert not res["passed"] and any(c.startswith("top1_agreement") for c in res["failed_checks"])
+    # The same numbers as the precision check on the concatenated outputs directly.
+    direct = accuracy.precision_check(refs, flipped.astype(np.float32), "int8")
+    assert res["cosine"] == pytest.approx(direct["cosine"]) and res["rel_l2"] == pytest.approx(direct["rel_l2"])
 
 
-def test_no_batches_is_a_clear_error(classifier):
+def test_no_batches_and_wrong_inputs_are_clear_errors(classifier):
     with pytest.raises(PipelineError, match="No input batches"):
-        outputs_vs_onnxruntime(lambda f: ("y", f["x"]), [], classifier, "fp32")
+        compare_with_onnxruntime(FlipOneBatch(classifier, None), [], classifier, "fp32")
+    with pytest.raises(PipelineError, match="wrong dtype: x is float64"):
+        compare_with_onnxruntime(FlipOneBatch(classifier, None), [{"x": np.zeros((2, 16))}], classifier, "fp32")
+    with pytest.raises(PipelineError, match="runners"):
+        compare_runners(FlipOneBatch(classifier, None), FlipOneBatch(classifier, None), _batches(1, 2), "fp32")
+
+
+def test_the_three_former_compare_outputs_are_this_module():
+    from pipeline.export.onnx_export import compare_outputs as export_check
+    from pipeline.quantize.metrics import compare_outputs as quant_metrics
+
+    assert quant_metrics is accuracy.task_metrics
+    ref = [np.array([[1.0, -2.0], [3.0, 0.5]], np.float32)]
+    act = [ref[0] + np.float32(1e-3)]
+    assert export_check(ref, act, ["y"], 1e-4, 1e-3) == accuracy.allclose_outputs(ref, act, ["y"], 1e-4, 1e-3)
+    res = export_check(ref, act, ["y"])  # the export stage's defaults: atol 1e-4 + rtol 1e-3 * 3 = 3.1e-3
+    assert res["passed"] and res["max_abs_diff"] == pytest.approx(1e-3, rel=1e-3)
+    assert res["outputs"]["y"]["max_abs_ref"] == 3.0
+
+
+def test_task_metrics_numbers():
+    ref = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 0.0]])
+    test = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 1.0], [2.0, 0.0]])
+    m = accuracy.task_metrics(ref, test, labels=np.array([0, 1, 0, 0]))
+    assert m["top1_agreement"] == 0.75 and m["accuracy"] == 0.75 and m["reference_accuracy"] == 1.0
+    assert m["output_cosine"] == pytest.approx(0.75) and m["primary"] == "accuracy"
+    lo, hi = m["accuracy_ci95"]
+    assert (lo, hi) == pytest.approx(accuracy.wilson_interval(3, 4)) and lo < 0.75 < hi

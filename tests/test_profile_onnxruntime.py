@@ -14,15 +14,8 @@ from onnx import TensorProto, helper
 
 from pipeline.config import ProfileConfig
 from pipeline.errors import PipelineError
-from pipeline.profile import (
-    Measurement,
-    achieved,
-    latency_stats,
-    measure_onnxruntime,
-    ort_session,
-    percentile,
-    run_onnxruntime,
-)
+from pipeline.core.measurement import Measurement, achieved, latency_stats, percentile
+from pipeline.ort import measure_onnxruntime, ort_session, run_onnxruntime
 
 
 def _matmul_add_model(path: Path, batch: int | str = "N") -> Path:
@@ -180,7 +173,7 @@ def test_invalid_profile_settings(tiny: Path) -> None:
 
 def test_import_is_light() -> None:
     code = (
-        "import sys, pipeline.profile, pipeline.report\n"
+        "import sys, pipeline.profile, pipeline.ort, pipeline.report\n"
         "heavy = [m for m in ('onnxruntime', 'torch', 'tensorrt', 'matplotlib') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

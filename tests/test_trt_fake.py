@@ -266,7 +266,7 @@ def make_fake_trt(version: str) -> types.ModuleType:
 
 
 class FakeCuda:
-    """Host-memory stand-in for :class:`pipeline.build.cuda_mem.CudaApi` (records copies)."""
+    """Host-memory stand-in for :class:`pipeline.trt.cuda.CudaApi` (records copies)."""
 
     name = "fake"
 

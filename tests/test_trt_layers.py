@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.profile.tensorrt_layers import (engine_layers, layer_rows, onnx_graph_index, onnx_layer_times,
-                                              onnx_nodes_of_layer)
-from pipeline.profile.tensorrt_runner import TOLERANCES, compare_outputs, timed_loop
+from pipeline.core.accuracy import TOLERANCES
+from pipeline.core.accuracy import precision_check as compare_outputs
+from pipeline.trt.layers import engine_layers, layer_rows, onnx_graph_index, onnx_layer_times, onnx_nodes_of_layer
+from pipeline.trt.profiler import timed_loop
 
-_spec = importlib.util.spec_from_file_location("build_engine_tests", Path(__file__).parent / "test_build_engine.py")
+_spec = importlib.util.spec_from_file_location("build_engine_tests", Path(__file__).parent / "test_trt_build.py")
 _mod = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_mod)
 

@@ -159,17 +159,13 @@ def _int8_metrics(inputs: ProfileInputs, evals, task) -> Dict[str, Any]:
     if quant and quant.get("metrics"):
         metrics = dict(quant["metrics"])
         return metrics.pop("onnxruntime_int8_kernels", None) or metrics
-    from pipeline.quantize.metrics import compare_outputs, ort_session, run_first_output
+    from pipeline.core.accuracy import task_metrics
+    from pipeline.ort import ort_session, run_first_output
 
-    feeds = list(evals.batches(settings_batch(evals)))
+    feeds = list(evals.batches(min(len(evals), 32)))  # bounded memory on any model
     ref = run_first_output(ort_session(inputs.onnx), feeds)
     test = run_first_output(ort_session(inputs.qdq_onnx), feeds)
-    return compare_outputs(ref, test, evals.labels, task if task in ("classification", "embedding") else "auto")
-
-
-def settings_batch(evals) -> int:
-    """Batch size for an accuracy pass over ``evals`` (bounded memory, any model)."""
-    return min(len(evals), 32)
+    return task_metrics(ref, test, evals.labels, task if task in ("classification", "embedding") else "auto")
 
 
 def achieved_vs_peak(measured: Dict[str, Any], analysis: Optional[Dict[str, Any]], settings: ProfileSettings,

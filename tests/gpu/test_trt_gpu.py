@@ -15,13 +15,13 @@ import pytest
 
 trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (GPU tests need it)")
 
-from pipeline.build import detect_features, engine_from_onnx, tensorrt_status  # noqa: E402
+from pipeline.trt import detect_features, engine_from_onnx, tensorrt_status  # noqa: E402
 from pipeline.config import BuildConfig, PrecisionConfig, ProfileConfig  # noqa: E402
-from pipeline.profile.tensorrt_runner import profile_engine  # noqa: E402
+from pipeline.trt import profile_engine  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
-_spec = importlib.util.spec_from_file_location("build_engine_tests", Path(__file__).parent.parent / "test_build_engine.py")
+_spec = importlib.util.spec_from_file_location("build_engine_tests", Path(__file__).parent.parent / "test_trt_build.py")
 _mod = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_mod)
 tiny_onnx = _mod.tiny_onnx
@@ -94,7 +94,7 @@ def test_timing_cache_is_saved_only_when_tensorrt_can_read_it_back(ready, onnx_f
     # The tiny classifier (Conv ... Gemm + Softmax): TensorRT 8.6.0 wrote a cache for it that it then
     # refused ("Myelin error from unknown graph"). Either the cache is saved and the next build
     # loads it, or nothing is saved and the sidecar says why; never a cache the next build drops.
-    from pipeline.build.engine import forget_process_timing_caches
+    from pipeline.trt.timing_cache import forget_process_timing_caches
 
     eng, fp16 = tmp_path / "engines", PrecisionConfig(name="fp16")
     first = engine_from_onnx(onnx_file, fp16, BuildConfig(workspace_mb=256), 4, eng, "tiny")

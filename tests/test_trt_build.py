@@ -14,9 +14,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline.build import GpuInfo, detect_features, engine_from_onnx, plan_build, profile_shapes
-from pipeline.build.engine import forget_process_timing_caches
-from pipeline.build.trt_features import decode_lib_version
+from pipeline.trt import GpuInfo, detect_features, engine_from_onnx, plan_build, profile_shapes
+from pipeline.trt.timing_cache import forget_process_timing_caches
+from pipeline.trt.features import decode_lib_version
 from pipeline.config import BuildConfig, PrecisionConfig
 from pipeline.errors import PipelineError
 
@@ -333,7 +333,7 @@ def test_timing_cache_reused_from_memory_where_the_file_cannot_be_read(model, tm
     tc = second.sidecar["timing_cache"]
     assert tc["loaded"] and tc["source"] == "memory" and tc["bytes_in"] == 0
     # The cache stays with the builder that created it (a TensorRT 8.6 cache must not outlive it).
-    from pipeline.build.engine import _PROCESS_TIMING_CACHES
+    from pipeline.trt.timing_cache import _PROCESS_TIMING_CACHES
 
     assert _PROCESS_TIMING_CACHES[tc["path"]][0] is trt.builders[0] and len(trt.builders) == 2
     assert any("with a warm timing cache" in m for m in called(trt, "log"))

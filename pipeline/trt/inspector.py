@@ -1,4 +1,4 @@
-"""What precision each engine layer runs in, read from IEngineInspector's JSON (the engine sidecar).
+"""IEngineInspector: what each engine layer runs in, and the engine's layer JSON and I/O tensors.
 
 TensorRT decides per layer; the inspector's ``Format/Datatype`` strings (8.6/10: "Int8 NC/32HW32",
 "Row major linear FP16 format"...; 11 splits them into ``Format`` and ``DataType``) say what each layer
@@ -8,8 +8,10 @@ how a user checks that a Q/DQ ONNX was fused as intended rather than falling bac
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
+from types import ModuleType
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 #: Layer types that do the model's multiply-accumulates (TensorRT's LayerType / inspector names).
@@ -77,3 +79,49 @@ def precision_summary(layers: Iterable[Mapping[str, Any]]) -> Dict[str, Any]:
         "compute_by_precision": dict(compute),
         "compute_not_int8": not_int8,
     }
+
+
+def layer_info_from_engine(trt: ModuleType, engine: Any) -> Dict[str, Any]:
+    """IEngineInspector JSON (layers and I/O) of a deserialized engine.
+
+    Engines with dynamic input dimensions may need an execution context with shapes set before the
+    inspector reports layers, so that is the second attempt. Returns ``{"Layers": [...], ...}`` or
+    ``{"error": "..."}``.
+    """
+    errors = []
+    for with_context in (False, True):
+        try:
+            inspector = engine.create_engine_inspector()
+            context = None
+            if with_context:
+                context = engine.create_execution_context()
+                for i in range(int(engine.num_io_tensors)):
+                    name = engine.get_tensor_name(i)
+                    if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                        context.set_input_shape(name, tuple(engine.get_tensor_profile_shape(name, 0)[1]))
+                inspector.execution_context = context
+            raw = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+            # TensorRT 8.6 writes raw control characters inside JSON strings (layer metadata):
+            # strict=False accepts them.
+            info = json.loads(raw, strict=False)
+            del inspector, context
+            if isinstance(info, dict) and info.get("Layers"):
+                return info
+            errors.append(f"context={with_context}: no Layers in {str(raw)[:120]!r}")
+        except (AttributeError, ValueError, TypeError, RuntimeError) as err:
+            errors.append(f"context={with_context}: {type(err).__name__}: {err}")
+    return {"error": "; ".join(errors)}
+
+
+def io_tensors(trt: ModuleType, engine: Any) -> List[Dict[str, Any]]:
+    """Name, mode (INPUT/OUTPUT), shape (-1 for dynamic) and dtype of every I/O tensor of an engine."""
+    out = []
+    for i in range(int(engine.num_io_tensors)):
+        name = engine.get_tensor_name(i)
+        out.append({
+            "name": name,
+            "mode": str(engine.get_tensor_mode(name)).rsplit(".", 1)[-1],
+            "shape": [int(d) for d in engine.get_tensor_shape(name)],
+            "dtype": str(engine.get_tensor_dtype(name)).rsplit(".", 1)[-1],
+        })
+    return out

@@ -1,14 +1,14 @@
-"""Device memory, streams, events and CUDA graphs for the calibrator and the TensorRT runner.
+"""Device memory, streams, events and CUDA graphs for the calibrator and the TensorRT runtime.
 
-One small interface (:class:`CudaApi`) over whichever CUDA binding this machine has:
+One small interface (:class:`CudaApi`, plain-int pointers and stream handles, so a host-memory fake
+stands in for it in CPU tests) over the CUDA bindings a TensorRT machine has:
 
-1. **pycuda** (the design's choice; it ships pinned host buffers and events),
-2. **Polygraphy's CUDA wrapper** (``polygraphy.cuda``: ctypes over ``libcudart``, always installed
-   with Polygraphy), used when pycuda is missing.
+1. **pycuda** (the design's choice): memory, pinned host buffers, streams, events, and CUDA graphs
+   where this pycuda has stream capture (``Stream.begin_capture``);
+2. **Polygraphy's CUDA wrapper** (``polygraphy.cuda``, installed with Polygraphy) when pycuda is
+   missing: memory, copies and streams only (it has no events), enough for INT8 calibration.
 
-CUDA graphs go through the driver API (``libcuda``, present wherever a driver is) with ctypes, so they
-work with either binding: the stream handles are the same objects to the driver. Nothing here is
-imported at module level except ctypes and numpy.
+Nothing here imports a CUDA binding at module level.
 """
 
 from __future__ import annotations
@@ -23,9 +23,14 @@ from pipeline.errors import PipelineError
 
 
 class CudaApi:
-    """Minimal CUDA surface: all pointers and stream handles are plain ints."""
+    """Minimal CUDA surface: all pointers and stream handles are plain ints.
+
+    ``has_events`` says whether ``create_event``/``record``/``elapsed_ms``/``wait`` work (the timed loop
+    needs them; the calibrator needs only memory, copies and a stream).
+    """
 
     name = "abstract"
+    has_events = True
 
     def malloc(self, nbytes: int) -> int:  # pragma: no cover - interface
         raise NotImplementedError
@@ -137,23 +142,22 @@ class PycudaApi(CudaApi):
             pass
 
 
-class CudartApi(CudaApi):
-    """ctypes over ``libcudart`` as located by Polygraphy's CUDA wrapper (``polygraphy.cuda.wrapper``)."""
+class PolygraphyCudaApi(CudaApi):
+    """Polygraphy's CUDA wrapper (``polygraphy.cuda``): device memory, copies and streams; no events.
 
-    name = "polygraphy-cudart"
-    _H2D, _D2H = 1, 2
+    Host buffers are ordinary (pageable) numpy arrays: the wrapper has no pinned allocator, and the
+    calibrator, the only user without pycuda, copies synchronously anyway.
+    """
 
-    def __init__(self):
+    name = "polygraphy-cuda"
+    has_events = False
+
+    def __init__(self) -> None:
         from polygraphy import cuda as pcuda  # noqa: PLC0415
 
+        self._pcuda = pcuda
         self._w = pcuda.wrapper()
-        self._h = self._w.handle
-        self._h.cudaEventElapsedTime.argtypes = [ctypes.POINTER(ctypes.c_float), ctypes.c_void_p, ctypes.c_void_p]
-        self._pinned: List[int] = []
-
-    def _check(self, status: int, what: str) -> None:
-        if status != 0:
-            raise RuntimeError(f"{what} failed with CUDA error {status}")
+        self._streams: List[int] = []
 
     def malloc(self, nbytes: int) -> int:
         return int(self._w.malloc(max(int(nbytes), 1)))
@@ -162,66 +166,42 @@ class CudartApi(CudaApi):
         self._w.free(ptr)
 
     def create_stream(self) -> int:
-        return int(self._w.create_stream())
+        s = int(self._w.create_stream())
+        self._streams.append(s)
+        return s
 
     def htod(self, dst: int, src: np.ndarray, stream: int) -> None:
         src = np.ascontiguousarray(src)
-        self._check(self._h.cudaMemcpyAsync(ctypes.c_void_p(dst), ctypes.c_void_p(src.ctypes.data),
-                                            ctypes.c_size_t(src.nbytes), self._H2D, ctypes.c_void_p(stream)),
-                    "cudaMemcpyAsync(H2D)")
+        self._w.memcpy(dst, src.ctypes.data, src.nbytes, self._pcuda.MemcpyKind.HostToDevice, stream)
 
     def dtoh(self, dst: np.ndarray, src: int, stream: int) -> None:
-        self._check(self._h.cudaMemcpyAsync(ctypes.c_void_p(dst.ctypes.data), ctypes.c_void_p(src),
-                                            ctypes.c_size_t(dst.nbytes), self._D2H, ctypes.c_void_p(stream)),
-                    "cudaMemcpyAsync(D2H)")
+        self._w.memcpy(dst.ctypes.data, src, dst.nbytes, self._pcuda.MemcpyKind.DeviceToHost, stream)
 
     def synchronize(self, stream: int) -> None:
         self._w.stream_synchronize(stream)
 
-    def create_event(self) -> Any:
-        ev = ctypes.c_void_p()
-        self._check(self._h.cudaEventCreate(ctypes.byref(ev)), "cudaEventCreate")
-        return ev
-
-    def record(self, event: Any, stream: int) -> None:
-        self._check(self._h.cudaEventRecord(event, ctypes.c_void_p(stream)), "cudaEventRecord")
-
-    def wait(self, event: Any) -> None:
-        self._check(self._h.cudaEventSynchronize(event), "cudaEventSynchronize")
-
-    def elapsed_ms(self, start: Any, end: Any) -> float:
-        self._check(self._h.cudaEventSynchronize(end), "cudaEventSynchronize")
-        ms = ctypes.c_float()
-        self._check(self._h.cudaEventElapsedTime(ctypes.byref(ms), start, end), "cudaEventElapsedTime")
-        return float(ms.value)
-
     def pinned(self, shape, dtype) -> np.ndarray:
-        dtype = np.dtype(dtype)
-        nbytes = max(int(np.prod(shape)) * dtype.itemsize, 1)
-        ptr = ctypes.c_void_p()
-        self._check(self._h.cudaMallocHost(ctypes.byref(ptr), ctypes.c_size_t(nbytes)), "cudaMallocHost")
-        self._pinned.append(ptr.value)
-        buf = (ctypes.c_byte * nbytes).from_address(ptr.value)
-        return np.frombuffer(buf, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+        return np.empty(tuple(shape), dtype)
 
     def close(self) -> None:
-        for p in self._pinned:
-            self._h.cudaFreeHost(ctypes.c_void_p(p))
-        self._pinned.clear()
+        for s in self._streams:
+            self._w.destroy_stream(s)
+        self._streams.clear()
 
 
 #: Bindings tried in order by :func:`cuda_api`.
-_BACKENDS: Dict[str, Callable[[], CudaApi]] = {"pycuda": PycudaApi, "polygraphy": CudartApi}
+_BACKENDS: Dict[str, Callable[[], CudaApi]] = {"pycuda": PycudaApi, "polygraphy": PolygraphyCudaApi}
 
 
-def cuda_api(prefer: Optional[str] = None) -> CudaApi:
-    """First CUDA binding that works here (pycuda, then Polygraphy's cudart wrapper).
+def cuda_api(prefer: Optional[str] = None, events: bool = False) -> CudaApi:
+    """First CUDA binding that works here (pycuda, then Polygraphy's wrapper).
 
     Args:
         prefer: try this one first (``pycuda`` or ``polygraphy``).
+        events: the caller times with CUDA events: only bindings that have them qualify.
 
     Raises:
-        PipelineError: none of them works (no CUDA runtime or no GPU).
+        PipelineError: none of them works (no CUDA runtime, no GPU, or no binding with events).
     """
     order = list(_BACKENDS)
     if prefer in _BACKENDS:
@@ -229,34 +209,65 @@ def cuda_api(prefer: Optional[str] = None) -> CudaApi:
         order.insert(0, prefer)
     errors = []
     for name in order:
+        if events and not getattr(_BACKENDS[name], "has_events", True):
+            errors.append(f"{name}: no CUDA events")
+            continue
         try:
             return _BACKENDS[name]()
         except Exception as err:  # ImportError, missing libcudart, no device
             errors.append(f"{name}: {type(err).__name__}: {err}")
-    raise PipelineError("No CUDA binding could allocate device memory (" + "; ".join(errors) + ").",
+    raise PipelineError("No CUDA binding could allocate device memory" + (" and time with events" if events else "")
+                        + " (" + "; ".join(errors) + ").",
                         "Install pycuda (`pip install pycuda`) on a machine with an NVIDIA driver.")
 
 
 class CudaGraph:
-    """Capture work enqueued on a stream once, then replay it with one launch (driver API via ctypes).
+    """Capture work enqueued on a stream once, then replay it with one launch.
 
     Replays skip the per-launch CPU cost of TensorRT's enqueue; capture needs one normal enqueue first
     (TensorRT allocates lazily on the first run), and may fail for engines with data-dependent shapes,
     in which case callers fall back to plain enqueues.
+
+    pycuda's stream capture (``Stream.begin_capture`` / ``end_capture`` / ``Graph.get_exec_graph``) is
+    used where the installed pycuda has it. Older pycuda builds and Polygraphy's wrapper have no graph
+    API, so the driver's five graph calls (``libcuda``, present wherever a driver is) are kept as the
+    smallest ctypes fallback; the stream handles are the same objects to the driver either way.
+
+    Args:
+        stream: the stream handle (int).
+        cuda: the :class:`CudaApi` that created the stream (its pycuda stream object is used when it has one).
     """
 
-    def __init__(self, stream: int):
-        self._cu = ctypes.CDLL("libcuda.so.1")
-        self.stream = ctypes.c_void_p(stream)
-        self.graph = ctypes.c_void_p()
-        self.exec = ctypes.c_void_p()
+    def __init__(self, stream: int, cuda: Optional[CudaApi] = None):
+        streams = getattr(cuda, "_streams", None)  # PycudaApi keeps its pycuda Stream objects by handle
+        py_stream = streams.get(stream) if isinstance(streams, dict) else None
+        self._py_stream = py_stream if hasattr(py_stream, "begin_capture") else None
+        self._exec: Any = None
+        if self._py_stream is None:
+            self._cu = ctypes.CDLL("libcuda.so.1")
+            self.stream = ctypes.c_void_p(stream)
+            self.graph = ctypes.c_void_p()
+            self.exec = ctypes.c_void_p()
+
+    @property
+    def route(self) -> str:
+        """``pycuda`` or ``libcuda-ctypes``."""
+        return "pycuda" if self._py_stream is not None else "libcuda-ctypes"
 
     def _check(self, status: int, what: str) -> None:
         if status != 0:
             raise RuntimeError(f"{what} failed with CUDA driver error {status}")
 
     def capture(self, enqueue: Callable[[], Any]) -> None:
-        """Capture what ``enqueue()`` puts on the stream (global capture mode 0 is the strictest)."""
+        """Capture what ``enqueue()`` puts on the stream (global capture mode, the strictest)."""
+        if self._py_stream is not None:
+            self._py_stream.begin_capture()
+            try:
+                enqueue()
+            finally:
+                graph = self._py_stream.end_capture()
+            self._exec = graph.get_exec_graph()
+            return
         self._check(self._cu.cuStreamBeginCapture_v2(self.stream, 0), "cuStreamBeginCapture")
         try:
             enqueue()
@@ -268,10 +279,16 @@ class CudaGraph:
 
     def launch(self) -> None:
         """Replay the captured work on the stream."""
+        if self._py_stream is not None:
+            self._exec.launch(self._py_stream)
+            return
         self._check(self._cu.cuGraphLaunch(self.exec, self.stream), "cuGraphLaunch")
 
     def close(self) -> None:
         """Destroy the executable graph and the graph."""
+        if self._py_stream is not None:
+            self._exec = None
+            return
         if self.exec.value:
             self._cu.cuGraphExecDestroy(self.exec)
         if self.graph.value:

@@ -10,9 +10,9 @@ import onnx
 from onnx import TensorProto
 from onnx.reference import ReferenceEvaluator
 
-from pipeline.build.onnx_typed import typed_onnx_from_onnx
+from pipeline.trt.onnx_typed import typed_onnx_from_onnx
 
-_spec = importlib.util.spec_from_file_location("build_engine_tests", Path(__file__).parent / "test_build_engine.py")
+_spec = importlib.util.spec_from_file_location("build_engine_tests", Path(__file__).parent / "test_trt_build.py")
 _mod = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_mod)
 tiny_onnx = _mod.tiny_onnx

@@ -1,6 +1,6 @@
 """Backend-neutral measurement record and the statistics behind it.
 
-Both runners (ONNX Runtime here, TensorRT in sibling modules) return a :class:`Measurement`, so the
+Both runners (pipeline.ort and pipeline.trt) return a :class:`Measurement`, so the
 report and the comparison table read one shape whatever executed the model. Nothing heavy is
 imported here: this module is pure Python.
 """

@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 _META = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
@@ -113,38 +112,6 @@ def engine_layers(layer_info: Mapping[str, Any] | Sequence[Any]) -> List[Dict[st
     """The ``Layers`` of an inspector JSON as dicts (ONELINE/LAYER_NAMES_ONLY engines give bare names)."""
     layers = layer_info.get("Layers", []) if isinstance(layer_info, Mapping) else list(layer_info)
     return [dict(x) if isinstance(x, Mapping) else {"Name": str(x)} for x in layers]
-
-
-def make_layer_profiler(trt: ModuleType) -> Any:
-    """A ``trt.IProfiler`` that sums each layer's time over runs.
-
-    The returned object has ``totals`` (layer name -> summed ms), ``counts`` (runs seen per layer),
-    ``order`` (first-seen order) and ``reset()``.
-    """
-    base = trt.IProfiler
-
-    class LayerProfiler(base):  # type: ignore[misc, valid-type]
-        def __init__(self) -> None:
-            base.__init__(self)
-            self.reset()
-
-        def reset(self) -> None:
-            self.totals: Dict[str, float] = {}
-            self.counts: Dict[str, int] = {}
-            self.order: List[str] = []
-
-        def report_layer_time(self, layer_name: str, ms: float) -> None:  # TensorRT callback
-            if layer_name not in self.totals:
-                self.order.append(layer_name)
-                self.totals[layer_name] = 0.0
-                self.counts[layer_name] = 0
-            self.totals[layer_name] += float(ms)
-            self.counts[layer_name] += 1
-
-        def mean_ms(self) -> Dict[str, float]:
-            return {k: self.totals[k] / max(self.counts[k], 1) for k in self.order}
-
-    return LayerProfiler()
 
 
 def layer_rows(

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import re
-import shutil
-import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -96,7 +94,7 @@ class GpuInfo:
     Attributes:
         name: device name as the driver reports it, e.g. ``NVIDIA H100 80GB HBM3``.
         compute_capability: ``major.minor``, e.g. ``9.0``.
-        source: how it was found (pycuda, libcuda, nvidia-smi).
+        source: how it was found (nvml, pycuda).
     """
 
     name: str
@@ -218,58 +216,34 @@ def _enum_members(enum_cls: Any) -> FrozenSet[str]:
     return frozenset(n for n in dir(enum_cls) if n.isupper() and not n.startswith("_"))
 
 
-def gpu_info() -> GpuInfo:
-    """Name and compute capability of CUDA device 0.
+def gpu_info(index: int = 0) -> GpuInfo:
+    """Name and compute capability of CUDA device ``index``.
 
-    Tries pycuda, then the driver library (``libcuda``, ctypes), then ``nvidia-smi``.
+    NVML first (:func:`pipeline.core.gpu.device_facts`: no CUDA context needed), then pycuda.
 
     Raises:
         PipelineError: no way to query a GPU, or no GPU.
     """
-    errors = []
+    from pipeline.core.gpu import device_facts, nvml  # noqa: PLC0415
+
+    facts = device_facts(index)
+    if facts is not None:
+        return GpuInfo(facts["name"], facts["compute_capability"], "nvml")
+    pynvml, why = nvml()
+    errors = [f"nvml: {why or f'no GPU {index}'}"]
+    if pynvml is not None:
+        pynvml.nvmlShutdown()
     try:
         import pycuda.driver as cuda  # noqa: PLC0415
 
         cuda.init()
-        dev = cuda.Device(0)
+        dev = cuda.Device(index)
         major, minor = dev.compute_capability()
         return GpuInfo(dev.name(), f"{major}.{minor}", "pycuda")
     except Exception as err:  # ImportError, or pycuda's LogicError/RuntimeError without a GPU
         errors.append(f"pycuda: {err}")
-    try:
-        return _gpu_info_from_driver()
-    except (OSError, RuntimeError) as err:  # no libcuda (no driver) or no device
-        errors.append(f"libcuda: {err}")
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        try:
-            out = subprocess.run([smi, "--query-gpu=name,compute_cap", "--format=csv,noheader", "-i", "0"],
-                                 capture_output=True, text=True, timeout=30, check=True).stdout.strip()
-            name, cc = [s.strip() for s in out.splitlines()[0].rsplit(",", 1)]
-            return GpuInfo(name, cc, "nvidia-smi")
-        except (subprocess.SubprocessError, OSError, ValueError, IndexError) as err:
-            errors.append(f"nvidia-smi: {err}")
-    else:
-        errors.append("nvidia-smi: not found")
     raise PipelineError("No CUDA GPU could be queried (" + "; ".join(errors) + ").",
-                        "Run the build stage on a machine with an NVIDIA GPU and driver.")
-
-
-def _gpu_info_from_driver() -> GpuInfo:
-    """Query device 0 through the CUDA driver API with ctypes (no Python CUDA binding needed)."""
-    cu = ctypes.CDLL("libcuda.so.1")
-    if cu.cuInit(0) != 0:
-        raise RuntimeError("cuInit failed (no usable GPU)")
-    dev = ctypes.c_int()
-    if cu.cuDeviceGet(ctypes.byref(dev), 0) != 0:
-        raise RuntimeError("cuDeviceGet(0) failed")
-    name = ctypes.create_string_buffer(256)
-    cu.cuDeviceGetName(name, 256, dev)
-    major, minor = ctypes.c_int(), ctypes.c_int()
-    # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75, _MINOR = 76 (cuda.h).
-    cu.cuDeviceGetAttribute(ctypes.byref(major), 75, dev)
-    cu.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev)
-    return GpuInfo(name.value.decode(errors="replace"), f"{major.value}.{minor.value}", "libcuda")
+                        "Run the build stage on a machine with an NVIDIA GPU and driver (and nvidia-ml-py or pycuda).")
 
 
 def tensorrt_status() -> Tuple[bool, str]:

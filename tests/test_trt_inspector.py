@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.build.inspect import layer_precision, precision_summary, tensor_dtype
+from pipeline.trt.inspector import layer_precision, precision_summary, tensor_dtype
 
 # Entries in the form TensorRT 8.6's inspector writes (ProfilingVerbosity.DETAILED).
 CONV_INT8 = {

@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from pipeline.artifacts import write_bytes, write_json
 from pipeline.errors import PipelineError
+from pipeline.trt.dtypes import engine_input_array
 
 #: BuildConfig.calibrator -> TensorRT base class name.
 CALIBRATOR_CLASSES = {"entropy": "IInt8EntropyCalibrator2", "minmax": "IInt8MinMaxCalibrator"}
@@ -51,6 +52,51 @@ def cache_is_usable(cache_path: Optional[Path], fingerprint: Mapping[str, Any]) 
     return True, f"calibration cache {cache_path} matches"
 
 
+def rebatched(source: Iterable[Mapping[str, np.ndarray]], input_shapes: Mapping[str, Sequence[int]],
+              stats: Any) -> Iterator[Dict[str, np.ndarray]]:
+    """Re-chunk the calibration samples into batches of exactly the calibration shape.
+
+    TensorRT executes the network at the calibration shape and reads that many samples from
+    the device buffers, so every batch must match it exactly. Samples are concatenated and cut
+    into full batches; a set smaller than one batch is repeated to fill it (the value
+    distribution, which is what entropy/min-max calibration looks at, is unchanged); a
+    remainder after at least one full batch is dropped; ``stats.rebatch_note`` and
+    ``stats.samples_dropped`` record which happened.
+    """
+    pending: Dict[str, List[np.ndarray]] = {}
+    have, emitted = 0, 0
+    names = sorted(input_shapes)
+    want = {n: int(input_shapes[n][0]) for n in names}
+    target = min(want.values()) if want else 0
+    for batch in source:
+        for n in names:
+            if n not in batch:
+                raise PipelineError(f"Calibration batch lacks input {n!r} (has {sorted(batch)}).",
+                                    "Check that the data config matches the model's inputs.")
+            arr = np.asarray(batch[n])
+            if tuple(arr.shape[1:]) != tuple(input_shapes[n][1:]):
+                raise PipelineError(f"Calibration input {n!r} has sample shape {arr.shape[1:]}, "
+                                    f"the engine expects {tuple(input_shapes[n][1:])}.",
+                                    "Check model.input_shape and the data config.")
+            pending.setdefault(n, []).append(arr)
+        have += int(np.shape(batch[names[0]])[0])
+        while have >= target > 0:
+            out = {}
+            for n in names:
+                cat = np.concatenate(pending[n])
+                out[n], rest = cat[:target], cat[target:]
+                pending[n] = [rest] if len(rest) else []
+            have -= target
+            emitted += 1
+            yield out
+    if emitted == 0 and have > 0:
+        reps = -(-target // have)
+        stats.rebatch_note = f"{have} calibration samples repeated {reps}x to fill one batch of {target}"
+        yield {n: np.concatenate(pending[n] * reps)[:target] for n in names}
+    elif have > 0:
+        stats.samples_dropped = have
+
+
 def make_calibrator(
     trt: ModuleType,
     kind: str,
@@ -59,6 +105,7 @@ def make_calibrator(
     cache_path: Optional[Path],
     fingerprint: Mapping[str, Any],
     cuda: Any = None,
+    input_dtypes: Optional[Mapping[str, Any]] = None,
 ) -> Any:
     """A TensorRT INT8 calibrator that feeds ``batches`` and reads/writes ``cache_path``.
 
@@ -66,11 +113,14 @@ def make_calibrator(
         trt: the tensorrt module.
         kind: ``entropy`` (IInt8EntropyCalibrator2, TensorRT's recommendation for CNNs) or ``minmax``.
         batches: ``{input name: array}`` dicts of any batch size; re-chunked into batches of exactly
-            ``input_shapes`` (see ``_rebatched``).
+            ``input_shapes`` (see :func:`rebatched`).
         input_shapes: the shape TensorRT calibrates at for each input (batch included).
         cache_path: calibration cache file (read if usable, written after calibration).
         fingerprint: what the cache depends on (ONNX hash, calibrator...), stored beside it.
-        cuda: a :class:`pipeline.build.cuda_mem.CudaApi`; created on first use when None.
+        cuda: a :class:`pipeline.trt.cuda.CudaApi`; created on first use when None.
+        input_dtypes: the network's input dtypes (numpy); each batch is copied in them
+            (:func:`pipeline.trt.dtypes.engine_input_array`: int64 ids -> int32 with a range check).
+            None: float inputs as float32, others as given.
 
     Returns:
         The calibrator object (keep a reference until the build finishes).
@@ -103,7 +153,7 @@ def make_calibrator(
             self.cache_note = why
             self.read_cache = usable
             self.rebatch_note = ""
-            self._it = self._rebatched(batches) if batches is not None else iter(())
+            self._it = rebatched(batches, input_shapes, self) if batches is not None else iter(())
             self._cuda = cuda
             self._own_cuda = cuda is None
             self._stream = None
@@ -112,48 +162,6 @@ def make_calibrator(
             self.samples_dropped = 0
             self.cache_written = False
 
-        def _rebatched(self, source: Iterable[Mapping[str, np.ndarray]]):
-            """Re-chunk the calibration samples into batches of exactly the calibration shape.
-
-            TensorRT executes the network at the calibration shape and reads that many samples from
-            the device buffers, so every batch must match it exactly. Samples are concatenated and cut
-            into full batches; a set smaller than one batch is repeated to fill it (the value
-            distribution, which is what entropy/min-max calibration looks at, is unchanged); a
-            remainder after at least one full batch is dropped.
-            """
-            pending: Dict[str, List[np.ndarray]] = {}
-            have, emitted = 0, 0
-            names = sorted(input_shapes)
-            want = {n: int(input_shapes[n][0]) for n in names}
-            target = min(want.values()) if want else 0
-            for batch in source:
-                for n in names:
-                    if n not in batch:
-                        raise PipelineError(f"Calibration batch lacks input {n!r} (has {sorted(batch)}).",
-                                            "Check that the data config matches the model's inputs.")
-                    arr = np.asarray(batch[n])
-                    if tuple(arr.shape[1:]) != tuple(input_shapes[n][1:]):
-                        raise PipelineError(f"Calibration input {n!r} has sample shape {arr.shape[1:]}, "
-                                            f"the engine expects {tuple(input_shapes[n][1:])}.",
-                                            "Check model.input_shape and the data config.")
-                    pending.setdefault(n, []).append(arr)
-                have += int(np.shape(batch[names[0]])[0])
-                while have >= target > 0:
-                    out = {}
-                    for n in names:
-                        cat = np.concatenate(pending[n])
-                        out[n], rest = cat[:target], cat[target:]
-                        pending[n] = [rest] if len(rest) else []
-                    have -= target
-                    emitted += 1
-                    yield out
-            if emitted == 0 and have > 0:
-                reps = -(-target // have)
-                self.rebatch_note = f"{have} calibration samples repeated {reps}x to fill one batch of {target}"
-                yield {n: np.concatenate(pending[n] * reps)[:target] for n in names}
-            elif have > 0:
-                self.samples_dropped = have
-
         def get_batch_size(self) -> int:
             # Explicit-batch networks carry the batch in the input shape; TensorRT ignores this
             # value there but requires >= 1.
@@ -161,12 +169,17 @@ def make_calibrator(
 
         def _device(self, name: str, arr: np.ndarray) -> int:
             if self._cuda is None:
-                from pipeline.build.cuda_mem import cuda_api  # noqa: PLC0415
+                from pipeline.trt.cuda import cuda_api  # noqa: PLC0415
 
                 self._cuda = cuda_api()
             if self._stream is None:
                 self._stream = self._cuda.create_stream()
-            arr = np.ascontiguousarray(arr, dtype=np.float32) if np.asarray(arr).dtype.kind == "f" else np.ascontiguousarray(arr)
+            if input_dtypes and name in input_dtypes:
+                arr = engine_input_array(name, arr, input_dtypes[name])
+            elif np.asarray(arr).dtype.kind == "f":
+                arr = np.ascontiguousarray(arr, dtype=np.float32)
+            else:
+                arr = np.ascontiguousarray(arr)
             ptr, size = self._ptrs.get(name, (0, 0))
             if size < arr.nbytes:
                 if ptr:
