@@ -19,11 +19,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.artifacts import write_json  # noqa: E402
-from pipeline.config import (  # noqa: E402
+from pipeline.core.artifacts import write_json  # noqa: E402
+from pipeline.core.config import (  # noqa: E402
     BackendConfig, DataConfig, HardwareConfig, ModelConfig, PipelineConfig, PrecisionConfig, ProfileConfig,
 )
-from pipeline.environment import environment  # noqa: E402
+from pipeline.core.environment import environment  # noqa: E402
 from pipeline.orchestrate import run_pipeline  # noqa: E402
 
 MODEL_SHAPES = {

@@ -46,7 +46,7 @@ sys.path.insert(0, str(HERE))
 
 from quant_anchors import MODELS, REPO, _batches, evaluate, prepare  # noqa: E402
 
-from pipeline.artifacts import write_json  # noqa: E402
+from pipeline.core.artifacts import write_json  # noqa: E402
 from pipeline.quantize.metrics import ort_session, run_first_output  # noqa: E402
 
 

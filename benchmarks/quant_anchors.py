@@ -30,8 +30,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.artifacts import write_json  # noqa: E402
-from pipeline.config import DataConfig, ModelConfig, QuantConfig  # noqa: E402
+from pipeline.core.artifacts import write_json  # noqa: E402
+from pipeline.core.config import DataConfig, ModelConfig, QuantConfig  # noqa: E402
 from pipeline.quantize import quantize_onnx  # noqa: E402
 from pipeline.quantize.metrics import compare_outputs, ort_session, run_first_output  # noqa: E402
 

@@ -47,7 +47,7 @@ STEPS = {"cold": {"timing_cache": True}, "warm": {"timing_cache": True, "force_r
 
 
 def _precision(name: str):
-    from pipeline.config import precision_config
+    from pipeline.core.config import precision_config
 
     return precision_config(name)
 
@@ -65,7 +65,7 @@ def _engine_facts(art) -> dict:
 
 def _build_step(args, step: str, engines_dir: Path) -> dict:
     from pipeline.trt import engine_from_onnx
-    from pipeline.config import BuildConfig
+    from pipeline.core.config import BuildConfig
 
     t0 = time.perf_counter()
     art = engine_from_onnx(args.onnx, _precision(args.precision), BuildConfig(**STEPS[step]), args.batch,
@@ -77,7 +77,7 @@ def _build_step(args, step: str, engines_dir: Path) -> dict:
 
 def child(args) -> None:
     """One build in this (fresh) process; facts to ``args.result``."""
-    from pipeline.artifacts import write_json
+    from pipeline.core.artifacts import write_json
 
     write_json(args.result, _build_step(args, args.child, args.engines_dir))
 
@@ -154,7 +154,7 @@ def _tiny(path: Path, ops: str, batch):
 def probe(args) -> dict:
     from pipeline.trt import detect_features, engine_from_onnx
     from pipeline.trt import import_tensorrt
-    from pipeline.config import BuildConfig
+    from pipeline.core.config import BuildConfig
 
     features = detect_features(import_tensorrt())
     previews = [None]
@@ -213,7 +213,7 @@ def main(argv=None) -> int:
     res = probe(args) if args.probe else three_builds(args)
     res.update({"command": "gpukit-trt " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
                 "python": platform.python_version(), "started_at": started})
-    from pipeline.artifacts import write_json
+    from pipeline.core.artifacts import write_json
 
     write_json(args.out, res)
     print(json.dumps(res.get("verdict", {}), indent=2))

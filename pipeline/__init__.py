@@ -6,6 +6,6 @@ its heavy dependencies lazily, inside the functions that need them.
 
 __version__ = "0.1.0"
 
-from pipeline.errors import PipelineError  # noqa: E402  (light, no heavy imports)
+from pipeline.core.errors import PipelineError  # noqa: E402  (light, no heavy imports)
 
 __all__ = ["PipelineError", "__version__"]

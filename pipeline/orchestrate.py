@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from pipeline.artifacts import write_json
-from pipeline.config import KNOWN_STAGES, PipelineConfig
-from pipeline.errors import PipelineError, RunInterrupted, StageSkipped
+from pipeline.core.artifacts import write_json
+from pipeline.core.config import KNOWN_STAGES, PipelineConfig
+from pipeline.core.errors import PipelineError, RunInterrupted, StageSkipped
 
 LOG = logging.getLogger("pipeline")
 
@@ -154,7 +154,7 @@ class Run:
         self.data_notes: List[str] = []  # how the samples were adapted to the model (data.resize=true...)
         self.memo: Dict[str, Any] = {}  # helpers worth building once per run (a model's tokenizer), never results
         self.upstream = self._upstream_artifacts()
-        from pipeline.environment import gpu_names, package_versions
+        from pipeline.core.environment import gpu_names, package_versions
 
         keep = ("trt-pipeline", "numpy", "onnx", "onnxruntime", "torch", "polygraphy", "tensorrt")
         self.versions = {k: v for k, v in package_versions().items() if k in keep}
@@ -332,7 +332,7 @@ def stage_export(run: Run) -> StageRecord:
     files = {f"source{i}": Path(p) for i, p in enumerate(model_source_files(cfg.model))}
     settings = ExportSettings(opset=cfg.opset, batch_size=cfg.batch_size)
     config = {"model": asdict(cfg.model), "export": asdict(settings)}
-    _, reused = _in_store(run, "export", files, config, ("export", "models", "graph"),
+    _, reused = _in_store(run, "export", files, config, ("export", "models", "graph", "core"),
                           lambda out: export(ExportInputs(cfg.model), settings, out))
     onnx = run.out / f"{run.model_name}.onnx"
     run.add("onnx", onnx)
@@ -370,7 +370,7 @@ def stage_quantize(run: Run) -> StageRecord:
     used = {"onnx": inputs.onnx, "calib_data": inputs.calib_data, "eval_data": inputs.eval_data,
             "summary": inputs.summary}
     config = {"quant": asdict(cfg.quant), "batch_size": cfg.batch_size, "precision": cfg.precision.name}
-    _, reused = _in_store(run, "quantize", used, config, ("quantize", "graph"),
+    _, reused = _in_store(run, "quantize", used, config, ("quantize", "graph", "core"),
                           lambda out: quantize(inputs, settings, out))
     results = json.loads((run.out / RESULTS_NAME).read_text())
     run.add("quantization", run.out / RESULTS_NAME)
@@ -510,7 +510,7 @@ def run_pipeline(cfg: PipelineConfig, resolved_config: dict | None = None) -> di
         The report dict. Raises PipelineError (after writing the report) when a stage failed, and
         :class:`RunInterrupted` after a Ctrl-C (the report says where it stopped).
     """
-    from pipeline.environment import environment
+    from pipeline.core.environment import environment
 
     out_dir = Path(cfg.output_dir)
     try:

@@ -14,7 +14,7 @@ Examples::
     python pipeline/run.py model=onnx model.onnx_path=my.onnx hardware=h100_sxm
 
 This is the only module that knows Hydra: it validates the composed config against
-``pipeline.config.PipelineConfig`` and hands a typed object to ``pipeline.orchestrate.run_pipeline``.
+``pipeline.core.config.PipelineConfig`` and hands a typed object to ``pipeline.orchestrate.run_pipeline``.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ if sys.path and os.path.abspath(sys.path[0] or os.getcwd()) == _HERE:
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from pipeline.config import PipelineConfig, register_configs  # noqa: E402
-from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.core.config import PipelineConfig, register_configs  # noqa: E402
+from pipeline.core.errors import PipelineError  # noqa: E402
 
 register_configs()
 
@@ -62,7 +62,7 @@ def main(cfg: DictConfig) -> None:
 
             FAILED_JOBS.append(err.message)
             return
-        from pipeline.errors import RunInterrupted
+        from pipeline.core.errors import RunInterrupted
 
         sys.exit(130 if isinstance(err, RunInterrupted) else 2)
 

@@ -30,13 +30,13 @@ if str(ROOT) not in sys.path:
 
 
 def _precision(name: str):
-    from pipeline.config import precision_config
+    from pipeline.core.config import precision_config
 
     return precision_config(name)
 
 
 def _data(onnx_path: Path, split: str, n: int, batch: int):
-    from pipeline.config import DataConfig
+    from pipeline.core.config import DataConfig
     from pipeline.data import load_dataset
     from pipeline.export import onnx_input_specs
 
@@ -71,7 +71,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     from pipeline.trt import engine_from_onnx
-    from pipeline.config import BuildConfig, ProfileConfig
+    from pipeline.core.config import BuildConfig, ProfileConfig
     from pipeline.trt import profile_engine
 
     prec = _precision(args.precision)
@@ -170,7 +170,7 @@ def main(argv=None) -> dict:
         "build_seconds": res["build"].get("build_seconds"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    from pipeline.artifacts import write_json
+    from pipeline.core.artifacts import write_json
 
     write_json(args.out, res)
     print(json.dumps(res["summary"], indent=2))

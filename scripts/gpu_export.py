@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 def main(out_dir: str, *names: str) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from pipeline.config import ModelConfig
+    from pipeline.core.config import ModelConfig
     from pipeline.models import build_model
 
     summary = {}

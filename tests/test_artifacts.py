@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.artifacts import atomic_path, file_sha256, short_hash, write_json, write_text
+from pipeline.core.artifacts import atomic_path, file_sha256, short_hash, write_json, write_text
 
 
 def test_atomic_path_renames_on_success(tmp_path):

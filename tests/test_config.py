@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-from pipeline.config import CONF_DIR, PRECISIONS, PipelineConfig, register_configs
+from pipeline.core.config import CONF_DIR, PRECISIONS, PipelineConfig, register_configs
 
 REPO = Path(__file__).resolve().parent.parent
 register_configs()

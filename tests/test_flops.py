@@ -9,8 +9,8 @@ from onnx import TensorProto, helper
 
 from onnx_models import attention, conv, depthwise_separable, make_model, mlp, single_node, weights
 from pipeline.analyze.flops import Cost, graph_costs, layer_costs
-from pipeline.config import PrecisionConfig
-from pipeline.errors import PipelineError
+from pipeline.core.config import PrecisionConfig
+from pipeline.core.errors import PipelineError
 
 FP32 = PrecisionConfig("fp32", 4.0, 4.0, "fp32_cuda")
 FP16 = PrecisionConfig("fp16", 2.0, 2.0, "fp16_tensor")

@@ -9,7 +9,7 @@ from onnx import TensorProto, helper
 from onnx_models import make_model, weights
 from pipeline.analyze import analyze_onnx, load_hardware
 from pipeline.analyze.fusion import fusion_groups
-from pipeline.config import PrecisionConfig
+from pipeline.core.config import PrecisionConfig
 
 FP16 = PrecisionConfig("fp16", 2.0, 2.0, "fp16_tensor")
 A100_FP16 = 1410e6 * 108 * 4 * 256 * 2  # Tensor Core peak, FLOP/s
@@ -204,7 +204,7 @@ def test_compute_bound_group_adds_epilogue_arithmetic(a100):
 
 
 def test_mobilenet_v2_elementwise_share_drops_and_depthwise_stays_memory_bound(tmp_path):
-    from pipeline.config import ModelConfig
+    from pipeline.core.config import ModelConfig
     from pipeline.export import export_onnx
     from pipeline.models import build_model
 

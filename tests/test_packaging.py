@@ -73,7 +73,7 @@ def test_wheel_installed_non_editable_runs_from_any_directory(tmp_path):
     user_dir = tmp_path / "user"
     user_dir.mkdir()
 
-    where = subprocess.run([str(python), "-c", "import pipeline, pipeline.config as c; print(pipeline.__file__, c.CONF_DIR)"],
+    where = subprocess.run([str(python), "-c", "import pipeline, pipeline.core.config as c; print(pipeline.__file__, c.CONF_DIR)"],
                            cwd=user_dir, check=True, capture_output=True, text=True, env=ENV).stdout.split()
     site_dir = str((tmp_path / "venv").resolve())
     assert all(p.startswith(site_dir) for p in where), where  # the installed copy, not the checkout

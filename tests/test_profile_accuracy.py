@@ -15,7 +15,7 @@ from polygraphy.common import TensorMetadata
 
 from pipeline.core import accuracy
 from pipeline.core.accuracy import compare_runners, compare_with_onnxruntime
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 from pipeline.profile.stage import batches_of
 from pipeline.ort import onnxrt_runner
 from tests.onnx_models import mlp

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from pipeline.core import gpu
-from pipeline.environment import environment
+from pipeline.core.environment import environment
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def test_summary_min_median_max_per_quantity():
 
 
 def test_gpu_info_without_nvml_or_pycuda_explains(no_pynvml, monkeypatch):
-    from pipeline.errors import PipelineError
+    from pipeline.core.errors import PipelineError
     from pipeline.trt.features import gpu_info
 
     monkeypatch.setitem(sys.modules, "pycuda", None)

@@ -12,8 +12,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from pipeline.config import ProfileConfig
-from pipeline.errors import PipelineError
+from pipeline.core.config import ProfileConfig
+from pipeline.core.errors import PipelineError
 from pipeline.core.measurement import Measurement, achieved, latency_stats, percentile
 from pipeline.ort import measure_onnxruntime, ort_session, run_onnxruntime
 

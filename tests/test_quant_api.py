@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.artifacts import write_json
-from pipeline.config import QuantConfig
-from pipeline.errors import PipelineError
+from pipeline.core.artifacts import write_json
+from pipeline.core.config import QuantConfig
+from pipeline.core.errors import PipelineError
 from pipeline.quantize import compare_calibrations, quantize_onnx, save_comparison_figures
 from pipeline.quantize.trt_cache import read_calibration_cache
 

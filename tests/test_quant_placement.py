@@ -15,8 +15,8 @@ import onnx
 import pytest
 from onnx import helper
 
-from pipeline.config import QuantConfig
-from pipeline.errors import PipelineError
+from pipeline.core.config import QuantConfig
+from pipeline.core.errors import PipelineError
 from pipeline.quantize import quantize_onnx
 from pipeline.quantize.placement import RULES, keep_float_nodes
 from pipeline.quantize.qdq import plan_qdq
@@ -244,7 +244,7 @@ def test_max_pool_output_shares_its_input_scale(tmp_path):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from pipeline.config import QuantConfig
+    from pipeline.core.config import QuantConfig
     from pipeline.quantize import quantize_onnx
 
     rng = np.random.default_rng(0)

@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 from pipeline.quantize.stats import TensorStats, collect_stats, float_tensor_names
 
 

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 from pipeline.quantize.trt_cache import (
     calibration_cache_text,
     hex_to_scale,

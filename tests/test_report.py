@@ -10,7 +10,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 from pipeline.report import comparison_table, fmt_ops_per_s, write_comparison, write_reports
 from pipeline.report.compare import comparison_rows
 from pipeline.report.fmt import fmt_bytes, fmt_ms, fmt_time
@@ -420,7 +420,7 @@ def test_real_onnxruntime_measurement_renders(tmp_path: Path) -> None:
     import onnx
     from onnx import TensorProto, helper
 
-    from pipeline.config import ProfileConfig
+    from pipeline.core.config import ProfileConfig
     from pipeline.profile import achieved, measure_onnxruntime
 
     graph = helper.make_graph(

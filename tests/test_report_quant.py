@@ -13,7 +13,7 @@ import pytest
 from onnx_models import small_cnn
 from test_report import make_report
 
-from pipeline.config import QuantConfig
+from pipeline.core.config import QuantConfig
 from pipeline.quantize import compare_calibrations, quantize_onnx
 from pipeline.report import write_reports
 from pipeline.report.quant import MAX_ROWS

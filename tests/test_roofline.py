@@ -12,8 +12,8 @@ from pipeline.analyze import Analysis, analyze_onnx, load_hardware
 from pipeline.analyze.cpu import cpu_spec_from_cpuinfo
 from pipeline.analyze.flops import LayerCost
 from pipeline.analyze.roofline import bound_layer
-from pipeline.config import PrecisionConfig
-from pipeline.errors import PipelineError
+from pipeline.core.config import PrecisionConfig
+from pipeline.core.errors import PipelineError
 from test_hardware import HASWELL
 
 FP16 = PrecisionConfig("fp16", 2.0, 2.0, "fp16_tensor")

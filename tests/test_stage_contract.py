@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import DataConfig, InputsConfig, ModelConfig, PipelineConfig, ProfileConfig, precision_config
-from pipeline.errors import PipelineError
+from pipeline.core.config import DataConfig, InputsConfig, ModelConfig, PipelineConfig, ProfileConfig, precision_config
+from pipeline.core.errors import PipelineError
 
 REPO = Path(__file__).resolve().parent.parent
 FAST_PROFILE = ProfileConfig(warmup_s=0.02, duration_s=0.1, min_iterations=3)

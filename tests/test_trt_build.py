@@ -17,8 +17,8 @@ from onnx import TensorProto, helper, numpy_helper
 from pipeline.trt import GpuInfo, detect_features, engine_from_onnx, plan_build, profile_shapes
 from pipeline.trt.timing_cache import forget_process_timing_caches
 from pipeline.trt.features import decode_lib_version
-from pipeline.config import BuildConfig, PrecisionConfig
-from pipeline.errors import PipelineError
+from pipeline.core.config import BuildConfig, PrecisionConfig
+from pipeline.core.errors import PipelineError
 
 
 def _load_fake():

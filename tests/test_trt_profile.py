@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import ProfileConfig
-from pipeline.errors import PipelineError, StageSkipped
+from pipeline.core.config import ProfileConfig
+from pipeline.core.errors import PipelineError, StageSkipped
 from pipeline.trt import profile_engine
 
 _spec = importlib.util.spec_from_file_location("trt_fake_module", Path(__file__).parent / "test_trt_fake.py")

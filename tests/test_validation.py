@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import DataConfig, PipelineConfig, PrecisionConfig, QuantConfig
-from pipeline.errors import PipelineError
+from pipeline.core.config import DataConfig, PipelineConfig, PrecisionConfig, QuantConfig
+from pipeline.core.errors import PipelineError
 from pipeline.orchestrate import run_pipeline
 
 
@@ -50,7 +50,7 @@ def test_quant_op_types_must_be_ops_the_quantize_stage_handles(tmp_path):
 def test_calibration_data_that_does_not_fit_the_model_fails_the_run_naming_both_shapes(tmp_path):
     import numpy as np
 
-    from pipeline.config import BackendConfig, ModelConfig
+    from pipeline.core.config import BackendConfig, ModelConfig
 
     np.savez(tmp_path / "calib.npz", inputs=np.zeros((8, 1, 7, 7), np.float32))
     model = ModelConfig(name="custom", input_kind="image", input_shape=[3, 16, 16], num_classes=4,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.analyze import layer_costs
-from pipeline.config import ModelConfig
+from pipeline.core.config import ModelConfig
 from pipeline.export import export_onnx
 from pipeline.models import build_model
 

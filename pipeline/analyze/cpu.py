@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, FrozenSet, List, Optional
 
-from pipeline.config import HardwareConfig, UnitSpec
-from pipeline.errors import PipelineError
+from pipeline.core.config import HardwareConfig, UnitSpec
+from pipeline.core.errors import PipelineError
 
 #: JEDEC DDR4-3200: 3200 MT/s x 8 bytes per 64-bit channel = 25.6 GB/s per channel.
 DDR4_3200_GBS_PER_CHANNEL = 25.6

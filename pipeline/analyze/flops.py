@@ -37,8 +37,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from pipeline.config import PrecisionConfig
-from pipeline.errors import PipelineError
+from pipeline.core.config import PrecisionConfig
+from pipeline.core.errors import PipelineError
 from pipeline.graph.edges import NONDETERMINISTIC_OPS
 from pipeline.graph.shapes import TensorInfo
 from pipeline.graph.shapes import UnknownShape as _UnknownShape

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from pipeline.analyze.flops import ELEMENTWISE_FLOPS, GraphCosts, LayerCost, graph_costs
-from pipeline.config import PrecisionConfig
+from pipeline.core.config import PrecisionConfig
 from pipeline.graph.edges import edges_of
 
 #: Categories of layers that run on Tensor Cores and anchor a fused kernel.

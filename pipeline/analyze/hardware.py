@@ -22,8 +22,8 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
-from pipeline.config import CONF_DIR, HardwareConfig, PrecisionConfig, UnitSpec
-from pipeline.errors import PipelineError
+from pipeline.core.config import CONF_DIR, HardwareConfig, PrecisionConfig, UnitSpec
+from pipeline.core.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +315,7 @@ def load_hardware_config(name: str) -> HardwareConfig:
     except OmegaConfBaseException as err:
         raise PipelineError(
             f"{path} does not match the HardwareConfig schema: {err}",
-            hint="compare its keys with pipeline/config.py (HardwareConfig, UnitSpec)",
+            hint="compare its keys with pipeline/core/config.py (HardwareConfig, UnitSpec)",
         ) from err
     assert isinstance(cfg, HardwareConfig)
     return cfg

@@ -47,7 +47,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from pipeline.analyze.flops import Cost, GraphCosts, LayerCost, graph_costs
 from pipeline.analyze.hardware import HardwareSpec, Peak
-from pipeline.config import PrecisionConfig
+from pipeline.core.config import PrecisionConfig
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Optional
 
-from pipeline.artifacts import write_json
-from pipeline.errors import PipelineError, StageSkipped
+from pipeline.core.artifacts import write_json
+from pipeline.core.errors import PipelineError, StageSkipped
 
 if TYPE_CHECKING:
     from pipeline.analyze.hardware import HardwareSpec
-    from pipeline.config import HardwareConfig, PrecisionConfig
+    from pipeline.core.config import HardwareConfig, PrecisionConfig
 
 #: Results file of this stage, in the run folder.
 RESULTS_NAME = "analysis.json"

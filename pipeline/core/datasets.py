@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Dict, List
 
 import numpy as np
 
-from pipeline.artifacts import atomic_path
-from pipeline.errors import PipelineError
+from pipeline.core.artifacts import atomic_path
+from pipeline.core.errors import PipelineError
 
 if TYPE_CHECKING:
     from pipeline.data import Dataset

@@ -137,6 +137,6 @@ def achieved(ops: float, latency_s: float, peak_ops_per_s: float) -> Dict[str, f
 
 def cpu_name() -> str:
     """Human-readable CPU model name (``/proc/cpuinfo`` on Linux, else ``platform``)."""
-    from pipeline.environment import cpu_model
+    from pipeline.core.environment import cpu_model
 
     return cpu_model() or "unknown CPU"

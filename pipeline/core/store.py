@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Optional
 
-from pipeline.artifacts import apply_umask, file_sha256, short_hash, write_json
+from pipeline.core.artifacts import apply_umask, file_sha256, short_hash, write_json
 
 #: Name of the file that marks a store entry complete (written last, inside the temporary directory).
 ENTRY_MANIFEST = "entry.json"

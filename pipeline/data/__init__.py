@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 if TYPE_CHECKING:
-    from pipeline.config import DataConfig
+    from pipeline.core.config import DataConfig
     from pipeline.models import InputSpec
 
 #: The two uses of data; they never overlap.

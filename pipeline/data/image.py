@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 #: ImageNet per-channel mean and standard deviation (RGB, for images scaled to [0, 1]).
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)

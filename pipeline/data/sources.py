@@ -18,10 +18,10 @@ import numpy as np
 
 from pipeline.data import Dataset
 from pipeline.data.image import IMAGENET_MEAN, IMAGENET_STD, adapt_images
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 if TYPE_CHECKING:
-    from pipeline.config import DataConfig
+    from pipeline.core.config import DataConfig
     from pipeline.models import InputSpec
 
 #: Stream ids that keep the random calib and eval samples independent.

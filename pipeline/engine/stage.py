@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from pipeline.artifacts import write_json
+from pipeline.core.artifacts import write_json
 
 if TYPE_CHECKING:
-    from pipeline.config import BuildConfig, PrecisionConfig
+    from pipeline.core.config import BuildConfig, PrecisionConfig
 
 #: Results file of this stage, in the run folder.
 RESULTS_NAME = "engine.json"

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.artifacts import atomic_path
-from pipeline.errors import PipelineError
+from pipeline.core.artifacts import atomic_path
+from pipeline.core.errors import PipelineError
 from pipeline.core.accuracy import allclose_outputs  # the one accuracy module
 from pipeline.ort import run_onnxruntime  # one ORT runner for every stage
 

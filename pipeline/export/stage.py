@@ -2,7 +2,7 @@
 
 Usable without Hydra::
 
-    from pipeline.config import ModelConfig
+    from pipeline.core.config import ModelConfig
     from pipeline.export.stage import ExportInputs, ExportSettings, run
     out = run(ExportInputs(ModelConfig(name="resnet18")), ExportSettings(opset=17), Path("out"))
     out.onnx, out.summary   # out/resnet18.onnx, out/export.json
@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List
 
-from pipeline.artifacts import write_json
+from pipeline.core.artifacts import write_json
 from pipeline.core.store import write_sidecar
 
 if TYPE_CHECKING:
-    from pipeline.config import ModelConfig
+    from pipeline.core.config import ModelConfig
     from pipeline.models import InputSpec
 
 #: Results file of this stage, in the run folder.
@@ -55,7 +55,7 @@ class ExportOutputs:
 
 def model_name(model: "ModelConfig") -> str:
     """File-name stem of a model: the zoo name, or an ONNX file's stem for ``model=onnx``."""
-    from pipeline.errors import PipelineError
+    from pipeline.core.errors import PipelineError
 
     if model.name == "onnx":
         if not model.onnx_path:

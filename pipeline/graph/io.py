@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -69,7 +69,7 @@ def save_model(model: "onnx.ModelProto", path: PathLike, external_data: Optional
     """
     import onnx
 
-    from pipeline.artifacts import atomic_path
+    from pipeline.core.artifacts import atomic_path
 
     path = Path(path)
     if external_data is None:

@@ -21,14 +21,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 if TYPE_CHECKING:  # only for type checkers: never import torch at module import time
     from pathlib import Path
 
     import torch
 
-    from pipeline.config import ModelConfig
+    from pipeline.core.config import ModelConfig
 
 #: Inputs that carry token ids (int64) in token models, and the attention mask that goes with them.
 TOKEN_IDS = "input_ids"

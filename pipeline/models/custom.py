@@ -24,11 +24,11 @@ import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 from pipeline.models import IMAGE_INPUT, InputSpec, ModelBundle
 
 if TYPE_CHECKING:
-    from pipeline.config import ModelConfig
+    from pipeline.core.config import ModelConfig
 
 USAGE = (
     "model=custom model.path=/path/to/my_model.py model.class_name=MyNet ['+model.kwargs={width:64}'] "
@@ -235,7 +235,7 @@ def defined_classes(module: types.ModuleType) -> list[str]:
 
 # ------------------------------------------------------------------------------------- source files
 def model_source_files(model_cfg: "ModelConfig") -> list[Path]:
-    """Files whose content defines the model, for cache keys (hash them with ``pipeline.artifacts.file_sha256``).
+    """Files whose content defines the model, for cache keys (hash them with ``pipeline.core.artifacts.file_sha256``).
 
     * ``model=custom`` with ``model.path``: the file and the modules next to it that it imports, directly
       or through each other (found by parsing the import statements, without running anything).

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.artifacts import atomic_path, short_hash
+from pipeline.core.artifacts import atomic_path, short_hash
 from pipeline.data.digits import DIGITS_SPLIT_SEED, DIGITS_TRAIN, digits_split
 
 #: Everything that determines the trained weights. Bump ``version`` when the architecture changes.

@@ -10,11 +10,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 from pipeline.models import ATTENTION_MASK, IMAGE_INPUT, TOKEN_IDS, InputSpec, ModelBundle
 
 if TYPE_CHECKING:
-    from pipeline.config import ModelConfig
+    from pipeline.core.config import ModelConfig
 
 #: Sequence length of all-MiniLM-L6-v2's training; longer inputs are truncated by sentence-transformers.
 MINILM_MAX_SEQ = 256

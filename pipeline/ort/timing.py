@@ -10,9 +10,9 @@ import os
 import time
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence
 
-from pipeline.config import ProfileConfig
+from pipeline.core.config import ProfileConfig
 from pipeline.core.measurement import Measurement, cpu_name, latency_stats
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 from pipeline.ort.session import ort_session, validate_inputs
 
 if TYPE_CHECKING:  # pragma: no cover - typing only

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
 
-from pipeline.artifacts import write_json
-from pipeline.errors import PipelineError
+from pipeline.core.artifacts import write_json
+from pipeline.core.errors import PipelineError
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from pipeline.config import HardwareConfig, PrecisionConfig, ProfileConfig
+    from pipeline.core.config import HardwareConfig, PrecisionConfig, ProfileConfig
 
 #: Results file of this stage, in the run folder.
 RESULTS_NAME = "measurement.json"
@@ -174,7 +174,7 @@ def achieved_vs_peak(measured: Dict[str, Any], analysis: Optional[Dict[str, Any]
     if analysis is None:
         return
     from pipeline.analyze import resolve_hardware
-    from pipeline.config import HardwareConfig, PrecisionConfig, precision_config
+    from pipeline.core.config import HardwareConfig, PrecisionConfig, precision_config
     from pipeline.profile import achieved
 
     executed = measured.get("precision_executed") or settings.precision.name

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from pipeline.artifacts import atomic_path
-from pipeline.errors import PipelineError
+from pipeline.core.artifacts import atomic_path
+from pipeline.core.errors import PipelineError
 from pipeline.quantize.calibrate import METHODS, amax_from_stats
 from pipeline.quantize.qdq import QdqPlan, plan_qdq, qdq_onnx_from_onnx
 from pipeline.quantize.scales import QParams, activation_qparams
@@ -25,7 +25,7 @@ from pipeline.quantize.trt_cache import write_calibration_cache
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
-    from pipeline.config import QuantConfig
+    from pipeline.core.config import QuantConfig
 
 Feed = Dict[str, np.ndarray]
 

@@ -13,8 +13,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pipeline.artifacts import atomic_path
-from pipeline.errors import PipelineError
+from pipeline.core.artifacts import atomic_path
+from pipeline.core.errors import PipelineError
 from pipeline.quantize.calibrate import METHODS, amax_from_stats
 from pipeline.quantize.scales import quant_error_of_hist, quant_error_of_values, weight_qparams
 
@@ -63,7 +63,7 @@ def compare_calibrations(
         eval_labels: labels for ``eval_batches`` (accuracy + 95 % CI), optional.
         methods: calibration variants (``max``, ``entropy``, ``mse``, ``percentile@99.99``...).
         granularities: weight granularities, ``per_channel`` and/or ``per_tensor``.
-        cfg: :class:`~pipeline.config.QuantConfig` for placement options (default settings if None).
+        cfg: :class:`~pipeline.core.config.QuantConfig` for placement options (default settings if None).
         task: ``auto``/``classification``/``embedding`` (the primary metric).
         asymmetric: add one uint8-activation variant (entropy unless absent, per channel).
         execution: ``simulated`` (Q/DQ as float math, ORT optimisations off: what TensorRT computes up
@@ -81,7 +81,7 @@ def compare_calibrations(
     """
     from tqdm import tqdm
 
-    from pipeline.config import QuantConfig
+    from pipeline.core.config import QuantConfig
     from pipeline.quantize.api import _load, act_qparams_from, plan_for_config
     from pipeline.quantize.metrics import compare_outputs, ort_session, run_first_output
     from pipeline.quantize.qdq import qdq_onnx_from_onnx

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
 
-from pipeline.artifacts import write_json
+from pipeline.core.artifacts import write_json
 from pipeline.core.store import input_record, write_sidecar
-from pipeline.errors import PipelineError, StageSkipped
+from pipeline.core.errors import PipelineError, StageSkipped
 
 if TYPE_CHECKING:
-    from pipeline.config import QuantConfig
+    from pipeline.core.config import QuantConfig
 
 #: Results file of this stage, in the run folder.
 RESULTS_NAME = "quantization.json"

@@ -33,8 +33,8 @@ import struct
 from pathlib import Path
 from typing import Dict, Tuple
 
-from pipeline.artifacts import write_text
-from pipeline.errors import PipelineError
+from pipeline.core.artifacts import write_text
+from pipeline.core.errors import PipelineError
 
 #: Calibrator names TensorRT writes in the header.
 ALGORITHMS = ("EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration")

@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence
 
-from pipeline.artifacts import write_json, write_text
-from pipeline.config import KNOWN_STAGES
-from pipeline.errors import PipelineError
+from pipeline.core.artifacts import write_json, write_text
+from pipeline.core.config import KNOWN_STAGES
+from pipeline.core.errors import PipelineError
 from pipeline.report import data
 from pipeline.report.document import Table
 from pipeline.report.fmt import MISSING, _num, fmt_ms, fmt_pct, fmt_time

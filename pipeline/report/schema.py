@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 SCHEMA_VERSION = 1
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 #: Version of report.json's layout (docs/ARCHITECTURE.md).
 SCHEMA_VERSION = 1

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Mapping
 
-from pipeline.artifacts import write_json, write_text
-from pipeline.errors import PipelineError
+from pipeline.core.artifacts import write_json, write_text
+from pipeline.core.errors import PipelineError
 from pipeline.report.document import build_document
 from pipeline.report.html import render_html
 from pipeline.report.markdown import render_markdown
@@ -21,7 +21,7 @@ def check_json_serializable(report: Mapping[str, Any]) -> None:
     Raises:
         PipelineError: naming the JSON problem.
     """
-    from pipeline.artifacts import _json_default
+    from pipeline.core.artifacts import _json_default
 
     try:
         json.dumps(report, default=_json_default, allow_nan=False)

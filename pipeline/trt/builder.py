@@ -17,9 +17,9 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 import numpy as np
 
-from pipeline.artifacts import file_sha256, short_hash, write_bytes, write_json
-from pipeline.config import BuildConfig, PrecisionConfig
-from pipeline.errors import PipelineError
+from pipeline.core.artifacts import file_sha256, short_hash, write_bytes, write_json
+from pipeline.core.config import BuildConfig, PrecisionConfig
+from pipeline.core.errors import PipelineError
 from pipeline.trt.builder_config import add_optimization_profile, attach_calibrator, builder_config
 from pipeline.trt.engine_cache import (SIDECAR_VERSION, EngineArtifact, cached_engine_problem, engine_key,
                                        read_sidecar)

@@ -10,8 +10,8 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 import numpy as np
 
-from pipeline.config import BuildConfig
-from pipeline.errors import PipelineError
+from pipeline.core.config import BuildConfig
+from pipeline.core.errors import PipelineError
 from pipeline.trt.features import TrtFeatures
 from pipeline.trt.network import network_inputs
 from pipeline.trt.plan import BuildPlan

@@ -19,8 +19,8 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 
 import numpy as np
 
-from pipeline.artifacts import write_bytes, write_json
-from pipeline.errors import PipelineError
+from pipeline.core.artifacts import write_bytes, write_json
+from pipeline.core.errors import PipelineError
 from pipeline.trt.dtypes import engine_input_array
 
 #: BuildConfig.calibrator -> TensorRT base class name.

@@ -15,7 +15,7 @@ from typing import Mapping
 
 import numpy as np
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 
 def _range_error(name: str, arr: np.ndarray, want: np.dtype, lo: float, hi: float) -> PipelineError:

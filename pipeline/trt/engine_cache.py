@@ -16,7 +16,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
-from pipeline.config import BuildConfig, PrecisionConfig
+from pipeline.core.config import BuildConfig, PrecisionConfig
 from pipeline.trt.features import GpuInfo, TrtFeatures
 from pipeline.trt.plan import BuildPlan
 

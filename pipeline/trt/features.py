@@ -23,7 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Dict, FrozenSet, Optional, Tuple
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 #: BuilderFlag members that mean "allow this reduced precision" (weakly typed networks).
 PRECISION_FLAG_NAMES = ("TF32", "FP16", "BF16", "INT8", "FP8")

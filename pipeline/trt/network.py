@@ -10,8 +10,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
-from pipeline.config import BuildConfig
-from pipeline.errors import PipelineError
+from pipeline.core.config import BuildConfig
+from pipeline.core.errors import PipelineError
 from pipeline.trt.features import TrtFeatures
 from pipeline.trt.plan import BuildPlan
 

@@ -15,8 +15,8 @@ from typing import Dict, FrozenSet, Iterable, List, Optional, Set
 
 import numpy as np
 
-from pipeline.artifacts import atomic_path
-from pipeline.errors import PipelineError
+from pipeline.core.artifacts import atomic_path
+from pipeline.core.errors import PipelineError
 
 #: Ops kept in FP32: large dynamic range (Exp/Pow), accumulations (reductions, CumSum), and
 #: normalizations whose variance sums overflow or lose precision in FP16.

@@ -22,8 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
-from pipeline.config import BuildConfig
-from pipeline.errors import PipelineError
+from pipeline.core.config import BuildConfig
+from pipeline.core.errors import PipelineError
 from pipeline.trt.features import GpuInfo, TrtFeatures
 
 #: FP8 tensor cores exist from compute capability 8.9 (Ada) and 9.0 (Hopper).

@@ -29,9 +29,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from pipeline.config import PrecisionConfig, ProfileConfig
+from pipeline.core.config import PrecisionConfig, ProfileConfig
 from pipeline.core.measurement import Measurement, latency_stats
-from pipeline.errors import PipelineError, StageSkipped
+from pipeline.core.errors import PipelineError, StageSkipped
 
 
 @dataclass

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from pipeline.artifacts import write_bytes
+from pipeline.core.artifacts import write_bytes
 from pipeline.trt.features import GpuInfo, TrtFeatures
 
 

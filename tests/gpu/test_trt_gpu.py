@@ -16,7 +16,7 @@ import pytest
 trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (GPU tests need it)")
 
 from pipeline.trt import detect_features, engine_from_onnx, tensorrt_status  # noqa: E402
-from pipeline.config import BuildConfig, PrecisionConfig, ProfileConfig  # noqa: E402
+from pipeline.core.config import BuildConfig, PrecisionConfig, ProfileConfig  # noqa: E402
 from pipeline.trt import profile_engine  # noqa: E402
 
 pytestmark = pytest.mark.gpu

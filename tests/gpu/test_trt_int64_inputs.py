@@ -14,8 +14,8 @@ import pytest
 
 trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (GPU tests need it)")
 
-from pipeline.config import BuildConfig, PrecisionConfig, ProfileConfig  # noqa: E402
-from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.core.config import BuildConfig, PrecisionConfig, ProfileConfig  # noqa: E402
+from pipeline.core.errors import PipelineError  # noqa: E402
 from pipeline.trt import engine_from_onnx, profile_engine, tensorrt_status  # noqa: E402
 
 pytestmark = pytest.mark.gpu

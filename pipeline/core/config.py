@@ -20,7 +20,7 @@ PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8", "fp8", "best")
 
 #: The folder above the ``pipeline`` package: the repository root in a source checkout (where ``.git``
 #: may be found), ``site-packages`` in an installed wheel. Never used to find configuration files.
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _package_conf_dir() -> Path:
@@ -350,7 +350,7 @@ def precision_config(name: str) -> PrecisionConfig:
 
     from omegaconf import OmegaConf  # noqa: PLC0415
 
-    from pipeline.errors import PipelineError  # noqa: PLC0415
+    from pipeline.core.errors import PipelineError  # noqa: PLC0415
 
     resource = files("pipeline.conf").joinpath("precision", f"{name}.yaml")
     if not resource.is_file():

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from importlib import metadata
 
-from pipeline.config import REPO_ROOT
+from pipeline.core.config import REPO_ROOT
 
 #: Distributions whose versions every report records (absent ones are recorded as null).
 PACKAGES = (
