@@ -10,7 +10,7 @@ from pipeline.core.artifacts import write_json, write_text
 from pipeline.core.config import KNOWN_STAGES
 from pipeline.core.errors import PipelineError
 from pipeline.report import data
-from pipeline.report.document import Table
+from pipeline.report.blocks import Table
 from pipeline.report.fmt import MISSING, _num, fmt_ms, fmt_pct, fmt_time
 from pipeline.report.markdown import md_table
 from pipeline.report.schema import report_problems

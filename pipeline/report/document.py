@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from dataclasses import dataclass, field
-from typing import Any, List, Mapping, Optional, Union
+from typing import Any, List, Mapping, Optional
 
 from pipeline.report import data
+from pipeline.report.blocks import Block, Document, Figure, Para, Section, Table, generic_blocks
 from pipeline.report.fmt import (
     MISSING,
     _num,
@@ -43,59 +43,6 @@ _FUSED_BOUND_SENTENCE = (
 )
 
 
-@dataclass
-class Para:
-    """A paragraph. ``kind``: ``text``, ``warning`` (shown prominently), ``code`` (preformatted) or
-    ``heading`` (a sub-heading within a section)."""
-
-    text: str
-    kind: str = "text"
-
-
-@dataclass
-class Table:
-    """A table of already-formatted cells; ``flagged`` rows are highlighted (skipped/failed stages)."""
-
-    headers: List[str]
-    rows: List[List[str]]
-    caption: str = ""
-    flagged: List[int] = field(default_factory=list)
-
-
-@dataclass
-class Figure:
-    """A plot slot; ``key`` names a plot in :func:`pipeline.report.plots.all_plots`.
-
-    ``html_only``: Markdown omits it (its numbers are in the tables next to it).
-    """
-
-    key: str
-    caption: str
-    missing_reason: str = ""
-    html_only: bool = False
-
-
-Block = Union[Para, Table, Figure]
-
-
-@dataclass
-class Section:
-    """A titled section; ``anchor`` is its HTML id."""
-
-    title: str
-    anchor: str
-    blocks: List[Block] = field(default_factory=list)
-
-
-@dataclass
-class Document:
-    """The whole report: a title, alerts shown first (what did not run), then sections."""
-
-    title: str
-    alerts: List[Para]
-    sections: List[Section]
-
-
 # ---------------------------------------------------------------- helpers
 
 
@@ -104,46 +51,6 @@ def _ops_unit(report: Mapping[str, Any]) -> bool:
     return is_integer_precision(data.peak_key(report)) or is_integer_precision(
         data.section(report, "precision").get("name")
     )
-
-
-def generic_blocks(obj: Any, caption: str = "") -> List[Block]:
-    """Render any JSON-like value as tables: scalars (dotted keys for nested dicts) as key/value rows,
-    each list of dicts as its own table with the union of keys as columns."""
-    scalars: List[List[str]] = []
-    tables: List[Block] = []
-
-    def walk(value: Any, prefix: str) -> None:
-        if isinstance(value, Mapping):
-            if not value and prefix:
-                scalars.append([prefix, MISSING])
-            for k, v in value.items():
-                walk(v, f"{prefix}.{k}" if prefix else str(k))
-        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
-            cols: List[str] = []
-            for row in value:
-                cols += [str(k) for k in row if str(k) not in cols]
-            rows = [[_cell(row.get(c)) for c in cols] for row in value]
-            tables.append(Table(cols, rows, caption=prefix or caption))
-        else:
-            scalars.append([prefix or caption or "value", _cell(value)])
-
-    walk(obj, "")
-    return ([Table(["key", "value"], scalars, caption=caption)] if scalars else []) + tables
-
-
-def _cell(value: Any) -> str:
-    """One table cell: flat dicts as ``k=v`` pairs, nested containers as (truncated) JSON."""
-    if isinstance(value, (Mapping, list)):
-        inner = value.values() if isinstance(value, Mapping) else value
-        if any(isinstance(v, (Mapping, list)) for v in inner):
-            text = json.dumps(value, default=str)
-        elif isinstance(value, Mapping):
-            text = ", ".join(f"{k}={fmt_value(v)}" for k, v in value.items()) or MISSING
-        else:
-            text = fmt_value(value)
-    else:
-        text = fmt_value(value)
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 # ---------------------------------------------------------------- sections
@@ -604,7 +511,7 @@ def _quantization(report: Mapping[str, Any]) -> Section:
     q = report.get("quantization")
     if not isinstance(q, Mapping):
         return _generic(report, "quantization", "Quantization", ("quantize",))
-    from pipeline.report.quant import quantization_section  # imports this module
+    from pipeline.report.quant import quantization_section
 
     return quantization_section(q)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from html import escape
 from typing import Dict, List, Optional
 
-from pipeline.report.document import Document, Figure, Para, Table
+from pipeline.report.blocks import Document, Figure, Para, Table
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import List
 
-from pipeline.report.document import Document, Figure, Para, Table
+from pipeline.report.blocks import Document, Figure, Para, Table
 
 
 def _cell(text: str) -> str:

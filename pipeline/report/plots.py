@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from pipeline.report import data
 from pipeline.report.fmt import _num, fmt_ops_per_s
+from pipeline.report.quant import _METRIC_NAMES, MAX_HISTOGRAMS, PLOT_BINS, _variant_name, is_best
 
 #: How many layers the "top layers" bar chart shows.
 TOP_N = 15
@@ -235,7 +236,6 @@ def all_plots(report: Mapping[str, Any]) -> Dict[str, Optional[str] | Exception]
     A plot that fails to render becomes its exception, so the HTML still gets written with the
     error in place of that one plot.
     """
-    from pipeline.report.quant import histograms_svg, metric_svg
 
     out: Dict[str, Optional[str] | Exception] = {}
     fns = (("roofline", roofline_svg), ("top_layers", top_layers_svg), ("category_share", category_share_svg),
@@ -246,3 +246,111 @@ def all_plots(report: Mapping[str, Any]) -> Dict[str, Optional[str] | Exception]
         except Exception as err:  # noqa: BLE001 - one bad plot must not lose the whole report
             out[key] = err
     return out
+
+
+# ---------------------------------------------------------------- quantization plots
+
+
+def _gid(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text)
+
+
+def _fold(counts: List[float], edges: List[float], bins: int):
+    """Sum adjacent bins down to at most ``bins`` (keeps the SVG small); edges follow."""
+    f = max(1, -(-len(counts) // bins))
+    out = [sum(counts[i : i + f]) for i in range(0, len(counts), f)]
+    return out, [edges[min(i, len(edges) - 1)] for i in range(0, len(counts) + 1, f)][: len(out)] + [
+        edges[min(len(counts), len(edges) - 1)]]
+
+
+def histograms_svg(report: Mapping[str, Any]) -> Optional[str]:
+    """Small multiples of |x| histograms with one vertical line per method threshold.
+
+    Each threshold line is an SVG group with id ``quant-thr-<i>-<method>``.
+    """
+    c = (report.get("quantization") or {}).get("comparison") or {}
+    hists = [h for h in (c.get("histograms") or []) if isinstance(h, Mapping) and h.get("counts")]
+    hists = hists[:MAX_HISTOGRAMS]
+    if not hists:
+        return None
+    methods: List[str] = []
+    for h in hists:
+        methods += [k for k in (h.get("thresholds") or {}) if k not in methods]
+    color = {k: _COLORS[(i + 1) % len(_COLORS)] for i, k in enumerate(methods)}
+    styles = ("-", "--", "-.", ":")
+    cols = min(3, len(hists))
+    nrows = (len(hists) + cols - 1) // cols
+    fig = _figure(4.0 * cols, 2.9 * nrows + 0.5)
+    axes = fig.subplots(nrows, cols, squeeze=False)
+    for i, (ax, h) in enumerate(zip(axes.ravel(), hists)):
+        counts, edges = _fold([float(v) for v in h["counts"]], [float(e) for e in h["edges"]], PLOT_BINS)
+        ax.stairs([max(v, 0.5) for v in counts], edges, fill=True, color="0.7", label="|x| histogram")
+        for j, (k, a) in enumerate((h.get("thresholds") or {}).items()):
+            if _num(a) is None:
+                continue
+            ax.axvline(float(a), color=color[k], lw=1.3, ls=styles[j % len(styles)], label=k,
+                       gid=f"quant-thr-{i}-{_gid(k)}")
+        last = max((i for i, v in enumerate(counts) if v > 0), default=len(counts) - 1)
+        thr = [float(a) for a in (h.get("thresholds") or {}).values() if _num(a) is not None]
+        ax.set_xlim(edges[0], max([edges[last + 1]] + thr) * 1.05)
+        ax.set_yscale("log")
+        ax.minorticks_off()  # log-scale minor ticks would be most of the SVG
+        ax.set_title(_label(h.get("name", "?"), 40), fontsize=8)
+        ax.set_xlabel("|x|" if h.get("abs", True) else "x", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes.ravel()[len(hists):]:
+        ax.axis("off")
+    handles, labels = axes.ravel()[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 7), fontsize=7)
+    fig.suptitle("Activation histograms and calibration thresholds", fontsize=10)
+    return _to_svg(fig, "quant_histograms")
+
+
+def metric_svg(report: Mapping[str, Any]) -> Optional[str]:
+    """Bars of the primary metric (and output cosine) per method x granularity; best bar outlined."""
+    c = (report.get("quantization") or {}).get("comparison") or {}
+    rows = [r for r in (c.get("results") or []) if isinstance(r, Mapping) and isinstance(r.get("metrics"), Mapping)]
+    if not rows:
+        return None
+    primary = str(c.get("primary") or "output_cosine")
+    best = c.get("best") if isinstance(c.get("best"), Mapping) else None
+    gran_color = {"per_channel": "#1f77b4", "per_tensor": "#ff7f0e"}
+    labels = [_label(_variant_name(r), 40) for r in rows]
+    colors = [gran_color.get(str(r.get("granularity")), "#2ca02c") if str(r.get("scheme", "")).startswith("sym")
+              else "#2ca02c" for r in rows]
+    panels = [(primary, _METRIC_NAMES.get(primary, primary))]
+    if primary != "output_cosine":
+        panels.append(("output_cosine", "output cosine"))
+    fig = _figure(max(7.0, 0.75 * len(rows) + 2.0), 3.2 * len(panels) + 0.6)
+    axes = fig.subplots(len(panels), 1, squeeze=False).ravel()
+    ref_acc = _num((c.get("reference") or {}).get("accuracy"))
+    for ax, (key, name) in zip(axes, panels):
+        vals = [_num(r["metrics"].get(key)) or 0.0 for r in rows]
+        xs = list(range(len(rows)))
+        bars = ax.bar(xs, vals, color=colors, gid=f"quant-metric-{_gid(key)}")
+        for x, r, bar in zip(xs, rows, bars):
+            if is_best(r, best):
+                bar.set_edgecolor("black")
+                bar.set_linewidth(2)
+                ax.annotate("★ best", (x, bar.get_height()), xytext=(0, 2), textcoords="offset points",
+                            ha="center", fontsize=7, fontweight="bold")
+        if key == "accuracy":
+            lo = [v - (_num((r["metrics"].get("accuracy_ci95") or [v, v])[0]) or v) for v, r in zip(vals, rows)]
+            hi = [(_num((r["metrics"].get("accuracy_ci95") or [v, v])[1]) or v) - v for v, r in zip(vals, rows)]
+            ax.errorbar(xs, vals, yerr=[lo, hi], fmt="none", ecolor="0.2", lw=0.8, capsize=2)
+            if ref_acc is not None:
+                ax.axhline(ref_acc, color="black", ls="--", lw=1, label=f"FP32 {100 * ref_acc:.2f}%")
+                ax.legend(fontsize=7, loc="lower right")
+            low, top = min(v - d for v, d in zip(vals, lo)), max(v + d for v, d in zip(vals, hi))
+        else:
+            low, top = min(vals), max(vals)
+        top = max([top] + ([ref_acc] if key == "accuracy" and ref_acc else []))
+        pad = max((top - low) * 0.3, 1e-4 if "cosine" in key else 5e-3)
+        ax.set_ylim(max(0.0, low - pad), min(1.0, top) + pad * 0.5)
+        ax.ticklabel_format(axis="y", useOffset=False)
+        ax.set_ylabel(f"{name} vs FP32", fontsize=8)
+        ax.set_xticks(xs, labels, fontsize=7, rotation=35, ha="right")
+        ax.grid(True, axis="y", alpha=0.25)
+    axes[0].set_title("INT8 variants (blue: per-channel weights, orange: per-tensor, green: asymmetric uint8)",
+                      fontsize=9)
+    return _to_svg(fig, "quant_metric")
