@@ -47,7 +47,7 @@ sys.path.insert(0, str(HERE))
 from quant_anchors import MODELS, REPO, _batches, evaluate, prepare  # noqa: E402
 
 from pipeline.core.artifacts import write_json  # noqa: E402
-from pipeline.quantize.metrics import ort_session, run_first_output  # noqa: E402
+from pipeline.ort import ort_session, run_first_output  # noqa: E402
 
 
 def int8_nodes(qpath: Path) -> Counter:

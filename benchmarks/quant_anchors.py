@@ -30,10 +30,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from pipeline.core.accuracy import task_metrics  # noqa: E402
 from pipeline.core.artifacts import write_json  # noqa: E402
 from pipeline.core.config import DataConfig, ModelConfig, QuantConfig  # noqa: E402
+from pipeline.ort import ort_session, run_first_output  # noqa: E402
 from pipeline.quantize import quantize_onnx  # noqa: E402
-from pipeline.quantize.metrics import compare_outputs, ort_session, run_first_output  # noqa: E402
 
 #: Per-model setup: zoo config, data source, sample counts, ops to quantize, task.
 MODELS = {
@@ -99,8 +100,8 @@ def ort_anchor(onnx_path: Path, cal_batches, method: str, ops: List[str], out: P
 
 def evaluate(fp32: Path, qpath: Path, ev_batches, labels, task: str, ref) -> Dict[str, object]:
     """Metrics vs FP32 in both execution modes."""
-    sim = compare_outputs(ref, run_first_output(ort_session(qpath, optimize=False), ev_batches), labels, task)
-    kern = compare_outputs(ref, run_first_output(ort_session(qpath), ev_batches), labels, task)
+    sim = task_metrics(ref, run_first_output(ort_session(qpath, optimize=False), ev_batches), labels, task)
+    kern = task_metrics(ref, run_first_output(ort_session(qpath), ev_batches), labels, task)
     return {"simulated": sim, "ort_kernels": kern}
 
 

@@ -186,6 +186,15 @@ def task_metrics(reference: np.ndarray, test: np.ndarray, labels: Optional[np.nd
                  task: str = "auto") -> Dict[str, object]:
     """Metrics of ``test`` against the FP32 ``reference`` outputs (same samples, same order).
 
+    The quantize stage passes the *first* output of both models over the same evaluation batches:
+
+    - ``top1_agreement``: share of samples whose argmax matches FP32 (classifiers).
+    - ``output_cosine``: mean over samples of the cosine between the flattened outputs
+      (``embedding_cosine``: the same, for embedding models).
+    - ``nn_agreement``: share of samples whose nearest neighbour (cosine, itself excluded) in the
+      evaluation set is the same as in FP32: does retrieval still return the same item?
+    - ``accuracy`` with a 95 % Wilson interval when labels exist.
+
     Args:
         reference: FP32 outputs, shape (N, ...).
         test: quantized-model outputs, same shape.
