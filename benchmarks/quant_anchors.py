@@ -30,7 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.core.accuracy import task_metrics  # noqa: E402
+from pipeline.core.accuracy import label_accuracy, task_metrics  # noqa: E402
 from pipeline.core.artifacts import write_json  # noqa: E402
 from pipeline.core.config import DataConfig, ModelConfig, QuantConfig  # noqa: E402
 from pipeline.ort import ort_session, run_first_output  # noqa: E402
@@ -158,7 +158,7 @@ def main() -> None:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": args.model, "task": spec["task"], "calib_samples": len(cal_b) and sum(len(next(iter(b.values()))) for b in cal_b),
         "eval_samples": int(len(ref)), "batch": bs, "data": [cal.description, ev.description],
-        "reference": {"fp32_accuracy": float((ref.argmax(1) == labels).mean()) if labels is not None else None},
+        "reference": {"fp32_accuracy": label_accuracy(ref, labels) if labels is not None else None},
         "environment": {"python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
                         "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
         "rows": rows,

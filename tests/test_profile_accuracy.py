@@ -122,3 +122,14 @@ def test_task_metrics_numbers():
     assert m["output_cosine"] == pytest.approx(0.75) and m["primary"] == "accuracy"
     lo, hi = m["accuracy_ci95"]
     assert (lo, hi) == pytest.approx(accuracy.wilson_interval(3, 4)) and lo < 0.75 < hi
+
+
+def test_label_accuracy_and_one_cosine():
+    # (N, 1, 3) outputs are flattened per sample before the argmax
+    out = np.array([[[0.1, 0.7, 0.2]], [[0.9, 0.0, 0.1]], [[0.2, 0.3, 0.5]]])
+    assert accuracy.label_hits(out, np.array([[1], [2], [2]])).tolist() == [True, False, True]
+    assert accuracy.label_accuracy(out, np.array([1, 2, 2])) == pytest.approx(2 / 3)
+    # the precision check's cosine is cosine_per_sample's: two all-zero rows agree (cosine 1)
+    ref = np.array([[0.0, 0.0], [1.0, 0.0]], np.float32)
+    test = np.array([[0.0, 0.0], [1.0, 1.0]], np.float32)
+    assert accuracy.precision_check(ref, test, "int8")["cosine"] == pytest.approx((1.0 + 0.5 ** 0.5) / 2)

@@ -81,7 +81,7 @@ def compare_calibrations(
     """
     from tqdm import tqdm
 
-    from pipeline.core.accuracy import task_metrics
+    from pipeline.core.accuracy import label_accuracy, task_metrics
     from pipeline.core.config import QuantConfig
     from pipeline.ort import ort_session, run_first_output
     from pipeline.quantize.api import _load, act_qparams_from, plan_for_config
@@ -165,7 +165,7 @@ def compare_calibrations(
         "task": task,
         "execution": execution,
         "reference": {"backend": "onnxruntime-cpu", "precision": "fp32", "samples": int(len(ref)),
-                      **({"accuracy": float((ref.reshape(len(ref), -1).argmax(1) == np.asarray(eval_labels)).mean())}
+                      **({"accuracy": label_accuracy(ref, eval_labels)}
                          if eval_labels is not None else {})},
         "results": rows,
         "best": {"label": best["label"], "granularity": best["granularity"], "scheme": best["scheme"],
