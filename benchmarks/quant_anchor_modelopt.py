@@ -39,7 +39,6 @@ import traceback
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
