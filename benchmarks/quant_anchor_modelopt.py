@@ -39,15 +39,15 @@ import traceback
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from quant_anchors import MODELS, REPO, _batches, evaluate, prepare  # noqa: E402
 
+from pipeline.core.accuracy import label_accuracy  # noqa: E402
 from pipeline.core.artifacts import write_json  # noqa: E402
-from pipeline.quantize.metrics import ort_session, run_first_output  # noqa: E402
+from pipeline.ort import ort_session, run_first_output  # noqa: E402
 
 
 def int8_nodes(qpath: Path) -> Counter:
@@ -153,7 +153,7 @@ def main() -> None:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": args.model, "task": spec["task"], "calib_samples": n_cal, "eval_samples": int(len(ref)),
         "batch": bs, "data": [cal.description, ev.description],
-        "reference": {"fp32_accuracy": float((ref.argmax(1) == labels).mean()) if labels is not None else None},
+        "reference": {"fp32_accuracy": label_accuracy(ref, labels) if labels is not None else None},
         "quantize_call": {"quantize_mode": "int8", "calibration_eps": ["cpu"], "high_precision_dtype": "fp32",
                           "calibration_shapes": f"batch {bs}"},
         "environment": {"python": platform.python_version(), "modelopt": modelopt.__version__,

@@ -30,10 +30,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from pipeline.core.accuracy import label_accuracy, task_metrics  # noqa: E402
 from pipeline.core.artifacts import write_json  # noqa: E402
 from pipeline.core.config import DataConfig, ModelConfig, QuantConfig  # noqa: E402
+from pipeline.ort import ort_session, run_first_output  # noqa: E402
 from pipeline.quantize import quantize_onnx  # noqa: E402
-from pipeline.quantize.metrics import compare_outputs, ort_session, run_first_output  # noqa: E402
 
 #: Per-model setup: zoo config, data source, sample counts, ops to quantize, task.
 MODELS = {
@@ -99,8 +100,8 @@ def ort_anchor(onnx_path: Path, cal_batches, method: str, ops: List[str], out: P
 
 def evaluate(fp32: Path, qpath: Path, ev_batches, labels, task: str, ref) -> Dict[str, object]:
     """Metrics vs FP32 in both execution modes."""
-    sim = compare_outputs(ref, run_first_output(ort_session(qpath, optimize=False), ev_batches), labels, task)
-    kern = compare_outputs(ref, run_first_output(ort_session(qpath), ev_batches), labels, task)
+    sim = task_metrics(ref, run_first_output(ort_session(qpath, optimize=False), ev_batches), labels, task)
+    kern = task_metrics(ref, run_first_output(ort_session(qpath), ev_batches), labels, task)
     return {"simulated": sim, "ort_kernels": kern}
 
 
@@ -157,7 +158,7 @@ def main() -> None:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": args.model, "task": spec["task"], "calib_samples": len(cal_b) and sum(len(next(iter(b.values()))) for b in cal_b),
         "eval_samples": int(len(ref)), "batch": bs, "data": [cal.description, ev.description],
-        "reference": {"fp32_accuracy": float((ref.argmax(1) == labels).mean()) if labels is not None else None},
+        "reference": {"fp32_accuracy": label_accuracy(ref, labels) if labels is not None else None},
         "environment": {"python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
                         "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
         "rows": rows,

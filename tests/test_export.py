@@ -20,9 +20,9 @@ from pipeline.export import (
     onnx_from_file,
     onnx_input_specs,
     onnx_output_names,
-    run_onnxruntime,
 )
 from pipeline.models import InputSpec, ModelBundle, build_model
+from pipeline.ort import run_onnxruntime
 
 SMALL = {
     "resnet18": ModelConfig(name="resnet18", input_shape=[3, 32, 32], num_classes=10),

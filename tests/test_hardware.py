@@ -15,9 +15,9 @@ from pipeline.analyze.hardware import (
     load_hardware,
     load_hardware_config,
     match_gpu_name,
-    parse_nvidia_smi_csv,
     peak_ops_per_s,
     resolve_hardware,
+    spec_for_gpus,
 )
 from pipeline.core.config import CONF_DIR, PRECISIONS, HardwareConfig, PrecisionConfig, UnitSpec
 from pipeline.core.errors import PipelineError
@@ -178,16 +178,46 @@ def test_match_gpu_name(reported, expected, gpu_configs):
     assert (match[0] if match else None) == expected
 
 
-def test_parse_nvidia_smi_csv():
-    # the line an H100 SXM prints for --query-gpu=name,memory.total,clocks.max.sm,compute_cap
-    # --format=csv,noheader,nounits (captured on the lent H100)
-    text = "NVIDIA H100 80GB HBM3, 81559, 1980, 9.0\nNVIDIA H100 80GB HBM3, 81559, 1980, 9.0\n"
-    gpus = parse_nvidia_smi_csv(text)
-    assert len(gpus) == 2
-    assert gpus[0] == {"name": "NVIDIA H100 80GB HBM3", "memory_total_mib": 81559.0,
-                       "max_sm_clock_mhz": 1980.0, "compute_cap": "9.0"}
-    assert parse_nvidia_smi_csv("Tesla T4, [N/A], 1590, 7.5\n")[0]["memory_total_mib"] is None
-    assert parse_nvidia_smi_csv("") == []
+# NVML's facts of the lent H200 and of a T4 (name, compute capability, driver and clock as recorded in
+# benchmarks/results; H200 memory 143771 MiB in bytes), keys as pipeline.core.gpu.device_facts returns them.
+H200_FACTS = {"name": "NVIDIA H200", "compute_capability": "9.0", "driver": "580.159.04",
+              "max_sm_clock_mhz": 1980, "max_mem_clock_mhz": None, "power_limit_w": None,
+              "memory_total_bytes": 150754820096}
+T4_FACTS = {"name": "Tesla T4", "compute_capability": "7.5", "driver": "580.159.04", "max_sm_clock_mhz": 1590,
+            "max_mem_clock_mhz": None, "power_limit_w": None, "memory_total_bytes": None}
+
+
+def test_spec_for_gpus_matches_the_nvml_name_to_a_file(gpu_configs, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    spec = spec_for_gpus([H200_FACTS], configs=gpu_configs)
+    assert spec.name == "h200" and spec.kind == "gpu"
+    assert spec.detection == {"method": "nvml", "reported_name": "NVIDIA H200", "gpu_index": 0,
+                              "gpus": ["NVIDIA H200"], "file": "conf/hardware/h200.yaml", "vendor_name": "H200",
+                              "compute_capability": "9.0", "driver": "580.159.04", "max_sm_clock_mhz": 1980,
+                              "memory_total_bytes": 150754820096}
+    # the first GPU of CUDA_VISIBLE_DEVICES is the one analysed; a differing clock is noted, not used
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    slow = dict(H200_FACTS, max_sm_clock_mhz=1755)
+    spec = spec_for_gpus([T4_FACTS, slow], configs=gpu_configs)
+    assert spec.name == "h200" and spec.detection["gpu_index"] == 1
+    assert "NVML max SM clock 1755 MHz differs from the file's 1980 MHz" in spec.detection["note"]
+    assert tera(spec, "fp16_tensor") == tera(load_hardware("h200"), "fp16_tensor")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    spec = spec_for_gpus([T4_FACTS, slow], configs=gpu_configs)
+    assert spec.name == "t4" and "memory_total_bytes" not in spec.detection and "note" not in spec.detection
+
+
+def test_spec_for_gpus_falls_back_to_this_cpu(gpu_configs, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    spec = spec_for_gpus([], "NVML could not start (NVMLError_LibraryNotFound: NVML Shared Library Not Found)",
+                         configs=gpu_configs)
+    assert spec.kind == "cpu"
+    assert spec.detection["note"] == ("no NVIDIA GPU found (NVML could not start (NVMLError_LibraryNotFound: NVML"
+                                      " Shared Library Not Found)); analysed against this CPU")
+    unknown = dict(H200_FACTS, name="NVIDIA GeForce RTX 4090", compute_capability="8.9")
+    spec = spec_for_gpus([unknown], configs=gpu_configs)
+    assert spec.kind == "cpu" and spec.detection["gpu"]["name"] == "NVIDIA GeForce RTX 4090"
+    assert "has no conf/hardware file" in spec.detection["note"]
 
 
 def test_resolve_gpu_config_as_given_and_bad_kind():

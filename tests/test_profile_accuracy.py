@@ -98,16 +98,20 @@ def test_no_batches_and_wrong_inputs_are_clear_errors(classifier):
 
 
 def test_the_three_former_compare_outputs_are_this_module():
-    from pipeline.export.onnx_export import compare_outputs as export_check
-    from pipeline.quantize.metrics import compare_outputs as quant_metrics
+    import importlib.util
 
-    assert quant_metrics is accuracy.task_metrics
+    from pipeline.export import onnx_export
+
+    # the export check and the INT8 metrics have no wrapper of their own left
+    assert not hasattr(onnx_export, "compare_outputs")
+    assert importlib.util.find_spec("pipeline.quantize.metrics") is None
     ref = [np.array([[1.0, -2.0], [3.0, 0.5]], np.float32)]
     act = [ref[0] + np.float32(1e-3)]
-    assert export_check(ref, act, ["y"], 1e-4, 1e-3) == accuracy.allclose_outputs(ref, act, ["y"], 1e-4, 1e-3)
-    res = export_check(ref, act, ["y"])  # the export stage's defaults: atol 1e-4 + rtol 1e-3 * 3 = 3.1e-3
+    # the export stage's defaults: atol 1e-4 + rtol 1e-3 * 3 = 3.1e-3
+    res = accuracy.allclose_outputs(ref, act, ["y"], onnx_export.DEFAULT_ATOL, onnx_export.DEFAULT_RTOL)
     assert res["passed"] and res["max_abs_diff"] == pytest.approx(1e-3, rel=1e-3)
     assert res["outputs"]["y"]["max_abs_ref"] == 3.0
+    assert not accuracy.allclose_outputs(ref, act, ["y"], 1e-4, 1e-4)["passed"]  # 1e-3 > 1e-4 + 1e-4 * 3
 
 
 def test_task_metrics_numbers():
@@ -118,3 +122,14 @@ def test_task_metrics_numbers():
     assert m["output_cosine"] == pytest.approx(0.75) and m["primary"] == "accuracy"
     lo, hi = m["accuracy_ci95"]
     assert (lo, hi) == pytest.approx(accuracy.wilson_interval(3, 4)) and lo < 0.75 < hi
+
+
+def test_label_accuracy_and_one_cosine():
+    # (N, 1, 3) outputs are flattened per sample before the argmax
+    out = np.array([[[0.1, 0.7, 0.2]], [[0.9, 0.0, 0.1]], [[0.2, 0.3, 0.5]]])
+    assert accuracy.label_hits(out, np.array([[1], [2], [2]])).tolist() == [True, False, True]
+    assert accuracy.label_accuracy(out, np.array([1, 2, 2])) == pytest.approx(2 / 3)
+    # the precision check's cosine is cosine_per_sample's: two all-zero rows agree (cosine 1)
+    ref = np.array([[0.0, 0.0], [1.0, 0.0]], np.float32)
+    test = np.array([[0.0, 0.0], [1.0, 1.0]], np.float32)
+    assert accuracy.precision_check(ref, test, "int8")["cosine"] == pytest.approx((1.0 + 0.5 ** 0.5) / 2)

@@ -12,13 +12,9 @@ from the dense peak, which is the one the roofline uses unless asked.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 import re
-import shutil
-import subprocess
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -334,15 +330,15 @@ def _as_config(cfg: Any) -> HardwareConfig:
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(HardwareConfig), cfg))
 
 
-def resolve_hardware(cfg: Optional[HardwareConfig] = None, smi_timeout_s: float = 10.0) -> HardwareSpec:
+def resolve_hardware(cfg: Optional[HardwareConfig] = None) -> HardwareSpec:
     """Turn the ``hardware`` config group into peaks.
 
     Args:
         cfg: ``kind: gpu`` is used as given; ``kind: cpu`` detects this CPU (non-zero fields of
-            ``cfg`` override detection); ``kind: auto`` (default) asks ``nvidia-smi`` for the GPU,
-            matches its name against ``vendor_names`` of every hardware file and falls back to
-            this CPU (with ``detection["note"]`` saying why) when there is no GPU or no file for it.
-        smi_timeout_s: seconds to wait for ``nvidia-smi``.
+            ``cfg`` override detection); ``kind: auto`` (default) asks NVML
+            (:func:`pipeline.core.gpu.all_device_facts`) for the GPU, matches its name against
+            ``vendor_names`` of every hardware file and falls back to this CPU (with
+            ``detection["note"]`` saying why) when there is no GPU or no file for it.
 
     Raises:
         PipelineError: an unknown ``kind``, or a config without the numbers the formula needs.
@@ -359,24 +355,46 @@ def resolve_hardware(cfg: Optional[HardwareConfig] = None, smi_timeout_s: float 
             f"hardware kind '{cfg.kind}' is not one of auto, gpu, cpu",
             hint="set kind: gpu in the hardware file (or use hardware=auto)",
         )
-    return _resolve_auto(smi_timeout_s)
+    from pipeline.core.gpu import all_device_facts
+
+    gpus, why = all_device_facts()
+    return spec_for_gpus(gpus, why)
 
 
-def _resolve_auto(timeout_s: float) -> HardwareSpec:
+def gpu_hardware_configs() -> Dict[str, HardwareConfig]:
+    """Every ``kind: gpu`` file of ``conf/hardware``, by file name."""
+    configs = {}
+    for name in hardware_names():
+        cfg = load_hardware_config(name)
+        if cfg.kind == "gpu":
+            configs[name] = cfg
+    return configs
+
+
+def spec_for_gpus(gpus: List[Dict[str, Any]], why: str = "",
+                  configs: Optional[Dict[str, HardwareConfig]] = None) -> HardwareSpec:
+    """The peaks of the GPU this process runs on, given what NVML reports about each GPU.
+
+    Args:
+        gpus: one dict per GPU in NVML order, with at least ``name`` and, where known,
+            ``compute_capability``, ``driver``, ``max_sm_clock_mhz`` (MHz) and ``memory_total_bytes``
+            (keys of :func:`pipeline.core.gpu.device_facts`).
+        why: why ``gpus`` is empty (goes into the CPU fallback's note).
+        configs: the GPU hardware files to match against (default: :func:`gpu_hardware_configs`).
+
+    Returns:
+        The matching file's spec with ``detection`` saying how it was found; this CPU's spec with
+        ``detection["note"]`` when there is no GPU or no file for it.
+    """
     from pipeline.analyze.cpu import detect_cpu
 
-    gpus, why = detect_nvidia_gpus(timeout_s)
     if not gpus:
         spec = detect_cpu()
         spec.detection["note"] = f"no NVIDIA GPU found ({why}); analysed against this CPU"
         return spec
     index = _visible_index(len(gpus))
     gpu = gpus[index]
-    configs = {}
-    for name in hardware_names():
-        cfg = load_hardware_config(name)
-        if cfg.kind == "gpu":
-            configs[name] = cfg
+    configs = gpu_hardware_configs() if configs is None else configs
     match = match_gpu_name(gpu["name"], configs)
     if match is None:
         spec = detect_cpu()
@@ -384,36 +402,47 @@ def _resolve_auto(timeout_s: float) -> HardwareSpec:
             f"GPU '{gpu['name']}' has no conf/hardware file (no vendor_names entry matches);"
             " analysed against this CPU instead"
         )
-        spec.detection.update({"note": note, "gpu": gpu})
+        spec.detection.update({"note": note, "gpu": dict(gpu)})
         log.warning("%s. Add conf/hardware/<name>.yaml with vendor_names: ['%s'] or pass hardware=<file>.",
                     note, gpu["name"])
         return spec
     file_name, vendor_name = match
     cfg = configs[file_name]
+    return spec_from_config(cfg, _gpu_detection(gpus, index, file_name, vendor_name, cfg))
+
+
+#: NVML facts copied into ``detection`` (units in the key).
+_DETECTION_FACTS = ("compute_capability", "driver", "max_sm_clock_mhz", "memory_total_bytes")
+
+
+def _gpu_detection(gpus: List[Dict[str, Any]], index: int, file_name: str, vendor_name: str,
+                   cfg: HardwareConfig) -> Dict[str, Any]:
+    """``detection`` of a matched GPU: what NVML reported and where it differs from the file."""
+    gpu = gpus[index]
     detection: Dict[str, Any] = {
-        "method": "nvidia-smi",
+        "method": "nvml",
         "reported_name": gpu["name"],
         "gpu_index": index,
         "gpus": [g["name"] for g in gpus],
         "file": f"conf/hardware/{file_name}.yaml",
         "vendor_name": vendor_name,
     }
-    for key in ("memory_total_mib", "max_sm_clock_mhz", "compute_cap"):
+    for key in _DETECTION_FACTS:
         if gpu.get(key) is not None:
             detection[key] = gpu[key]
     notes = []
     clock = gpu.get("max_sm_clock_mhz")
     if clock is not None and cfg.clock_mhz_max and abs(clock - cfg.clock_mhz_max) > 1:
         notes.append(
-            f"nvidia-smi max SM clock {clock:g} MHz differs from the file's {cfg.clock_mhz_max:g} MHz;"
+            f"NVML max SM clock {clock:g} MHz differs from the file's {cfg.clock_mhz_max:g} MHz;"
             " peaks use the file's (datasheet) clocks"
         )
-    cc = gpu.get("compute_cap")
+    cc = gpu.get("compute_capability")
     if cc and cfg.compute_capability and str(cc) != str(cfg.compute_capability):
         notes.append(f"compute capability {cc} differs from the file's {cfg.compute_capability}")
     if notes:
         detection["note"] = "; ".join(notes)
-    return spec_from_config(cfg, detection)
+    return detection
 
 
 def _visible_index(count: int) -> int:
@@ -424,64 +453,6 @@ def _visible_index(count: int) -> int:
     return 0
 
 
-#: Fields asked of nvidia-smi, in order; compute_cap needs driver 510+, so it is retried without.
-_SMI_FIELDS = ("name", "memory.total", "clocks.max.sm", "compute_cap")
-
-
-def parse_nvidia_smi_csv(text: str, fields: tuple = _SMI_FIELDS) -> List[Dict[str, Any]]:
-    """Parse ``nvidia-smi --query-gpu=<fields> --format=csv,noheader,nounits`` output, one GPU a line.
-
-    Returns:
-        One dict per GPU with ``name`` and, where present and numeric, ``memory_total_mib``,
-        ``max_sm_clock_mhz`` (MHz) and ``compute_cap`` (string).
-    """
-    keys = {"name": "name", "memory.total": "memory_total_mib", "clocks.max.sm": "max_sm_clock_mhz",
-            "compute_cap": "compute_cap"}
-    gpus = []
-    for row in csv.reader(io.StringIO(text), skipinitialspace=True):
-        if not row or not row[0].strip():
-            continue
-        gpu: Dict[str, Any] = {}
-        for field_name, value in zip(fields, row):
-            key = keys.get(field_name, field_name)
-            value = value.strip()
-            if key == "name" or key == "compute_cap":
-                gpu[key] = value if value and "N/A" not in value else None
-            else:
-                try:
-                    gpu[key] = float(value.split()[0])
-                except (ValueError, IndexError):
-                    gpu[key] = None
-        if gpu.get("name"):
-            gpus.append(gpu)
-    return gpus
-
-
-def detect_nvidia_gpus(timeout_s: float = 10.0) -> tuple[List[Dict[str, Any]], str]:
-    """Ask ``nvidia-smi`` which GPUs this machine has.
-
-    Returns:
-        (gpus, reason): the parsed GPUs (see :func:`parse_nvidia_smi_csv`) and, when the list is
-        empty, why (no binary, driver error, timeout).
-    """
-    binary = shutil.which("nvidia-smi")
-    if binary is None:
-        return [], "nvidia-smi not on PATH"
-    last_error = ""
-    for fields in (_SMI_FIELDS, _SMI_FIELDS[:3], _SMI_FIELDS[:1]):
-        cmd = [binary, f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
-        except (OSError, subprocess.TimeoutExpired) as err:
-            return [], f"nvidia-smi failed: {err}"
-        if proc.returncode == 0:
-            gpus = parse_nvidia_smi_csv(proc.stdout, fields)
-            return gpus, "" if gpus else "nvidia-smi listed no GPU"
-        last_error = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
-        last_error = last_error[0]
-    return [], f"nvidia-smi failed: {last_error}"
-
-
 def _token_match(needle: str, haystack: str) -> bool:
     # Whole-token match so that "A10" does not select "A100" and "L4" does not select "L40S".
     pattern = r"(?<![A-Za-z0-9])" + re.escape(needle) + r"(?![A-Za-z0-9])"
@@ -489,7 +460,7 @@ def _token_match(needle: str, haystack: str) -> bool:
 
 
 def match_gpu_name(reported: str, configs: Dict[str, HardwareConfig]) -> Optional[tuple[str, str]]:
-    """Which hardware file describes the GPU nvidia-smi calls ``reported``.
+    """Which hardware file describes the GPU that NVML calls ``reported``.
 
     A ``vendor_names`` entry matches as a whole token sequence, case-insensitively; an entry that
     starts with ``!`` excludes names containing the rest (h200.yaml: ``"!H200 NVL"``). The longest
@@ -515,14 +486,14 @@ __all__ = [
     "HARDWARE_DIR",
     "HardwareSpec",
     "Peak",
-    "detect_nvidia_gpus",
+    "gpu_hardware_configs",
     "hardware_names",
     "load_hardware",
     "load_hardware_config",
     "match_gpu_name",
-    "parse_nvidia_smi_csv",
     "peak_from_unit",
     "peak_ops_per_s",
     "resolve_hardware",
+    "spec_for_gpus",
     "spec_from_config",
 ]

@@ -69,6 +69,16 @@ def cosine_per_sample(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where((na == 0) & (nb == 0), 1.0, np.nan_to_num(c))
 
 
+def label_hits(outputs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per sample, whether the argmax of its flattened output is its integer label (bool array)."""
+    return rows(outputs).argmax(1) == np.asarray(labels).reshape(-1)
+
+
+def label_accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
+    """Share of samples whose argmax is their label (top-1 accuracy, 0..1)."""
+    return float(label_hits(outputs, labels).mean())
+
+
 def nearest_neighbours(x: np.ndarray) -> np.ndarray:
     """Index of each row's most cosine-similar other row."""
     r = rows(x)
@@ -148,10 +158,9 @@ def precision_check(ref: np.ndarray, test: np.ndarray, precision: str) -> Dict[s
         raise PipelineError(f"Engine output shape {test.shape} differs from ONNX Runtime's {ref.shape}.",
                             "Rebuild the engine from the same ONNX (build.force_rebuild=true).")
     r, t = rows(ref), rows(test)
-    norms = np.linalg.norm(r, axis=1) * np.linalg.norm(t, axis=1)
     out: Dict[str, Any] = {
         "rel_l2": float(np.linalg.norm(r - t) / (np.linalg.norm(r) + 1e-30)),
-        "cosine": float(np.mean(np.sum(r * t, axis=1) / np.maximum(norms, 1e-30))),
+        "cosine": float(cosine_per_sample(r, t).mean()),
         "max_abs": float(np.max(np.abs(r - t))) if r.size else 0.0,
     }
     if ref.ndim == 2 and ref.shape[1] > 1:
@@ -185,6 +194,15 @@ def primary_task(task: str, labels: Optional[np.ndarray]) -> str:
 def task_metrics(reference: np.ndarray, test: np.ndarray, labels: Optional[np.ndarray] = None,
                  task: str = "auto") -> Dict[str, object]:
     """Metrics of ``test`` against the FP32 ``reference`` outputs (same samples, same order).
+
+    The quantize stage passes the *first* output of both models over the same evaluation batches:
+
+    - ``top1_agreement``: share of samples whose argmax matches FP32 (classifiers).
+    - ``output_cosine``: mean over samples of the cosine between the flattened outputs
+      (``embedding_cosine``: the same, for embedding models).
+    - ``nn_agreement``: share of samples whose nearest neighbour (cosine, itself excluded) in the
+      evaluation set is the same as in FP32: does retrieval still return the same item?
+    - ``accuracy`` with a 95 % Wilson interval when labels exist.
 
     Args:
         reference: FP32 outputs, shape (N, ...).
@@ -224,11 +242,11 @@ def task_metrics(reference: np.ndarray, test: np.ndarray, labels: Optional[np.nd
         if len(labels) != n:
             raise PipelineError(f"{len(labels)} labels for {n} evaluation samples",
                                 "pass one label per evaluation sample")
-        correct = int((test2.argmax(1) == labels).sum())
+        correct = int(label_hits(test2, labels).sum())
         lo, hi = wilson_interval(correct, n)
         out["accuracy"] = correct / n
         out["accuracy_ci95"] = [lo, hi]
-        out["reference_accuracy"] = float((ref2.argmax(1) == labels).mean())
+        out["reference_accuracy"] = label_accuracy(ref2, labels)
     out["primary"] = {"classification": "accuracy" if labels is not None else "top1_agreement",
                       "embedding": "embedding_cosine"}.get(task, "output_cosine")
     return out

@@ -79,6 +79,26 @@ def device_facts(index: int = 0) -> Optional[Dict[str, Any]]:
         pynvml.nvmlShutdown()
 
 
+def all_device_facts() -> Tuple[List[Dict[str, Any]], str]:
+    """:func:`device_facts` of every GPU NVML sees, in NVML (PCI bus) order.
+
+    Returns:
+        ``(facts, reason)``: one dict per GPU (keys as :func:`device_facts`) and, when the list is
+        empty, why (pynvml missing, no driver, no GPU); ``reason`` is ``""`` when GPUs were found.
+    """
+    pynvml, reason = nvml()
+    if pynvml is None:
+        return [], reason
+    try:
+        count = pynvml.nvmlDeviceGetCount()
+        facts = [_device_facts(pynvml, pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(count)]
+    except pynvml.NVMLError as err:
+        return [], f"NVML could not list the GPUs ({type(err).__name__}: {err})"
+    finally:
+        pynvml.nvmlShutdown()
+    return facts, "" if facts else "NVML lists no GPU"
+
+
 def gpu_names() -> List[str]:
     """``"<name>, <driver>"`` for every GPU NVML sees (empty without NVML or a GPU)."""
     pynvml, _ = nvml()

@@ -18,14 +18,12 @@ from pipeline.export.onnx_export import (
     TENSORRT_MAX_OPSET,
     ExportResult,
     OnnxDescription,
-    compare_outputs,
     describe_onnx,
     export_onnx,
     make_check_inputs,
     onnx_from_file,
     onnx_input_specs,
     onnx_output_names,
-    run_onnxruntime,
 )
 
 __all__ = [
@@ -33,12 +31,10 @@ __all__ = [
     "TENSORRT_MAX_OPSET",
     "ExportResult",
     "OnnxDescription",
-    "compare_outputs",
     "describe_onnx",
     "export_onnx",
     "make_check_inputs",
     "onnx_from_file",
     "onnx_input_specs",
     "onnx_output_names",
-    "run_onnxruntime",
 ]

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.core.accuracy import allclose_outputs  # the one accuracy module
 from pipeline.core.artifacts import atomic_path
 from pipeline.core.errors import PipelineError
-from pipeline.core.accuracy import allclose_outputs  # the one accuracy module
 from pipeline.ort import run_onnxruntime  # one ORT runner for every stage
 
 if TYPE_CHECKING:
@@ -265,19 +265,6 @@ def make_check_inputs(
     return feeds
 
 
-def compare_outputs(
-    reference: list[np.ndarray], actual: list[np.ndarray], names: list[str], atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL
-) -> dict[str, Any]:
-    """ONNX Runtime vs torch, every output: :func:`pipeline.core.accuracy.allclose_outputs` with this stage's defaults.
-
-    An output passes when ``max|actual - reference| <= atol + rtol * max|reference|`` and both are finite.
-
-    Returns:
-        ``{max_abs_diff, rel_l2, atol, rtol, passed, outputs: {name: {...}}}``; max over outputs.
-    """
-    return allclose_outputs(reference, actual, names, atol, rtol)
-
-
 # ----------------------------------------------------------------------------- export
 
 
@@ -386,7 +373,8 @@ def export_onnx(
         batch_size: batch of the example used for tracing (the batch axis stays dynamic).
         check_inputs: inputs for the ONNX Runtime vs torch comparison (any batch); default: seeded
             random inputs at batch 2.
-        atol / rtol: comparison tolerances (see :func:`compare_outputs`).
+        atol / rtol: comparison tolerances: an output passes when
+            ``max|onnx - torch| <= atol + rtol * max|torch|`` (:func:`pipeline.core.accuracy.allclose_outputs`).
 
     Returns:
         The :class:`ExportResult`.
@@ -417,7 +405,7 @@ def export_onnx(
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
         onnx.save(model, str(tmp))
-        check = compare_outputs(
+        check = allclose_outputs(
             _torch_outputs(bundle.module, feeds, bundle.inputs), run_onnxruntime(tmp, feeds), out_names, atol, rtol
         )
         check["batch_size"] = int(next(iter(feeds.values())).shape[0])

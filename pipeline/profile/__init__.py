@@ -1,24 +1,14 @@
-"""Profile stage: measured latency and throughput, and the statistics behind them.
+"""Profile stage: measured latency and throughput (:mod:`pipeline.profile.stage`).
 
 The runtimes live in :mod:`pipeline.ort` (ONNX Runtime) and :mod:`pipeline.trt` (TensorRT); the
-backend-neutral record in :mod:`pipeline.core.measurement`. Re-exports only; heavy runtimes are
-imported inside the functions that use them.
+backend-neutral record and its statistics in :mod:`pipeline.core.measurement`: import from those.
+The two names below are still imported through this package by ``pipeline/profile/stage.py``,
+``tests/test_report.py`` and ``scripts/gpu_evidence.py``; heavy runtimes load inside the functions.
 """
 
 from __future__ import annotations
 
-from pipeline.core.measurement import Measurement, achieved, cpu_name, latency_stats, percentile
-from pipeline.ort import expected_inputs, measure_onnxruntime, ort_session, run_onnxruntime, validate_inputs
+from pipeline.core.measurement import achieved
+from pipeline.ort import measure_onnxruntime
 
-__all__ = [
-    "Measurement",
-    "achieved",
-    "cpu_name",
-    "expected_inputs",
-    "latency_stats",
-    "measure_onnxruntime",
-    "ort_session",
-    "percentile",
-    "run_onnxruntime",
-    "validate_inputs",
-]
+__all__ = ["achieved", "measure_onnxruntime"]

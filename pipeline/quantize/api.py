@@ -46,7 +46,7 @@ class QuantResult:
         plan: where Q/DQ went (:meth:`QdqPlan.to_dict`).
         calib_batches: calibration batches consumed.
         calib_samples: calibration samples (sum of batch sizes).
-        metrics: INT8 vs FP32 on the evaluation batches (see :mod:`pipeline.quantize.metrics`), or None.
+        metrics: INT8 vs FP32 on the evaluation batches (:func:`pipeline.core.accuracy.task_metrics`), or None.
             Top level: Q/DQ simulated in float (what TensorRT computes); ``onnxruntime_int8_kernels``:
             the same model on ORT's fused integer CPU kernels (can differ: see README notes on U8S8).
         float_nodes: compute nodes kept in float by the sensitivity search, with the metric after each.
@@ -252,7 +252,8 @@ def quantize_onnx(
     metrics = None
     t_eval = 0.0
     if eval_batches is not None:
-        from pipeline.quantize.metrics import compare_outputs, ort_session, run_first_output
+        from pipeline.core.accuracy import task_metrics
+        from pipeline.ort import ort_session, run_first_output
 
         t0 = time.perf_counter()
         ev = list(eval_batches)
@@ -260,9 +261,9 @@ def quantize_onnx(
         # "simulated": Q/DQ evaluated as float math (ORT optimisations off), which is what TensorRT
         # computes up to accumulation order; the second run uses ORT's fused integer CPU kernels.
         test = run_first_output(ort_session(qmodel, optimize=False), ev)
-        metrics = compare_outputs(ref, test, eval_labels, task)
+        metrics = task_metrics(ref, test, eval_labels, task)
         metrics["execution"] = "simulated"
-        kern = compare_outputs(ref, run_first_output(ort_session(qmodel), ev), eval_labels, task)
+        kern = task_metrics(ref, run_first_output(ort_session(qmodel), ev), eval_labels, task)
         metrics["onnxruntime_int8_kernels"] = kern
         t_eval = time.perf_counter() - t0
 
@@ -315,7 +316,8 @@ def sensitivity_search(
     """
     from tqdm import tqdm
 
-    from pipeline.quantize.metrics import compare_outputs, ort_session, run_first_output
+    from pipeline.core.accuracy import task_metrics
+    from pipeline.ort import ort_session, run_first_output
 
     if not feeds:
         return plan, []
@@ -323,7 +325,7 @@ def sensitivity_search(
 
     def score_of(p: QdqPlan) -> float:
         q = qdq_onnx_from_onnx(model, p, act_qparams_from(stats, amaxes, p.activations, cfg.symmetric))
-        return _score(compare_outputs(ref, run_first_output(ort_session(q, optimize=False), feeds), None, task))
+        return _score(task_metrics(ref, run_first_output(ort_session(q, optimize=False), feeds), None, task))
 
     from pipeline.quantize.qdq import node_label
 

@@ -81,9 +81,10 @@ def compare_calibrations(
     """
     from tqdm import tqdm
 
+    from pipeline.core.accuracy import label_accuracy, task_metrics
     from pipeline.core.config import QuantConfig
+    from pipeline.ort import ort_session, run_first_output
     from pipeline.quantize.api import _load, act_qparams_from, plan_for_config
-    from pipeline.quantize.metrics import compare_outputs, ort_session, run_first_output
     from pipeline.quantize.qdq import qdq_onnx_from_onnx
     from pipeline.quantize.stats import collect_stats, float_tensor_names
 
@@ -122,7 +123,7 @@ def compare_calibrations(
         plan = plan_for_config(model, vcfg, float_tensors=float_tensors)
         qmodel = qdq_onnx_from_onnx(model, plan, act_qparams_from(stats, amaxes[key], plan.activations, sym))
         test = run_first_output(ort_session(qmodel, optimize=execution != "simulated"), ev)
-        m = compare_outputs(ref, test, eval_labels, task)
+        m = task_metrics(ref, test, eval_labels, task)
         name, _, p = key.partition("@")
         rows.append({"method": name, "percentile": float(p) if p else None, "label": key, "granularity": gran,
                      "scheme": "symmetric int8" if sym else "asymmetric uint8", "metrics": m,
@@ -164,7 +165,7 @@ def compare_calibrations(
         "task": task,
         "execution": execution,
         "reference": {"backend": "onnxruntime-cpu", "precision": "fp32", "samples": int(len(ref)),
-                      **({"accuracy": float((ref.reshape(len(ref), -1).argmax(1) == np.asarray(eval_labels)).mean())}
+                      **({"accuracy": label_accuracy(ref, eval_labels)}
                          if eval_labels is not None else {})},
         "results": rows,
         "best": {"label": best["label"], "granularity": best["granularity"], "scheme": best["scheme"],
