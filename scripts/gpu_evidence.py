@@ -138,7 +138,7 @@ def main(argv=None) -> dict:
     res["layers_top10"] = sorted(prof.layers, key=lambda r: -r["measured_ms"])[:10]
     res["layers_count"] = len(prof.layers)
     if flops and peak:
-        from pipeline.profile import achieved
+        from pipeline.core.measurement import achieved
 
         res["achieved"] = achieved(flops, m.duration_s / m.iterations, peak)
     graph = profile_engine(plan, inputs, ProfileConfig(warmup_s=1.0, duration_s=args.duration, min_iterations=50,

@@ -111,7 +111,7 @@ def test_multirun_goes_on_past_a_failed_job_and_exits_non_zero(tmp_path):
 
 
 def test_int8_verdict_checks_top1_only_for_classifiers():
-    from pipeline.profile.stage import int8_verdict as _int8_verdict
+    from pipeline.core.accuracy import int8_verdict as _int8_verdict
 
     metrics = {"output_cosine": 0.995, "top1_agreement": 0.85}
     assert _int8_verdict(metrics, "classification")["passed"] is False

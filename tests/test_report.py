@@ -421,7 +421,8 @@ def test_real_onnxruntime_measurement_renders(tmp_path: Path) -> None:
     from onnx import TensorProto, helper
 
     from pipeline.core.config import ProfileConfig
-    from pipeline.profile import achieved, measure_onnxruntime
+    from pipeline.core.measurement import achieved
+    from pipeline.ort import measure_onnxruntime
 
     graph = helper.make_graph(
         [helper.make_node("Relu", ["x"], ["y"])],

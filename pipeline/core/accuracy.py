@@ -139,6 +139,26 @@ def allclose_outputs(reference: Sequence[np.ndarray], actual: Sequence[np.ndarra
 
 
 # ------------------------------------------------------------------------------------------- precision check
+def int8_verdict(metrics: Mapping[str, Any], task: Optional[str]) -> Dict[str, Any]:
+    """INT8-vs-FP32 task metrics (:func:`task_metrics`) with ``passed`` against ``TOLERANCES["int8"]``.
+
+    Top-1 agreement is a check only for classifiers: the arg-max of an embedding or a feature map means
+    nothing. Nothing measured is not a pass.
+    """
+    limits = TOLERANCES["int8"]
+    out = dict(metrics)
+    checks = []
+    tolerance: Dict[str, Any] = {"min_cosine": limits["cosine"]}
+    if out.get("output_cosine") is not None:
+        checks.append(out["output_cosine"] >= limits["cosine"])
+    if task == "classification" and out.get("top1_agreement") is not None:
+        checks.append(out["top1_agreement"] >= limits["top1_agreement"])
+        tolerance["min_top1_agreement"] = limits["top1_agreement"]
+    out["tolerance"] = tolerance
+    out["passed"] = bool(checks) and all(checks)
+    return out
+
+
 def precision_check(ref: np.ndarray, test: np.ndarray, precision: str) -> Dict[str, Any]:
     """Accuracy of ``test`` against ``ref`` with the precision's tolerance.
 

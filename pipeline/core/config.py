@@ -124,7 +124,7 @@ class HardwareConfig:
 
     name: str = "auto"
     kind: str = "auto"  # auto | gpu | cpu
-    vendor_names: List[str] = field(default_factory=list)  # nvidia-smi names that select this file
+    vendor_names: List[str] = field(default_factory=list)  # GPU names (as NVML reports them) that select this file
     sm_count: int = 0
     clock_mhz_max: float = 0.0
     memory_bandwidth_gbs: float = 0.0

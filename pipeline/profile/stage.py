@@ -28,11 +28,6 @@ RESULTS_NAME = "measurement.json"
 #: Precisions that ONNX Runtime on the CPU executes as such; others run in FP32 there (and say so).
 ORT_CPU_EXECUTES = {"fp32": "fp32", "tf32": "fp32", "int8": "int8"}
 
-#: INT8 acceptance against FP32: output cosine, and top-1 agreement on classifiers.
-INT8_MIN_COSINE = 0.99
-INT8_MIN_TOP1_AGREEMENT = 0.99
-
-
 @dataclass(frozen=True)
 class ProfileInputs:
     """What the stage reads.
@@ -93,24 +88,6 @@ def _read(path: Optional[Path]) -> Optional[Dict[str, Any]]:
     return json.loads(Path(path).read_text()) if path else None
 
 
-def int8_verdict(metrics: Mapping[str, Any], task: Optional[str]) -> Dict[str, Any]:
-    """INT8-vs-FP32 metrics with a ``passed`` flag against the INT8 tolerances.
-
-    Top-1 agreement is a check only for classifiers: the arg-max of an embedding or a feature map means nothing.
-    """
-    out = dict(metrics)
-    checks = []
-    tolerance: Dict[str, Any] = {"min_cosine": INT8_MIN_COSINE}
-    if out.get("output_cosine") is not None:
-        checks.append(out["output_cosine"] >= INT8_MIN_COSINE)
-    if task == "classification" and out.get("top1_agreement") is not None:
-        checks.append(out["top1_agreement"] >= INT8_MIN_TOP1_AGREEMENT)
-        tolerance["min_top1_agreement"] = INT8_MIN_TOP1_AGREEMENT
-    out["tolerance"] = tolerance
-    out["passed"] = bool(checks) and all(checks)
-    return out
-
-
 def _profile_tensorrt(inputs: ProfileInputs, settings: ProfileSettings, evals, analysis, hw) -> Dict[str, Any]:
     from pipeline.trt import profile_engine
 
@@ -149,6 +126,8 @@ def _profile_onnxruntime(inputs: ProfileInputs, settings: ProfileSettings, evals
     result: Dict[str, Any] = {"measured": m.to_dict(), "layer_times": {}, "engine_layers": [], "accuracy": {}}
     result["measured"]["measured_model"] = Path(target).name
     if target != inputs.onnx:
+        from pipeline.core.accuracy import int8_verdict
+
         result["accuracy"]["int8_vs_fp32"] = int8_verdict(_int8_metrics(inputs, evals, task), task)
     return result
 
@@ -175,7 +154,7 @@ def achieved_vs_peak(measured: Dict[str, Any], analysis: Optional[Dict[str, Any]
         return
     from pipeline.analyze import resolve_hardware
     from pipeline.core.config import HardwareConfig, PrecisionConfig, precision_config
-    from pipeline.profile import achieved
+    from pipeline.core.measurement import achieved
 
     executed = measured.get("precision_executed") or settings.precision.name
     # The % of peak is against the processor that ran the model: with hardware=<gpu> analysed but ONNX
