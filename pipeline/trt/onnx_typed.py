@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Dict, FrozenSet, Iterable, List, Optional, Tup
 import numpy as np
 
 from pipeline.core.errors import PipelineError
+from pipeline.graph import (NameSource, cleanup, consumer_slots, elem_type, infer_shapes, insert_cast, load_model,
+                            producer_of, save_model, to_graph, to_model)
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
     import onnx_graphsurgeon as gs
-
-    from pipeline.graph import NameSource
 
 #: Ops kept in FP32: large dynamic range (Exp/Pow), accumulations (reductions, CumSum), and
 #: normalizations whose variance sums overflow or lose precision in FP16.
@@ -68,28 +68,6 @@ def _lowered(tensor: "gs.Constant", low: int) -> "gs.Constant":
     return tensor
 
 
-def elem_type(tensor: "gs.Tensor") -> Optional[int]:
-    """TensorProto element type of a graphsurgeon tensor (None when shape inference gave none).
-
-    Lazy initializers answer from their proto: graphsurgeon maps BFLOAT16 to a numpy stand-in
-    whose type depends on the onnx version.
-    """
-    from onnx import helper
-
-    values = getattr(tensor, "_values", None)
-    if values is not None and hasattr(values, "tensor") and hasattr(values.tensor, "data_type"):
-        return int(values.tensor.data_type)
-    dtype = tensor.dtype
-    if dtype is None:
-        return None
-    if isinstance(dtype, (int, np.integer)):  # graphsurgeon keeps types numpy lacks as TensorProto enums
-        return int(dtype)
-    try:
-        return int(helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
 def _lower_initializers(graph: "gs.Graph", low: int, keep: FrozenSet[str]) -> Precisions:
     """Store in ``low`` every float32 initializer that all its readers read in low precision.
 
@@ -97,8 +75,6 @@ def _lower_initializers(graph: "gs.Graph", low: int, keep: FrozenSet[str]) -> Pr
         Precisions of the float initializers (FLOAT or ``low``) and of the float graph inputs (FLOAT).
     """
     import onnx_graphsurgeon as gs
-
-    from pipeline.graph import consumer_slots
 
     prec: Precisions = {}
     for tensor in graph.tensors().values():
@@ -160,8 +136,6 @@ def _retype_nodes(graph: "gs.Graph", prec: Precisions, low: int, keep: FrozenSet
         The new node list: each inserted Cast right before its first reader, so the order stays
         topological.
     """
-    from pipeline.graph import insert_cast
-
     casts: Dict[Tuple[int, int], "gs.Node"] = {}  # one Cast per (tensor, target type), shared by readers
     nodes: List["gs.Node"] = []
     for node in list(graph.nodes):
@@ -190,8 +164,6 @@ def _retype_nodes(graph: "gs.Graph", prec: Precisions, low: int, keep: FrozenSet
 def _cast_outputs_back(graph: "gs.Graph", prec: Precisions, low: int, dtype: str, names: "NameSource") -> None:
     """Keep graph outputs float32: a low output is renamed ``<name>__<dtype>`` (its readers keep
     it) and a Cast back to float32 takes the output's name."""
-    from pipeline.graph import insert_cast, producer_of
-
     for i, tensor in enumerate(list(graph.outputs)):
         if prec.get(id(tensor)) != low or producer_of(tensor) is None:
             continue
@@ -223,8 +195,6 @@ def typed_onnx_from_onnx(src: str | Path, dst: str | Path, dtype: str = "fp16",
             inference or the ONNX checker.
     """
     import onnx
-
-    from pipeline.graph import NameSource, cleanup, infer_shapes, load_model, save_model, to_graph, to_model
 
     if dtype not in ("fp16", "bf16"):
         raise PipelineError(f"Typed conversion to {dtype!r} is not supported.", "Use fp16 or bf16.")
