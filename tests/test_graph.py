@@ -362,7 +362,8 @@ def test_elem_type_of_graphsurgeon_tensors():
         [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT16), helper.make_node("Shape", ["x"], ["s"]),
          helper.make_node("Relu", ["y"], ["u"])],
         "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-        [helper.make_tensor_value_info("u", TensorProto.FLOAT16, [2]), helper.make_tensor_value_info("s", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("u", TensorProto.FLOAT16, [2]),
+         helper.make_tensor_value_info("s", TensorProto.INT64, [1])],
         [numpy_helper.from_array(np.ones(2, np.float32), "w")])
     g = to_graph(onnx.shape_inference.infer_shapes(helper.make_model(graph)))
     t = g.tensors()
