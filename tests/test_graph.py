@@ -350,3 +350,25 @@ def test_insert_cast_and_cleanup():
     onnx.checker.check_model(out)
     x = np.array([0.1, -2.0, 3.3333], np.float32)
     np.testing.assert_allclose(_run(out, {"x": x})[0], np.maximum(x, 0) + x.astype(np.float16).astype(np.float32))
+
+
+def test_elem_type_of_graphsurgeon_tensors():
+    from onnx_graphsurgeon.ir.tensor import LazyValues
+
+    from pipeline.graph import elem_type, to_graph
+
+    bf16 = helper.make_tensor("bf", TensorProto.BFLOAT16, [2], np.array([1, 2], np.uint16).tobytes(), raw=True)
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT16), helper.make_node("Shape", ["x"], ["s"]),
+         helper.make_node("Relu", ["y"], ["u"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("u", TensorProto.FLOAT16, [2]),
+         helper.make_tensor_value_info("s", TensorProto.INT64, [1])],
+        [numpy_helper.from_array(np.ones(2, np.float32), "w")])
+    g = to_graph(onnx.shape_inference.infer_shapes(helper.make_model(graph)))
+    t = g.tensors()
+    assert elem_type(t["x"]) == TensorProto.FLOAT and elem_type(t["y"]) == TensorProto.FLOAT16
+    assert elem_type(t["s"]) == TensorProto.INT64
+    assert elem_type(gs.Variable("untyped")) is None
+    assert elem_type(gs.Constant("w", np.ones(2, np.float32))) == TensorProto.FLOAT
+    assert elem_type(gs.Constant("bf", LazyValues(bf16))) == TensorProto.BFLOAT16  # from the proto, not numpy

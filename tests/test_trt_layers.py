@@ -11,7 +11,8 @@ import pytest
 
 from pipeline.core.accuracy import TOLERANCES
 from pipeline.core.accuracy import precision_check as compare_outputs
-from pipeline.trt.layers import engine_layers, layer_rows, onnx_graph_index, onnx_layer_times, onnx_nodes_of_layer
+from pipeline.trt.layers import (OnnxGraphIndex, engine_layers, graph_index, layer_rows, onnx_graph_index,
+                                 onnx_layer_times, onnx_nodes_of_layer)
 from pipeline.trt.profiler import timed_loop
 
 _spec = importlib.util.spec_from_file_location("build_engine_tests", Path(__file__).parent / "test_trt_build.py")
@@ -42,6 +43,30 @@ def test_foreign_node_range_metadata_and_output_fallback(index):
     anon = {"Name": "layer_7", "Outputs": [{"Name": "g", "Dimensions": [2, 5]}]}
     assert onnx_nodes_of_layer(anon, index) == ["/fc/Gemm"]
     assert engine_layers({"Layers": ["a", {"Name": "b"}]}) == [{"Name": "a"}, {"Name": "b"}]
+
+
+def test_index_labels_unnamed_nodes_by_position_and_maps_producers(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from pipeline.graph import to_graph
+
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Neg", ["a"], ["b"], name="/neg/Neg"),
+             helper.make_node("Relu", ["b"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    path = tmp_path / "unnamed.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    index = onnx_graph_index(path)
+    assert index.order == ["Relu_0", "/neg/Neg", "Relu_2"]
+    assert index.producer == {"a": "Relu_0", "b": "/neg/Neg", "y": "Relu_2"}  # graph inputs have none
+    assert index.op_type == {"Relu_0": "Relu", "/neg/Neg": "Neg", "Relu_2": "Relu"}
+    assert index.position == {"Relu_0": 0, "/neg/Neg": 1, "Relu_2": 2}
+    assert graph_index(to_graph(onnx.load(str(path)))) == index
+    assert onnx_nodes_of_layer({"Name": "{ForeignNode[Relu_2...Relu_0]}"}, index) == index.order
+    # An index built by hand (no positions) still expands ranges in graph order.
+    manual = OnnxGraphIndex(order=index.order, producer=index.producer, op_type=index.op_type)
+    assert onnx_nodes_of_layer({"Name": "{ForeignNode[/neg/Neg...Relu_2]}"}, manual) == ["/neg/Neg", "Relu_2"]
 
 
 def test_rows_efficiency_and_node_time_split(index):

@@ -6,7 +6,8 @@
   ``node_positions``, :class:`Constness` (which tensors are weights), ``edges_of`` (name index of a
   node list for index-based passes).
 * :mod:`pipeline.graph.shapes`: symbolic dims given values, ONNX shape inference, and the
-  shapes/types/constants of every tensor (``tensor_info``), with constant folding for shapes.
+  shapes/types/constants of every tensor (``tensor_info``), with constant folding for shapes, and
+  the TensorProto element type of a graphsurgeon tensor (``elem_type``).
 * :mod:`pipeline.graph.fold`: constant folding through graphsurgeon's ``fold_constants`` (ONNX
   Runtime evaluates), initializer-copy Identity folding, cleanup/toposort.
 * :mod:`pipeline.graph.patterns`: structural patterns from ops and edges (never names): GELU, FFN,
@@ -34,6 +35,7 @@ from pipeline.graph.io import copy_model, load_model, save_model, to_graph, to_m
 from pipeline.graph.shapes import (
     TensorInfo,
     UnknownShape,
+    elem_type,
     infer_shapes,
     infer_with_folding,
     substitute_dims,
@@ -62,7 +64,7 @@ __all__ = [
     "NameSource", "ResidualAdd", "TensorInfo", "UnknownShape", "cleanup", "fold_constants", "fold_graph_constants",
     "fold_initializer_identities", "infer_shapes", "infer_with_folding", "insert_after", "insert_cast",
     "insert_qdq_pair", "substitute_dims", "tensor_info", "attention_blocks", "attention_matmuls", "compute_nodes", "consumer_slots", "consumers_of",
-    "conv_chains", "conv_residual_adds", "copy_model", "edges_of", "ffn_blocks", "first_compute_node",
+    "conv_chains", "conv_residual_adds", "copy_model", "edges_of", "elem_type", "ffn_blocks", "first_compute_node",
     "gelu_activations", "graph_output_names", "last_compute_node", "load_model", "node_positions",
     "other_input", "present", "producer_of", "save_model", "to_graph", "to_model",
 ]

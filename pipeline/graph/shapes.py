@@ -17,6 +17,7 @@ from pipeline.core.errors import PipelineError
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
+    import onnx_graphsurgeon as gs
 
 Shape = Tuple[int, ...]
 
@@ -284,5 +285,28 @@ def _constant_node_shape(node: Any, info: TensorInfo) -> None:
             info.shapes[node.output[0]] = (len(attr.floats) or len(attr.ints),)
 
 
-__all__ = ["FLOAT_TYPES", "FOLD_MAX_ELEMENTS", "INT_SIZES", "TensorInfo", "UnknownShape", "infer_shapes",
+def elem_type(tensor: "gs.Tensor") -> Optional[int]:
+    """TensorProto element type of a graphsurgeon tensor (None when shape inference gave none).
+
+    Lazy initializers answer from their proto: graphsurgeon maps BFLOAT16 to a numpy stand-in
+    whose type depends on the onnx version.
+    """
+    import numpy as np
+    from onnx import helper
+
+    values = getattr(tensor, "_values", None)
+    if values is not None and hasattr(values, "tensor") and hasattr(values.tensor, "data_type"):
+        return int(values.tensor.data_type)
+    dtype = tensor.dtype
+    if dtype is None:
+        return None
+    if isinstance(dtype, (int, np.integer)):  # graphsurgeon keeps types numpy lacks as TensorProto enums
+        return int(dtype)
+    try:
+        return int(helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+__all__ = ["FLOAT_TYPES", "FOLD_MAX_ELEMENTS", "INT_SIZES", "TensorInfo", "UnknownShape", "elem_type", "infer_shapes",
            "infer_with_folding", "numel", "substitute_dims", "tensor_info"]

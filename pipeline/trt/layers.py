@@ -17,7 +17,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx_graphsurgeon as gs
 
 _META = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
 _FOREIGN = re.compile(r"ForeignNode\[(.+?)\.\.\.(.+?)\]")
@@ -26,37 +29,59 @@ _TOKEN_SPLIT = re.compile(r"\s\+\s|[\s(),\[\]{}]+")
 
 @dataclass
 class OnnxGraphIndex:
-    """Node names in graph order and the producer of each tensor.
+    """Node names in graph order and the producer of each tensor (names only: the index outlives the
+    graph it was read from and is cheap to keep beside an engine's profile).
 
     Attributes:
-        order: node names in graph (topological) order.
-        producer: tensor name -> node name.
+        order: node names in graph (topological) order; unnamed nodes are ``<op>_<position>``.
+        producer: tensor name -> name of the node writing it.
         op_type: node name -> op type.
+        position: node name -> index in ``order`` (the first node of that name).
     """
 
     order: List[str] = field(default_factory=list)
     producer: Dict[str, str] = field(default_factory=dict)
     op_type: Dict[str, str] = field(default_factory=dict)
+    position: Dict[str, int] = field(default_factory=dict)
 
     @property
     def names(self) -> set:
         """Set of node names."""
         return set(self.order)
 
+    def index_of(self, name: str) -> int:
+        """Position of node ``name`` in graph order (``position``, else a search of ``order``)."""
+        return self.position[name] if name in self.position else self.order.index(name)
+
+
+def graph_index(graph: "gs.Graph") -> OnnxGraphIndex:
+    """:class:`OnnxGraphIndex` of an onnx-graphsurgeon graph (its top level; ``graph.nodes`` order)."""
+    from pipeline.graph import node_positions, producer_of
+
+    positions = node_positions(graph)
+    label = {id(n): n.name or f"{n.op}_{positions[id(n)]}" for n in graph.nodes}
+    idx = OnnxGraphIndex()
+    for node in graph.nodes:
+        name = label[id(node)]
+        idx.position.setdefault(name, len(idx.order))
+        idx.order.append(name)
+        idx.op_type[name] = node.op
+    for tensor_name, tensor in graph.tensors().items():
+        node = producer_of(tensor)
+        if node is not None and id(node) in label:
+            idx.producer[tensor_name] = label[id(node)]
+    return idx
+
 
 def onnx_graph_index(onnx_path: str | Path) -> OnnxGraphIndex:
-    """Index an ONNX file's nodes (structure only, no weights)."""
-    import onnx  # noqa: PLC0415
+    """Index an ONNX file's nodes (structure only: weights stored externally are not read).
 
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    idx = OnnxGraphIndex()
-    for i, n in enumerate(model.graph.node):
-        name = n.name or f"{n.op_type}_{i}"
-        idx.order.append(name)
-        idx.op_type[name] = n.op_type
-        for o in n.output:
-            idx.producer[o] = name
-    return idx
+    Raises:
+        PipelineError: the file is missing or not an ONNX model.
+    """
+    from pipeline.graph import load_model, to_graph
+
+    return graph_index(to_graph(load_model(onnx_path, load_weights=False)))
 
 
 def _tensor_names(entries: Any) -> List[str]:
@@ -92,7 +117,7 @@ def onnx_nodes_of_layer(layer: Mapping[str, Any], index: OnnxGraphIndex) -> List
             return []
         for first, last in _FOREIGN.findall(name):
             if first in known and last in known:
-                a, b = index.order.index(first), index.order.index(last)
+                a, b = index.index_of(first), index.index_of(last)
                 found += index.order[min(a, b) : max(a, b) + 1]
         for tok in _TOKEN_SPLIT.split(name):
             if tok in known:
