@@ -8,7 +8,8 @@ import shutil
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline.analyze.cpu import cpu_spec_from_cpuinfo, parse_cpuinfo, simd_profile
+from pipeline.analyze.cpu import parse_cpuinfo, simd_profile
+from pipeline.analyze.hardware import cpu_spec_from_cpuinfo
 from pipeline.analyze.hardware import (
     HARDWARE_DIR,
     hardware_names,

@@ -9,7 +9,7 @@ import pytest
 
 from onnx_models import conv, depthwise_separable, small_cnn
 from pipeline.analyze import Analysis, analyze_onnx, load_hardware
-from pipeline.analyze.cpu import cpu_spec_from_cpuinfo
+from pipeline.analyze.hardware import cpu_spec_from_cpuinfo
 from pipeline.analyze.flops import LayerCost
 from pipeline.analyze.roofline import bound_layer
 from pipeline.core.config import PrecisionConfig

@@ -313,21 +313,21 @@ def cpu_config(
     return cfg, detection
 
 
-def cpu_spec_from_cpuinfo(
+def cpu_config_from_cpuinfo(
     text: str,
     max_freq_khz: Optional[str] = None,
     usable: Optional[int] = None,
     overrides: Optional[HardwareConfig] = None,
 ):
-    """:class:`HardwareSpec` of the CPU that ``text`` (``/proc/cpuinfo`` content) describes."""
-    from pipeline.analyze.hardware import spec_from_config
+    """``(HardwareConfig, detection)`` of the CPU that ``text`` (``/proc/cpuinfo`` content) describes.
 
-    cfg, detection = cpu_config(parse_cpuinfo(text, max_freq_khz), usable, overrides)
-    return spec_from_config(cfg, detection)
+    :func:`pipeline.analyze.hardware.cpu_spec_from_cpuinfo` turns it into peaks.
+    """
+    return cpu_config(parse_cpuinfo(text, max_freq_khz), usable, overrides)
 
 
-def detect_cpu(overrides: Optional[HardwareConfig] = None):
-    """:class:`HardwareSpec` of this machine's CPU (reads /proc/cpuinfo and cpufreq).
+def detect_cpu_config(overrides: Optional[HardwareConfig] = None):
+    """``(HardwareConfig, detection)`` of this machine's CPU (reads /proc/cpuinfo and cpufreq).
 
     Raises:
         PipelineError: /proc/cpuinfo is unreadable (not Linux) and no clock was given.
@@ -347,7 +347,7 @@ def detect_cpu(overrides: Optional[HardwareConfig] = None):
         max_freq = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text()
     except OSError:
         max_freq = None  # containers and VMs often hide cpufreq
-    return cpu_spec_from_cpuinfo(text, max_freq, usable_cpus(), overrides)
+    return cpu_config_from_cpuinfo(text, max_freq, usable_cpus(), overrides)
 
 
 __all__ = [
@@ -355,8 +355,8 @@ __all__ = [
     "SIMD_TABLE",
     "SimdProfile",
     "cpu_config",
-    "cpu_spec_from_cpuinfo",
-    "detect_cpu",
+    "cpu_config_from_cpuinfo",
+    "detect_cpu_config",
     "parse_cpuinfo",
     "simd_profile",
     "usable_cpus",

@@ -347,8 +347,6 @@ def resolve_hardware(cfg: Optional[HardwareConfig] = None) -> HardwareSpec:
     if cfg.kind == "gpu":
         return spec_from_config(cfg, {"method": "config", "file": f"conf/hardware/{cfg.name}.yaml"})
     if cfg.kind == "cpu":
-        from pipeline.analyze.cpu import detect_cpu
-
         return detect_cpu(overrides=cfg)
     if cfg.kind != "auto":
         raise PipelineError(
@@ -359,6 +357,21 @@ def resolve_hardware(cfg: Optional[HardwareConfig] = None) -> HardwareSpec:
 
     gpus, why = all_device_facts()
     return spec_for_gpus(gpus, why)
+
+
+def cpu_spec_from_cpuinfo(text: str, max_freq_khz: Optional[str] = None, usable: Optional[int] = None,
+                          overrides: Optional[HardwareConfig] = None) -> HardwareSpec:
+    """:class:`HardwareSpec` of the CPU that ``text`` (``/proc/cpuinfo`` content) describes."""
+    from pipeline.analyze.cpu import cpu_config_from_cpuinfo
+
+    return spec_from_config(*cpu_config_from_cpuinfo(text, max_freq_khz, usable, overrides))
+
+
+def detect_cpu(overrides: Optional[HardwareConfig] = None) -> HardwareSpec:
+    """:class:`HardwareSpec` of this machine's CPU (see :func:`pipeline.analyze.cpu.detect_cpu_config`)."""
+    from pipeline.analyze.cpu import detect_cpu_config
+
+    return spec_from_config(*detect_cpu_config(overrides))
 
 
 def gpu_hardware_configs() -> Dict[str, HardwareConfig]:
@@ -386,8 +399,6 @@ def spec_for_gpus(gpus: List[Dict[str, Any]], why: str = "",
         The matching file's spec with ``detection`` saying how it was found; this CPU's spec with
         ``detection["note"]`` when there is no GPU or no file for it.
     """
-    from pipeline.analyze.cpu import detect_cpu
-
     if not gpus:
         spec = detect_cpu()
         spec.detection["note"] = f"no NVIDIA GPU found ({why}); analysed against this CPU"

@@ -35,7 +35,7 @@ from pipeline.core.errors import PipelineError
 
 if TYPE_CHECKING:
     from pipeline.core.config import DataConfig
-    from pipeline.models import InputSpec
+    from pipeline.core.specs import InputSpec
 
 #: The two uses of data; they never overlap.
 SPLITS = ("calib", "eval")

@@ -22,7 +22,7 @@ from pipeline.core.errors import PipelineError
 
 if TYPE_CHECKING:
     from pipeline.core.config import DataConfig
-    from pipeline.models import InputSpec
+    from pipeline.core.specs import InputSpec
 
 #: Stream ids that keep the random calib and eval samples independent.
 _SPLIT_STREAM = {"calib": 1, "eval": 2}

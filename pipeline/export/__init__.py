@@ -13,15 +13,12 @@ torch, onnx and onnxruntime are imported inside the functions that need them.
 
 from __future__ import annotations
 
-from pipeline.export.onnx_export import (
+from pipeline.export.onnx_export import ExportResult, export_onnx, make_check_inputs, onnx_from_file
+from pipeline.graph.describe import (
     MAX_IR_VERSION,
     TENSORRT_MAX_OPSET,
-    ExportResult,
     OnnxDescription,
     describe_onnx,
-    export_onnx,
-    make_check_inputs,
-    onnx_from_file,
     onnx_input_specs,
     onnx_output_names,
 )

@@ -24,7 +24,7 @@ from pipeline.core.store import write_sidecar
 
 if TYPE_CHECKING:
     from pipeline.core.config import ModelConfig
-    from pipeline.models import InputSpec
+    from pipeline.core.specs import InputSpec
 
 #: Results file of this stage, in the run folder.
 SUMMARY_NAME = "export.json"
@@ -103,7 +103,7 @@ def read_summary(path: Path) -> Dict[str, Any]:
 
 def input_specs(summary: Dict[str, Any]) -> List["InputSpec"]:
     """The model's input specs from an export summary."""
-    from pipeline.models import InputSpec
+    from pipeline.core.specs import InputSpec
 
     return [InputSpec(name=d["name"], shape=tuple(d["shape"]), dtype=d.get("dtype", "float32"),
                       vocab_size=d.get("vocab_size")) for d in summary["inputs"]]

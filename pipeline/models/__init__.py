@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.specs import InputSpec
 
 if TYPE_CHECKING:  # only for type checkers: never import torch at module import time
     from pathlib import Path
@@ -35,32 +36,6 @@ TOKEN_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 #: Name of the single input of image and custom models.
 IMAGE_INPUT = "input"
-
-
-@dataclass
-class InputSpec:
-    """One model input, per sample (no batch dimension).
-
-    Attributes:
-        name: ONNX input name.
-        shape: per-sample shape, e.g. ``(3, 224, 224)`` or ``(128,)``; ``-1`` marks a dimension an
-            ONNX file leaves dynamic (other than batch).
-        dtype: numpy dtype name, ``float32`` or ``int64`` for zoo models.
-        vocab_size: for token-id inputs: ids must lie in ``[0, vocab_size)``; None otherwise or
-            when unknown.
-    """
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str = "float32"
-    vocab_size: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form (the report's ``model.inputs`` entries)."""
-        d: dict[str, Any] = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
-        if self.vocab_size is not None:
-            d["vocab_size"] = self.vocab_size
-        return d
 
 
 @dataclass

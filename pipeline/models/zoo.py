@@ -210,7 +210,7 @@ def _probe_outputs(module: Any, inputs: list[InputSpec], cfg: "ModelConfig") -> 
 
 def build_onnx(cfg: "ModelConfig") -> ModelBundle:
     """No torch module: describe the ONNX file at ``cfg.onnx_path`` (inputs, outputs, task)."""
-    from pipeline.export import describe_onnx
+    from pipeline.graph.describe import describe_onnx
 
     if not cfg.onnx_path:
         raise PipelineError("model=onnx needs model.onnx_path", "pass model.onnx_path=/path/to/model.onnx")
