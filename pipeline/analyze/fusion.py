@@ -149,205 +149,322 @@ def _kind(layer: LayerCost, outputs: Sequence[str], graph_outputs: Set[str]) -> 
     return _OTHER
 
 
-def groups_from_costs(costs: GraphCosts) -> List[FusionGroup]:
-    """Fusion groups of a costed graph (:func:`pipeline.analyze.flops.graph_costs`).
+@dataclass
+class _FusionState:
+    """What the fusion phases share: the graph as index lists, and the grouping being built.
 
-    A :class:`GraphCosts` without node connectivity (built by hand) gets one group per layer, with
-    the layer's own bytes.
+    Attributes:
+        costs: the costed graph (layers, node_io, constants, tensor_bytes).
+        kinds: kind of every node (``_CONST``, ``_VIEW``...), after alias resolution.
+        alias: view/DQ output -> the root tensor that holds its data.
+        producer: tensor -> index of the node writing it.
+        direct: tensor (not resolved to its root) -> every node reading it, graph order.
+        consumers: root tensor -> its real readers (not views, DQs, metadata or constants).
+        output_roots: roots of the graph outputs (always written to DRAM).
+        groups: the groups so far; their order only matters after the final sort.
+        group_of: node index -> its group. None before the node is grouped, and for deferred nodes
+            placed into another group's ``extra``.
     """
-    layers = costs.layers
-    if len(costs.node_io) != len(layers):
-        return [
-            FusionGroup(i, layer.name, (layer.name,), (i,), layer.name, layer.op_type, layer.category, layer.flops,
-                        layer.macs, layer.weight_bytes, layer.activation_bytes)
-            for i, layer in enumerate(layers)
-        ]
-    consts = costs.constants
-    graph_outputs = set(costs.graph_outputs)
-    io = costs.node_io
-    kinds = [_kind(layer, outs, graph_outputs) for layer, (_, outs) in zip(layers, io)]
 
-    # Views and DQs alias their first input: resolve every tensor to the tensor that holds the data.
-    alias: Dict[str, str] = {}
+    costs: GraphCosts
+    kinds: List[str]
+    alias: Dict[str, str]
+    producer: Dict[str, int]
+    direct: Dict[str, List[int]]
+    consumers: Dict[str, Set[int]]
+    output_roots: Set[str]
+    groups: List[_Group] = field(default_factory=list)
+    group_of: List[Optional[_Group]] = field(default_factory=list)
 
-    def root(t: str) -> str:
-        return alias.get(t, t)
+    @property
+    def io(self) -> List[Tuple[Tuple[str, ...], Tuple[str, ...]]]:
+        """Per node, its (input names, output names)."""
+        return self.costs.node_io
 
-    for i, (ins, outs) in enumerate(io):
-        if kinds[i] in (_VIEW, _DQ) and ins and outs and ins[0] not in consts:
-            alias[outs[0]] = root(ins[0])
-        elif kinds[i] in (_VIEW, _DQ):
-            kinds[i] = _CONST if ins and ins[0] in consts else _OTHER
-    edges = edges_of(io)
-    producer, direct = edges.producer, edges.consumers  # tensor -> writer / every reader
-    consumers: Dict[str, Set[int]] = {}  # root -> real consumers (not views, DQs, metadata, constants)
-    for i, (ins, _) in enumerate(io):
-        for t in ins:
-            if t not in consts and kinds[i] not in _DEFERRED:
-                consumers.setdefault(root(t), set()).add(i)
-    output_roots = {root(t) for t in graph_outputs}
+    @property
+    def consts(self) -> frozenset:
+        """Names of constant tensors."""
+        return self.costs.constants
 
-    def data_inputs(i: int) -> List[str]:
+    def root(self, t: str) -> str:
+        """The tensor holding the data of ``t`` (``t`` itself unless it is a view/DQ output)."""
+        return self.alias.get(t, t)
+
+    def data_inputs(self, i: int) -> List[str]:
+        """Roots of node ``i``'s non-constant inputs, each once, in input order."""
         seen: List[str] = []
-        for t in io[i][0]:
-            r = root(t)
-            if t not in consts and r not in seen:
+        for t in self.io[i][0]:
+            r = self.root(t)
+            if t not in self.consts and r not in seen:
                 seen.append(r)
         return seen
 
-    # 1. greedy pass in graph order: epilogues join the group whose last output they read.
-    group_of: List[Optional[_Group]] = [None] * len(layers)
-    groups: List[_Group] = []
-    for i, kind in enumerate(kinds):
+    def add_group(self, members: List[int], kind: str, tail: int, closed: bool = False) -> _Group:
+        """Append a new group and point its members at it."""
+        g = _Group(members, kind, tail, closed=closed)
+        self.groups.append(g)
+        for m in members:
+            self.group_of[m] = g
+        return g
+
+
+def _resolve_aliases(io: Sequence[Tuple[Sequence[str], Sequence[str]]], consts: frozenset,
+                     kinds: List[str]) -> Dict[str, str]:
+    """Map every view/DQ output to the tensor holding its data; demote views/DQs that alias nothing.
+
+    One lookup per input is enough because ONNX node order is topological: a view's input was
+    resolved before the view is reached, so the values stored are already roots. A view or DQ of a
+    constant becomes a constant; one without input or output is an ordinary op. ``kinds`` is
+    updated in place (the later phases must see the demoted kinds).
+    """
+    alias: Dict[str, str] = {}
+    for i, (ins, outs) in enumerate(io):
+        if kinds[i] not in (_VIEW, _DQ):
+            continue
+        if ins and outs and ins[0] not in consts:
+            alias[outs[0]] = alias.get(ins[0], ins[0])
+        else:
+            kinds[i] = _CONST if ins and ins[0] in consts else _OTHER
+    return alias
+
+
+def _new_state(costs: GraphCosts) -> _FusionState:
+    """Kinds, aliases and edges of a costed graph, with no groups yet."""
+    io, consts = costs.node_io, costs.constants
+    graph_outputs = set(costs.graph_outputs)
+    kinds = [_kind(layer, outs, graph_outputs) for layer, (_, outs) in zip(costs.layers, io)]
+    alias = _resolve_aliases(io, consts, kinds)
+    edges = edges_of(io)
+    consumers: Dict[str, Set[int]] = {}
+    for i, (ins, _) in enumerate(io):
+        for t in ins:
+            # Deferred readers do not read the data: a view's reader does, a shape op reads none.
+            if t not in consts and kinds[i] not in _DEFERRED:
+                consumers.setdefault(alias.get(t, t), set()).add(i)
+    return _FusionState(costs, kinds, alias, edges.producer, edges.consumers, consumers,
+                        {alias.get(t, t) for t in graph_outputs}, group_of=[None] * len(costs.layers))
+
+
+def _epilogue_hosts(st: _FusionState, i: int, kind: str) -> List[_Group]:
+    """Groups that pointwise/Q node ``i`` may join (one entry per data input that qualifies)."""
+    hosts = []
+    for r in st.data_inputs(i):
+        p = st.producer.get(r)
+        g = st.group_of[p] if p is not None else None
+        # Only a group's last output can stay on chip; after a Q (closed) or a graph output the
+        # tensor is written anyway.
+        if g is None or g.closed or g.tail != p or r in st.output_roots:
+            continue
+        if kind == _POINTWISE and g.kind not in _TAKES_POINTWISE:
+            continue
+        # Every other reader must be pointwise/Q and not in another group. Readers later in graph
+        # order are not grouped yet: they may still join, and _split_materialised cuts the group
+        # when one does not.
+        others = st.consumers.get(r, set()) - {i}
+        if any((st.group_of[c] is not None and st.group_of[c] is not g) or st.kinds[c] not in (_POINTWISE, _Q)
+               for c in others):
+            continue
+        hosts.append(g)
+    return hosts
+
+
+def _fuse_epilogues(st: _FusionState) -> None:
+    """Phase 1, greedy in graph order: epilogues join the group whose last output they read."""
+    for i, kind in enumerate(st.kinds):
         if kind in _DEFERRED:
             continue
-        chosen = None
-        if kind in (_POINTWISE, _Q):
-            candidates = []
-            for r in data_inputs(i):
-                p = producer.get(r)
-                g = group_of[p] if p is not None else None
-                if g is None or g.closed or g.tail != p or r in output_roots:
-                    continue
-                if kind == _POINTWISE and g.kind not in _TAKES_POINTWISE:
-                    continue
-                others = consumers.get(r, set()) - {i}
-                if any((group_of[c] is not None and group_of[c] is not g) or kinds[c] not in (_POINTWISE, _Q)
-                       for c in others):
-                    continue
-                candidates.append(g)
-            if candidates:
-                chosen = max(candidates, key=lambda g: (g.kind == _MAC, g.members[0]))
-        if chosen is not None:
-            chosen.members.append(i)
-            chosen.tail = i
-            chosen.closed = kind == _Q  # nothing fuses after an 8-bit output
-            group_of[i] = chosen
-        else:
-            g = _Group([i], kind, i, closed=kind == _Q)
-            groups.append(g)
-            group_of[i] = g
+        hosts = _epilogue_hosts(st, i, kind) if kind in (_POINTWISE, _Q) else []
+        if not hosts:
+            st.add_group([i], kind, i, closed=kind == _Q)
+            continue
+        # Prefer a compute anchor (conv/gemm + epilogue is the fusion that saves most), then the
+        # group that started latest.
+        chosen = max(hosts, key=lambda g: (g.kind == _MAC, g.members[0]))
+        chosen.members.append(i)
+        chosen.tail = i
+        chosen.closed = kind == _Q  # nothing fuses after an 8-bit output
+        st.group_of[i] = chosen
 
-    # 2. a tensor read outside its group is materialised: cut it and split what falls apart.
-    def anchor_kind(members: List[int]) -> str:
-        return next((kinds[m] for m in members if kinds[m] == _MAC), kinds[members[0]])
 
+def _find(parent: Dict[int, int], x: int) -> int:
+    """Union-find root of ``x``, halving the path on the way (keeps the trees flat)."""
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]
+        x = parent[x]
+    return x
+
+
+def _connected_pieces(st: _FusionState, g: _Group) -> List[List[int]]:
+    """``g``'s members split into the pieces joined by tensors that stay on chip, in member order.
+
+    An edge producer -> reader is internal only if the tensor is no graph output and every real
+    reader of it is in ``g``; otherwise the tensor is materialised and does not join the two.
+    """
+    mset = set(g.members)
+    parent = {m: m for m in g.members}
+    for m in g.members:
+        for r in st.data_inputs(m):
+            p = st.producer.get(r)
+            if p is None or p not in mset or p == m:
+                continue
+            if r in st.output_roots or not st.consumers.get(r, set()) <= mset:
+                continue  # materialised: no internal edge
+            parent[_find(parent, m)] = _find(parent, p)
+    pieces: Dict[int, List[int]] = {}
+    for m in g.members:
+        pieces.setdefault(_find(parent, m), []).append(m)
+    return list(pieces.values())
+
+
+def _anchor_kind(kinds: Sequence[str], members: Sequence[int]) -> str:
+    """Kind of a piece: MAC if it holds a compute anchor, else its first member's kind."""
+    return next((kinds[m] for m in members if kinds[m] == _MAC), kinds[members[0]])
+
+
+def _split_materialised(st: _FusionState) -> None:
+    """Phase 2: a tensor read outside its group is materialised; split the groups it cuts apart.
+
+    Sweeps repeat until one splits nothing (pieces are appended and checked again).
+    """
     changed = True
     while changed:
         changed = False
-        for g in list(groups):
+        for g in list(st.groups):
             if len(g.members) < 2:
                 continue
-            mset = set(g.members)
-            parent = {m: m for m in g.members}
-
-            def find(x: int) -> int:
-                while parent[x] != x:
-                    parent[x] = parent[parent[x]]
-                    x = parent[x]
-                return x
-
-            for m in g.members:
-                for r in data_inputs(m):
-                    p = producer.get(r)
-                    if p is None or p not in mset or p == m:
-                        continue
-                    if r in output_roots or not consumers.get(r, set()) <= mset:
-                        continue  # materialised: no internal edge
-                    parent[find(m)] = find(p)
-            comps: Dict[int, List[int]] = {}
-            for m in g.members:
-                comps.setdefault(find(m), []).append(m)
-            if len(comps) == 1:
+            pieces = _connected_pieces(st, g)
+            if len(pieces) == 1:
                 continue
             changed = True
-            groups.remove(g)
-            for members in comps.values():
-                ng = _Group(sorted(members), anchor_kind(members), max(members))
-                groups.append(ng)
-                for m in members:
-                    group_of[m] = ng
+            st.groups.remove(g)
+            for members in pieces:
+                st.add_group(sorted(members), _anchor_kind(st.kinds, members), max(members))
 
-    # 3. place views, DQs, metadata and constants (they cost nothing of their own).
-    def first_real_consumer(t: str, depth: int = 0) -> Optional[int]:
-        best = None
-        for c in direct.get(t, []):
-            if kinds[c] in _DEFERRED and depth < 64:
-                found = None
-                for o in io[c][1]:
-                    f = first_real_consumer(o, depth + 1)
-                    if f is not None and (found is None or f < found):
-                        found = f
-                c = found
-            if c is not None and group_of[c] is not None and (best is None or c < best):
-                best = c
-        return best
 
-    for i, kind in enumerate(kinds):
+def _first_real_consumer(st: _FusionState, t: str, depth: int = 0) -> Optional[int]:
+    """Earliest grouped node reading ``t``, looking through deferred readers (views, DQs...).
+
+    A reader behind a view reads the viewed data. The walk through chains of deferred nodes stops
+    64 deep (a guard, not a rule); there a deferred reader counts itself if it has a group.
+    """
+    best = None
+    for c in st.direct.get(t, []):
+        if st.kinds[c] in _DEFERRED and depth < 64:
+            found = [f for f in (_first_real_consumer(st, o, depth + 1) for o in st.io[c][1]) if f is not None]
+            c = min(found) if found else None
+        if c is not None and st.group_of[c] is not None and (best is None or c < best):
+            best = c
+    return best
+
+
+def _deferred_target(st: _FusionState, i: int, kind: str) -> Optional[int]:
+    """The node whose group deferred node ``i`` joins, or None for a group of its own."""
+    ins, outs = st.io[i]
+    if kind == _VIEW and ins:
+        # A view goes with the producer of the data it views (a reshape after the conv).
+        p = st.producer.get(st.root(ins[0]))
+        if p is not None and st.kinds[p] not in _DEFERRED and st.group_of[p] is not None:
+            return p
+    found = [c for c in (_first_real_consumer(st, o) for o in outs) if c is not None]
+    if found:
+        return min(found)
+    if kind == _META and ins:
+        # A shape read nobody real consumes stays with the tensor's producer.
+        p = st.producer.get(st.root(ins[0]))
+        return p if p is not None and st.group_of[p] is not None else None
+    return None
+
+
+def _place_deferred(st: _FusionState) -> None:
+    """Phase 3: put views, DQs, metadata and constants into a group (they cost nothing of their own).
+
+    Graph order matters: a deferred node with no target gets a group of its own (and ``group_of``),
+    which a later metadata node or one past the depth guard may then join.
+    """
+    for i, kind in enumerate(st.kinds):
         if kind not in _DEFERRED:
             continue
-        ins, outs = io[i]
-        target = None
-        if kind == _VIEW:
-            p = producer.get(root(ins[0])) if ins else None
-            if p is not None and kinds[p] not in _DEFERRED and group_of[p] is not None:
-                target = p
-        if target is None:
-            for o in outs:
-                c = first_real_consumer(o)
-                if c is not None and (target is None or c < target):
-                    target = c
-        if target is None and kind == _META and ins:
-            p = producer.get(root(ins[0]))
-            target = p if p is not None and group_of[p] is not None else None
+        target = _deferred_target(st, i, kind)
         if target is not None:
-            group_of[target].extra.append(i)
+            st.group_of[target].extra.append(i)
         else:
-            g = _Group([i], kind, i)
-            groups.append(g)
-            group_of[i] = g
+            st.add_group([i], kind, i)
 
-    # 4. boundary bytes per group.
-    groups.sort(key=lambda g: g.members[0])
-    out: List[FusionGroup] = []
-    for index, g in enumerate(groups):
-        members = sorted(g.members + g.extra)
-        mset = set(members)
-        reads: List[str] = []
-        writes: List[str] = []
-        for m in members:
-            if kinds[m] in (_CONST, _META):
+
+def _boundary_tensors(st: _FusionState, members: Sequence[int]) -> Tuple[List[str], List[str]]:
+    """Phase 4: the tensors a group reads from and writes to DRAM, each once, in member order."""
+    mset = set(members)
+    reads: List[str] = []
+    writes: List[str] = []
+    for m in members:
+        if st.kinds[m] in (_CONST, _META):
+            continue  # constants are weight bytes; a shape read moves no activation data
+        ins, outs = st.io[m]
+        for t in ins:
+            r = st.root(t)
+            if t in st.consts or r in reads or st.producer.get(r) in mset:
                 continue
-            for t in io[m][0]:
-                r = root(t)
-                if t in consts or r in reads or producer.get(r) in mset:
-                    continue
-                reads.append(r)
-            for t in io[m][1]:
-                if t in alias or t in writes:
-                    continue
-                outside = [c for c in consumers.get(t, set()) if c not in mset]
-                if outside or t in output_roots:
-                    writes.append(t)
-        anchor = next((m for m in g.members if kinds[m] == _MAC), g.members[0])
-        shown = [m for m in members if kinds[m] not in (_CONST, _META)] or members
-        tb = costs.tensor_bytes
-        out.append(FusionGroup(
-            index=index,
-            name=" + ".join(layers[m].name for m in shown),
-            nodes=tuple(layers[m].name for m in members),
-            node_indices=tuple(members),
-            anchor=layers[anchor].name,
-            anchor_op=layers[anchor].op_type,
-            category=layers[anchor].category,
-            flops=sum(layers[m].flops for m in members),
-            macs=sum(layers[m].macs for m in members),
-            weight_bytes=sum(layers[m].weight_bytes for m in members),
-            activation_bytes=sum(tb.get(t, 0.0) for t in reads + writes),
-            inputs=tuple(reads),
-            outputs=tuple(writes),
-        ))
-    return out
+            reads.append(r)
+        for t in outs:
+            # A view/DQ output is its input's data: written (if at all) by whoever produced that.
+            if t in st.alias or t in writes:
+                continue
+            outside = [c for c in st.consumers.get(t, set()) if c not in mset]
+            if outside or t in st.output_roots:
+                writes.append(t)
+    return reads, writes
+
+
+def _fusion_group(st: _FusionState, index: int, g: _Group) -> FusionGroup:
+    """The public :class:`FusionGroup` of a finished group: names, summed costs, boundary bytes."""
+    layers = st.costs.layers
+    members = sorted(g.members + g.extra)
+    reads, writes = _boundary_tensors(st, members)
+    anchor = next((m for m in g.members if st.kinds[m] == _MAC), g.members[0])
+    shown = [m for m in members if st.kinds[m] not in (_CONST, _META)] or members
+    tb = st.costs.tensor_bytes
+    return FusionGroup(
+        index=index,
+        name=" + ".join(layers[m].name for m in shown),
+        nodes=tuple(layers[m].name for m in members),
+        node_indices=tuple(members),
+        anchor=layers[anchor].name,
+        anchor_op=layers[anchor].op_type,
+        category=layers[anchor].category,
+        flops=sum(layers[m].flops for m in members),
+        macs=sum(layers[m].macs for m in members),
+        weight_bytes=sum(layers[m].weight_bytes for m in members),
+        activation_bytes=sum(tb.get(t, 0.0) for t in reads + writes),
+        inputs=tuple(reads),
+        outputs=tuple(writes),
+    )
+
+
+def _one_group_per_layer(layers: Sequence[LayerCost]) -> List[FusionGroup]:
+    """One group per layer with the layer's own bytes (no connectivity to fuse by)."""
+    return [
+        FusionGroup(i, layer.name, (layer.name,), (i,), layer.name, layer.op_type, layer.category, layer.flops,
+                    layer.macs, layer.weight_bytes, layer.activation_bytes)
+        for i, layer in enumerate(layers)
+    ]
+
+
+def groups_from_costs(costs: GraphCosts) -> List[FusionGroup]:
+    """Fusion groups of a costed graph (:func:`pipeline.analyze.flops.graph_costs`).
+
+    Four phases over one :class:`_FusionState`: greedy epilogue fusion, splitting where a tensor is
+    materialised, placing the zero-cost nodes, then boundary bytes per group.
+    A :class:`GraphCosts` without node connectivity (built by hand) gets one group per layer, with
+    the layer's own bytes.
+    """
+    if len(costs.node_io) != len(costs.layers):
+        return _one_group_per_layer(costs.layers)
+    st = _new_state(costs)
+    _fuse_epilogues(st)
+    _split_materialised(st)
+    _place_deferred(st)
+    st.groups.sort(key=lambda g: g.members[0])
+    return [_fusion_group(st, index, g) for index, g in enumerate(st.groups)]
 
 
 def fusion_groups(

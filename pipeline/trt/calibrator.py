@@ -27,6 +27,11 @@ from pipeline.trt.dtypes import engine_input_array
 CALIBRATOR_CLASSES = {"entropy": "IInt8EntropyCalibrator2", "minmax": "IInt8MinMaxCalibrator"}
 
 
+def _sidecar(cache_path: Path) -> Path:
+    """The JSON file beside a calibration cache that holds its fingerprint."""
+    return Path(str(cache_path) + ".json")
+
+
 def cache_is_usable(cache_path: Optional[Path], fingerprint: Mapping[str, Any]) -> Tuple[bool, str]:
     """Whether an existing calibration cache may be read for this model and calibrator.
 
@@ -39,7 +44,7 @@ def cache_is_usable(cache_path: Optional[Path], fingerprint: Mapping[str, Any]) 
     """
     if cache_path is None or not Path(cache_path).is_file():
         return False, "no calibration cache"
-    side = Path(str(cache_path) + ".json")
+    side = _sidecar(Path(cache_path))
     if not side.is_file():
         return True, f"calibration cache {cache_path} (no sidecar: trusted as given)"
     try:
@@ -97,6 +102,175 @@ def rebatched(source: Iterable[Mapping[str, np.ndarray]], input_shapes: Mapping[
         stats.samples_dropped = have
 
 
+def _calibrator_base(trt: ModuleType, kind: str) -> type:
+    """TensorRT's calibrator base class for ``kind``, chosen by feature detection.
+
+    Raises:
+        PipelineError: unknown ``kind``; this TensorRT has no such class (11+ removed implicit INT8).
+    """
+    if kind not in CALIBRATOR_CLASSES:
+        raise PipelineError(f"Unknown calibrator {kind!r}.", f"Use build.calibrator= one of {sorted(CALIBRATOR_CLASSES)}.")
+    name = CALIBRATOR_CLASSES[kind]
+    if not hasattr(trt, name):
+        raise PipelineError(
+            f"This TensorRT ({getattr(trt, '__version__', '?')}) has no {name}: implicit INT8 "
+            "calibration was removed (TensorRT 11).",
+            "Build INT8 from a Q/DQ ONNX: add quantize to stages, or pass build.qdq_onnx=<model.qdq.onnx>.",
+        )
+    return getattr(trt, name)
+
+
+def _device_ready_array(name: str, arr: np.ndarray, input_dtypes: Optional[Mapping[str, Any]]) -> np.ndarray:
+    """``arr`` as a C-contiguous host array in the dtype the network input ``name`` takes.
+
+    Known network dtypes win (int64 ids -> int32 with a range check); otherwise floats go as float32,
+    the precision TensorRT calibrates in, and other dtypes as given.
+    """
+    if input_dtypes and name in input_dtypes:
+        return engine_input_array(name, arr, input_dtypes[name])
+    if np.asarray(arr).dtype.kind == "f":
+        return np.ascontiguousarray(arr, dtype=np.float32)
+    return np.ascontiguousarray(arr)
+
+
+class _DeviceStaging:
+    """Copies host batches into device buffers for TensorRT: one buffer per input, reused across
+    batches and regrown only when a batch needs more bytes.
+
+    The CUDA API and its stream are created on first use, so a calibrator that only reads a cache
+    never touches the GPU; an API created here is closed by :meth:`release`, one passed in is not.
+    """
+
+    def __init__(self, cuda: Any, input_dtypes: Optional[Mapping[str, Any]]) -> None:
+        self.cuda = cuda
+        self.own_cuda = cuda is None
+        self.stream: Any = None
+        self.input_dtypes = input_dtypes
+        self.ptrs: Dict[str, Tuple[int, int]] = {}  # input name -> (device pointer, capacity in bytes)
+
+    def _api(self) -> Any:
+        if self.cuda is None:
+            from pipeline.trt.cuda import cuda_api  # noqa: PLC0415
+
+            self.cuda = cuda_api()
+        if self.stream is None:
+            self.stream = self.cuda.create_stream()
+        return self.cuda
+
+    def _buffer(self, name: str, nbytes: int) -> int:
+        ptr, size = self.ptrs.get(name, (0, 0))
+        if size < nbytes:
+            if ptr:
+                self.cuda.free(ptr)
+            ptr, size = self.cuda.malloc(nbytes), nbytes
+            self.ptrs[name] = (ptr, size)
+        return ptr
+
+    def stage(self, names: Sequence[str], batch: Mapping[str, np.ndarray]) -> List[int]:
+        """Device pointers holding ``batch[n]`` for each of ``names``, in that order, copies finished.
+
+        Raises:
+            PipelineError: ``batch`` lacks one of ``names``; an array does not fit its input dtype.
+        """
+        missing = [n for n in names if n not in batch]
+        if missing:
+            raise PipelineError(f"Calibration batch lacks inputs {missing} (has {sorted(batch)}).",
+                                "Check that the data config matches the model's inputs.")
+        ptrs = []
+        for n in names:
+            cuda = self._api()
+            arr = _device_ready_array(n, batch[n], self.input_dtypes)
+            ptr = self._buffer(n, arr.nbytes)
+            cuda.htod(ptr, arr, self.stream)
+            ptrs.append(ptr)
+        # TensorRT reads the buffers as soon as get_batch returns: the async copies must be done.
+        self.cuda.synchronize(self.stream)
+        return ptrs
+
+    def release(self) -> None:
+        """Free the device buffers, and close the CUDA API if it was created here."""
+        if self.cuda is not None:
+            for ptr, _ in self.ptrs.values():
+                self.cuda.free(ptr)
+            if self.own_cuda:
+                self.cuda.close()
+        self.ptrs.clear()
+
+
+class _CacheFile:
+    """The calibration cache file plus its fingerprint sidecar (see :func:`cache_is_usable`)."""
+
+    def __init__(self, path: Optional[Path], fingerprint: Mapping[str, Any]) -> None:
+        self.path = path
+        self.fingerprint = fingerprint
+
+    def read(self) -> Optional[bytes]:
+        """The cache bytes, or None when there is no file (TensorRT then calibrates)."""
+        if self.path is not None and self.path.is_file():
+            return self.path.read_bytes()
+        return None
+
+    def write(self, cache: Any) -> bool:
+        """Write TensorRT's cache and the sidecar (atomically); False when there is no path."""
+        if self.path is None:
+            return False
+        write_bytes(self.path, bytes(cache))
+        write_json(_sidecar(self.path), dict(self.fingerprint))
+        return True
+
+
+def _calibrator_class(base: type) -> type:
+    """A subclass of TensorRT's calibrator ``base`` (made per call: ``base`` comes from the tensorrt
+    module in hand); the work is done by :func:`rebatched`, :class:`_DeviceStaging`, :class:`_CacheFile`."""
+
+    class PipelineCalibrator(base):  # type: ignore[misc, valid-type]
+        """Feeds one batch per ``get_batch`` call from host arrays through device buffers; its
+        counters and notes (``batches_used``, ``cache_note``...) go into the engine sidecar."""
+
+        def __init__(self, kind: str, batches: Optional[Iterable[Mapping[str, np.ndarray]]],
+                     input_shapes: Mapping[str, Sequence[int]], cache: _CacheFile, staging: _DeviceStaging,
+                     read_cache: bool, cache_note: str) -> None:
+            base.__init__(self)  # TensorRT's bindings require the base constructor to run
+            self.kind = kind
+            self.cache_path = cache.path
+            self.cache_note = cache_note
+            self.read_cache = read_cache
+            self.rebatch_note = ""
+            self.batches_used = 0
+            self.samples_dropped = 0
+            self.cache_written = False
+            self._cache = cache
+            self._staging = staging
+            # rebatched() records rebatch_note / samples_dropped on this object as it goes
+            self._it = rebatched(batches, input_shapes, self) if batches is not None else iter(())
+
+        def get_batch_size(self) -> int:
+            # Explicit-batch networks carry the batch in the input shape; TensorRT ignores this
+            # value there but requires >= 1.
+            return 1
+
+        def get_batch(self, names: List[str]) -> Optional[List[int]]:
+            batch = next(self._it, None)
+            if batch is None:
+                return None  # tells TensorRT the data is exhausted
+            ptrs = self._staging.stage(names, batch)
+            self.batches_used += 1
+            return ptrs
+
+        def read_calibration_cache(self) -> Optional[bytes]:
+            return self._cache.read() if self.read_cache else None
+
+        def write_calibration_cache(self, cache: Any) -> None:
+            if self._cache.write(cache):
+                self.cache_written = True
+
+        def release(self) -> None:
+            """Free the device buffers (after the build)."""
+            self._staging.release()
+
+    return PipelineCalibrator
+
+
 def make_calibrator(
     trt: ModuleType,
     kind: str,
@@ -128,99 +302,11 @@ def make_calibrator(
     Raises:
         PipelineError: unknown ``kind``; this TensorRT has no calibrators (11+); no batches and no cache.
     """
-    if kind not in CALIBRATOR_CLASSES:
-        raise PipelineError(f"Unknown calibrator {kind!r}.", f"Use build.calibrator= one of {sorted(CALIBRATOR_CLASSES)}.")
-    try:
-        base = getattr(trt, CALIBRATOR_CLASSES[kind])
-    except AttributeError as err:
-        raise PipelineError(
-            f"This TensorRT ({getattr(trt, '__version__', '?')}) has no {CALIBRATOR_CLASSES[kind]}: implicit INT8 "
-            "calibration was removed (TensorRT 11).",
-            "Build INT8 from a Q/DQ ONNX: add quantize to stages, or pass build.qdq_onnx=<model.qdq.onnx>.",
-        ) from err
+    base = _calibrator_base(trt, kind)
     usable, why = cache_is_usable(cache_path, fingerprint)
     if batches is None and not usable:
         raise PipelineError("INT8 calibration needs data batches or a calibration cache; there are neither.",
                             "Pass calibration data (data.calib_samples > 0) or a cache from an earlier build.")
-
-    class PipelineCalibrator(base):  # type: ignore[misc, valid-type]
-        """Feeds one batch per ``get_batch`` call from host arrays through device buffers."""
-
-        def __init__(self) -> None:
-            base.__init__(self)
-            self.kind = kind
-            self.cache_path = Path(cache_path) if cache_path else None
-            self.cache_note = why
-            self.read_cache = usable
-            self.rebatch_note = ""
-            self._it = rebatched(batches, input_shapes, self) if batches is not None else iter(())
-            self._cuda = cuda
-            self._own_cuda = cuda is None
-            self._stream = None
-            self._ptrs: Dict[str, Tuple[int, int]] = {}
-            self.batches_used = 0
-            self.samples_dropped = 0
-            self.cache_written = False
-
-        def get_batch_size(self) -> int:
-            # Explicit-batch networks carry the batch in the input shape; TensorRT ignores this
-            # value there but requires >= 1.
-            return 1
-
-        def _device(self, name: str, arr: np.ndarray) -> int:
-            if self._cuda is None:
-                from pipeline.trt.cuda import cuda_api  # noqa: PLC0415
-
-                self._cuda = cuda_api()
-            if self._stream is None:
-                self._stream = self._cuda.create_stream()
-            if input_dtypes and name in input_dtypes:
-                arr = engine_input_array(name, arr, input_dtypes[name])
-            elif np.asarray(arr).dtype.kind == "f":
-                arr = np.ascontiguousarray(arr, dtype=np.float32)
-            else:
-                arr = np.ascontiguousarray(arr)
-            ptr, size = self._ptrs.get(name, (0, 0))
-            if size < arr.nbytes:
-                if ptr:
-                    self._cuda.free(ptr)
-                ptr, size = self._cuda.malloc(arr.nbytes), arr.nbytes
-                self._ptrs[name] = (ptr, size)
-            self._cuda.htod(ptr, arr, self._stream)
-            return ptr
-
-        def get_batch(self, names: List[str]) -> Optional[List[int]]:
-            batch = next(self._it, None)
-            if batch is None:
-                return None  # tells TensorRT the data is exhausted
-            missing = [n for n in names if n not in batch]
-            if missing:
-                raise PipelineError(f"Calibration batch lacks inputs {missing} (has {sorted(batch)}).",
-                                    "Check that the data config matches the model's inputs.")
-            ptrs = [self._device(n, batch[n]) for n in names]
-            self._cuda.synchronize(self._stream)
-            self.batches_used += 1
-            return ptrs
-
-        def read_calibration_cache(self) -> Optional[bytes]:
-            if self.read_cache and self.cache_path is not None and self.cache_path.is_file():
-                return self.cache_path.read_bytes()
-            return None
-
-        def write_calibration_cache(self, cache: Any) -> None:
-            if self.cache_path is None:
-                return
-            write_bytes(self.cache_path, bytes(cache))
-            write_json(Path(str(self.cache_path) + ".json"), dict(fingerprint))
-            self.cache_written = True
-
-        def release(self) -> None:
-            """Free the device buffers (after the build)."""
-            if self._cuda is not None:
-                for ptr, _ in self._ptrs.values():
-                    self._cuda.free(ptr)
-                if self._own_cuda:
-                    self._cuda.close()
-            self._ptrs.clear()
-
-    return PipelineCalibrator()
+    cache = _CacheFile(Path(cache_path) if cache_path else None, fingerprint)
+    return _calibrator_class(base)(kind, batches, input_shapes, cache, _DeviceStaging(cuda, input_dtypes),
+                                  usable, why)
