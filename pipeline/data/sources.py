@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from pipeline.data import Dataset
+from pipeline.data.dataset import Dataset
 from pipeline.data.image import IMAGENET_MEAN, IMAGENET_STD, adapt_images
 from pipeline.core.errors import PipelineError
 

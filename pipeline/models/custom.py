@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.core.errors import PipelineError
-from pipeline.models import IMAGE_INPUT, InputSpec, ModelBundle
+from pipeline.core.specs import InputSpec
+from pipeline.models.bundle import IMAGE_INPUT, ModelBundle
 
 if TYPE_CHECKING:
     from pipeline.core.config import ModelConfig

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.core.errors import PipelineError
-from pipeline.models import ATTENTION_MASK, IMAGE_INPUT, TOKEN_IDS, InputSpec, ModelBundle
+from pipeline.core.specs import InputSpec
+from pipeline.models.bundle import ATTENTION_MASK, IMAGE_INPUT, TOKEN_IDS, ModelBundle
 
 if TYPE_CHECKING:
     from pipeline.core.config import ModelConfig
