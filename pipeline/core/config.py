@@ -187,7 +187,8 @@ class ProfileConfig:
             ``--noDataTransfers``).
         layer_times: collect per-layer times through ``trt.IProfiler`` (TensorRT backend).
         layer_runs: profiled runs averaged for per-layer times (each is slower than a normal run).
-        accuracy_check: compare the engine's outputs with ONNX Runtime's (Polygraphy TrtRunner).
+        accuracy_check: compare the engine's outputs with ONNX Runtime's on every evaluation sample
+            (Polygraphy's Comparator over the engine runner and OnnxrtRunner).
     """
 
     warmup_s: float = 0.5
@@ -212,7 +213,8 @@ class BuildConfig:
         optimization_level: builder optimization level (0-5) where the version has it.
         sparse_weights: allow 2:4 structured-sparse tactics (BuilderFlag.SPARSE_WEIGHTS).
         timing_cache: keep and reuse a timing cache in ``engines_dir``.
-        qdq_onnx: an explicit-quantization (Q/DQ) ONNX to build instead of calibrating.
+        qdq_onnx: an explicit-quantization (Q/DQ) ONNX to build instead of calibrating (the older name of
+            ``inputs.qdq_onnx``, which every stage uses).
         calibrator: implicit INT8 calibrator where the version has one: ``entropy`` or ``minmax``.
         force_rebuild: ignore a cached engine.
         tactic_sources: TensorRT tactic sources to enable (``cublas``, ``cublas_lt``, ``cudnn``,

@@ -339,19 +339,25 @@ def attention_matmuls(graph: "gs.Graph", const: Optional[Constness] = None) -> L
     return found
 
 
-def _softmax_behind(tensor: "gs.Tensor") -> Optional["gs.Node"]:
-    """The Softmax whose output ``tensor`` is, through shape-only ops."""
+def _producer_behind(tensor: "gs.Tensor", target: str, through: Sequence[str],
+                     limit: int) -> Optional["gs.Node"]:
+    """The ``target`` node that produced ``tensor``, looking back through ``through`` ops (first inputs)."""
     t = tensor
-    for _ in range(8):
+    for _ in range(limit):
         n = producer_of(t)
         if n is None:
             return None
-        if n.op == "Softmax":
+        if n.op == target:
             return n
-        if n.op not in SHAPE_OPS:
+        if n.op not in through:
             return None
         t = n.inputs[0]
     return None
+
+
+def _softmax_behind(tensor: "gs.Tensor") -> Optional["gs.Node"]:
+    """The Softmax whose output ``tensor`` is, through shape-only ops."""
+    return _producer_behind(tensor, "Softmax", SHAPE_OPS, limit=8)
 
 
 def attention_blocks(graph: "gs.Graph", const: Optional[Constness] = None) -> List[AttentionBlock]:
@@ -390,17 +396,7 @@ def conv_chains(graph: "gs.Graph") -> List[ConvChain]:
 
 def is_conv_side(tensor: "gs.Tensor") -> bool:
     """True if ``tensor`` comes from a Conv, directly or through a BatchNormalization."""
-    t = tensor
-    for _ in range(3):
-        node = producer_of(t)
-        if node is None:
-            return False
-        if node.op == "Conv":
-            return True
-        if node.op not in _CONV_EPILOGUE:
-            return False
-        t = node.inputs[0]
-    return False
+    return _producer_behind(tensor, "Conv", _CONV_EPILOGUE, limit=3) is not None
 
 
 def _readers(tensor: "gs.Tensor", graph_outputs: Set[int]) -> int:
