@@ -32,7 +32,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from pipeline.core.config import PipelineConfig, register_configs  # noqa: E402
-from pipeline.core.errors import PipelineError  # noqa: E402
+from pipeline.core.errors import PipelineError, RunInterrupted  # noqa: E402
 
 register_configs()
 
@@ -55,6 +55,8 @@ def main(cfg: DictConfig) -> None:
         print(f"\nerror: {err.message}", file=sys.stderr)
         if err.hint:
             print(f"  -> {err.hint}", file=sys.stderr)
+        if isinstance(err, RunInterrupted):
+            sys.exit(130)  # Ctrl-C ends a sweep too, not only its current job
         if _is_multirun():
             # Exiting here would abort the whole sweep (later jobs and the comparison table);
             # pipeline.callbacks.ComparisonCallback exits non-zero once every job has run.
@@ -62,9 +64,7 @@ def main(cfg: DictConfig) -> None:
 
             FAILED_JOBS.append(err.message)
             return
-        from pipeline.core.errors import RunInterrupted
-
-        sys.exit(130 if isinstance(err, RunInterrupted) else 2)
+        sys.exit(2)
 
 
 def command_line(argv: list[str]) -> str:
