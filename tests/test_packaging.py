@@ -68,7 +68,7 @@ def test_wheel_installed_non_editable_runs_from_any_directory(tmp_path):
 
     python = _venv_seeing_this_interpreters_packages(tmp_path / "venv")
     subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-                    str(wheel)], check=True, timeout=300, env=ENV)
+                    "--ignore-installed", str(wheel)], check=True, timeout=300, env=ENV)
     script = python.parent / ("trt-pipeline.exe" if os.name == "nt" else "trt-pipeline")
     user_dir = tmp_path / "user"
     user_dir.mkdir()
