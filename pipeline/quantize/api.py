@@ -171,6 +171,15 @@ def _float_tensor_set(model: "onnx.ModelProto") -> set:
     return set(float_tensor_names(model))
 
 
+def _initial_plan(model: "onnx.ModelProto", cfg: "QuantConfig", float_tensors: set, onnx_path) -> QdqPlan:
+    """The Q/DQ plan of ``cfg``; raises when it quantizes nothing (the INT8 build would be FP32)."""
+    plan = plan_for_config(model, cfg, float_tensors=float_tensors)
+    if not plan.activations and not plan.weights:
+        raise PipelineError(f"nothing to quantize in {onnx_path}: no {'/'.join(cfg.op_types)} node with float inputs",
+                            "check quant.op_types / quant.exclude_nodes, or use a higher precision")
+    return plan
+
+
 def _observed_tensors(model: "onnx.ModelProto", plan: QdqPlan, cfg: "QuantConfig") -> List[str]:
     """Tensors to collect statistics for: the plan's activations, plus every float tensor when the
     TensorRT cache should cover them all (``cfg.cache_all_tensors``)."""
@@ -283,10 +292,7 @@ def quantize_onnx(
     t_start = time.perf_counter()
     model = _load(onnx_path)
     float_tensors = _float_tensor_set(model)
-    plan = plan_for_config(model, cfg, float_tensors=float_tensors)
-    if not plan.activations and not plan.weights:
-        raise PipelineError(f"nothing to quantize in {onnx_path}: no {'/'.join(cfg.op_types)} node with float inputs",
-                            "check quant.op_types / quant.exclude_nodes, or use a higher precision")
+    plan = _initial_plan(model, cfg, float_tensors, onnx_path)
     observe = _observed_tensors(model, plan, cfg)
     # The sensitivity search scores on kept calibration samples, never on the evaluation data.
     rec = _Recorder(calib_batches, keep=64 if cfg.sensitivity_max_float > 0 else 0)

@@ -145,6 +145,14 @@ def _histogram_rows(stats: Dict[str, Any], amaxes: Dict[str, Dict[str, float]], 
     return hists
 
 
+def _reference_row(ref: np.ndarray, eval_labels: Optional[np.ndarray]) -> Dict[str, object]:
+    """The FP32 reference: backend, sample count, and its label accuracy when labels are given."""
+    from pipeline.core.accuracy import label_accuracy
+
+    return {"backend": "onnxruntime-cpu", "precision": "fp32", "samples": int(len(ref)),
+            **({"accuracy": label_accuracy(ref, eval_labels)} if eval_labels is not None else {})}
+
+
 def _best(rows: List[Dict[str, object]], primary: str) -> Optional[Dict[str, object]]:
     """The variant with the highest primary metric (first on ties), summarised; None without rows."""
     if not rows:
@@ -196,7 +204,6 @@ def compare_calibrations(
     """
     from tqdm import tqdm
 
-    from pipeline.core.accuracy import label_accuracy
     from pipeline.core.config import QuantConfig
     from pipeline.ort import ort_session, run_first_output
     from pipeline.quantize.api import _load, plan_for_config
@@ -230,9 +237,7 @@ def compare_calibrations(
         "primary": primary,
         "task": task,
         "execution": execution,
-        "reference": {"backend": "onnxruntime-cpu", "precision": "fp32", "samples": int(len(ref)),
-                      **({"accuracy": label_accuracy(ref, eval_labels)}
-                         if eval_labels is not None else {})},
+        "reference": _reference_row(ref, eval_labels),
         "results": rows,
         "best": _best(rows, primary),
         "tensors": _tensor_rows(stats, amaxes),
