@@ -396,6 +396,133 @@ def _shape_value(node: Any, g: TensorInfo) -> bool:
     return True
 
 
+@dataclass
+class _Walk:
+    """What the node-by-node walk of :func:`graph_costs` accumulates besides the layers.
+
+    Attributes:
+        unsupported: op type -> nodes without a cost rule.
+        unknown_shapes: names of nodes with an unknown shape, in the order found.
+        weight_seen: constant tensor -> the most bytes any one node read of it (for unique weights).
+    """
+
+    unsupported: Dict[str, int] = field(default_factory=dict)
+    unknown_shapes: List[str] = field(default_factory=list)
+    weight_seen: Dict[str, float] = field(default_factory=dict)
+
+
+def _tensor_info(proto: Any) -> TensorInfo:
+    """Shapes of the (dims-substituted) model, with initializers as the only constants so far."""
+    from pipeline.graph.shapes import infer_with_folding, tensor_info
+
+    inferred, _ = infer_with_folding(proto)
+    # Folded values only give shapes; which nodes are constant is decided node by node below.
+    g = tensor_info(inferred)
+    g.constants = {init.name for init in proto.graph.initializer}
+    g.graph_inputs = [name for name in g.graph_inputs if name not in g.constants]
+    return g
+
+
+def _is_folded(node: Any, g: TensorInfo) -> bool:
+    """Whether the builder folds ``node`` away (constant inputs, or a known shape), never a random op."""
+    present = _present(node.input)
+    return node.op_type not in _NONDETERMINISTIC and (
+        (node.op_type == "Constant")
+        or bool(present and all(i in g.constants for i in present))
+        or _shape_value(node, g)
+    )
+
+
+def _node_flops(node: Any, name: str, g: TensorInfo, walk: _Walk) -> Tuple[float, float, str, str]:
+    """``(flops, macs, category, note)`` of one node; an unknown shape costs 0 and is recorded."""
+    try:
+        flops, macs, category, note = _flops_of(node, g)
+    except _UnknownShape as err:
+        flops, macs = 0, 0
+        category = _flops_of_category(node.op_type)
+        note = f"shape unknown: {err.tensor}"
+        walk.unknown_shapes.append(name)
+    if category == "unknown":
+        walk.unsupported[node.op_type] = walk.unsupported.get(node.op_type, 0) + 1
+    return flops, macs, category, note
+
+
+def _input_bytes(node: Any, g: TensorInfo, wb: float, ab: float, walk: _Walk,
+                 missing: List[str]) -> Tuple[float, float]:
+    """``(weight, activation)`` bytes read by ``node``; inputs of unknown shape go to ``missing``."""
+    present = _present(node.input)
+    weight, act = 0.0, 0.0
+    gather_rows = node.op_type in _GATHER_OPS and present and present[0] in g.constants
+    for i in present:
+        if not g.known(i):
+            missing.append(i)
+            continue
+        if i in g.constants:
+            # A Gather from a constant table (embeddings) reads only the rows it returns.
+            if gather_rows and i == present[0] and node.output and g.known(node.output[0]):
+                nbytes = _numel(g.shape(node.output[0])) * g.elem_bytes(i, wb)
+            else:
+                nbytes = _numel(g.shape(i)) * g.elem_bytes(i, wb)
+            weight += nbytes
+            walk.weight_seen[i] = max(walk.weight_seen.get(i, 0.0), nbytes)
+        else:
+            act += _numel(g.shape(i)) * g.elem_bytes(i, ab)
+    return weight, act
+
+
+def _output_bytes(node: Any, g: TensorInfo, ab: float, missing: List[str]) -> float:
+    """Activation bytes written by ``node``; outputs of unknown shape go to ``missing``."""
+    act = 0.0
+    for o in node.output:
+        if not o:
+            continue
+        if not g.known(o):
+            missing.append(o)
+            continue
+        act += _numel(g.shape(o)) * g.elem_bytes(o, ab)
+    return act
+
+
+def _node_cost(node: Any, index: int, g: TensorInfo, precision: PrecisionConfig, walk: _Walk) -> LayerCost:
+    """One node's :class:`LayerCost` (folded nodes cost nothing and make their outputs constant)."""
+    name = node.name or f"{node.op_type}_{index}"
+    if _is_folded(node, g):
+        g.constants.update(o for o in node.output if o)
+        return LayerCost(name, node.op_type, "constant", 0, 0, 0.0, 0.0, 0.0, 0.0, "constant-folded at build time")
+    flops, macs, category, note = _node_flops(node, name, g, walk)
+    weight, act, missing = 0.0, 0.0, []  # type: ignore[var-annotated]
+    if node.op_type not in VIEW_OPS:  # views are free: no bytes move
+        weight, act = _input_bytes(node, g, precision.weight_bytes, precision.activation_bytes, walk, missing)
+        act += _output_bytes(node, g, precision.activation_bytes, missing)
+    if missing and not note:
+        note = f"shape unknown: {missing[0]} (bytes partial)"
+        walk.unknown_shapes.append(name)
+    cost = Cost(flops, macs, weight, act)
+    return LayerCost(name, node.op_type, category, cost.flops, cost.macs, cost.weight_bytes,
+                     cost.activation_bytes, cost.bytes, cost.intensity, note)
+
+
+def _io_bytes(g: TensorInfo, ab: float) -> float:
+    """Bytes of the graph inputs read and outputs written (known shapes only)."""
+    io_bytes = 0.0
+    for t in g.graph_inputs + g.graph_outputs:
+        if g.known(t):
+            io_bytes += _numel(g.shape(t)) * g.elem_bytes(t, ab)
+    return io_bytes
+
+
+def _node_io_and_tensor_bytes(proto: Any, g: TensorInfo, ab: float) -> Tuple[
+        List[Tuple[Tuple[str, ...], Tuple[str, ...]]], Dict[str, float]]:
+    """Per node its present inputs and outputs, and the bytes of every non-constant known tensor."""
+    node_io = [(tuple(_present(n.input)), tuple(o for o in n.output if o)) for n in proto.graph.node]
+    tensor_bytes = {
+        t: _numel(g.shape(t)) * g.elem_bytes(t, ab)
+        for ins, outs in node_io for t in ins + outs
+        if t not in g.constants and g.known(t)
+    }
+    return node_io, tensor_bytes
+
+
 def graph_costs(
     model: Union[str, os.PathLike, Any],
     batch_size: int = 1,
@@ -416,92 +543,19 @@ def graph_costs(
     if batch_size < 1:
         raise PipelineError(f"batch_size must be >= 1, got {batch_size}", hint="set batch_size=1 or more")
     precision = precision or PrecisionConfig()
-    from pipeline.graph.shapes import infer_with_folding, substitute_dims, tensor_info
+    from pipeline.graph.shapes import substitute_dims
 
     proto = _load(model)
     effective, notes = substitute_dims(proto, batch_size, dims or {})
-    inferred, _ = infer_with_folding(proto)
-    # Folded values only give shapes; which nodes are constant is decided node by node below.
-    g = tensor_info(inferred)
-    g.constants = {init.name for init in proto.graph.initializer}
-    g.graph_inputs = [name for name in g.graph_inputs if name not in g.constants]
-
-    layers: List[LayerCost] = []
-    unsupported: Dict[str, int] = {}
-    unknown_shapes: List[str] = []
-    weight_seen: Dict[str, float] = {}
-    wb, ab = precision.weight_bytes, precision.activation_bytes
-
-    for index, node in enumerate(proto.graph.node):
-        name = node.name or f"{node.op_type}_{index}"
-        present = _present(node.input)
-        folded = node.op_type not in _NONDETERMINISTIC and (
-            (node.op_type == "Constant")
-            or (present and all(i in g.constants for i in present))
-            or _shape_value(node, g)
-        )
-        if folded:
-            g.constants.update(o for o in node.output if o)
-            layers.append(LayerCost(name, node.op_type, "constant", 0, 0, 0.0, 0.0, 0.0, 0.0,
-                                    "constant-folded at build time"))
-            continue
-
-        note = ""
-        try:
-            flops, macs, category, note = _flops_of(node, g)
-        except _UnknownShape as err:
-            flops, macs = 0, 0
-            category = _flops_of_category(node.op_type)
-            note = f"shape unknown: {err.tensor}"
-            unknown_shapes.append(name)
-        if category == "unknown":
-            unsupported[node.op_type] = unsupported.get(node.op_type, 0) + 1
-
-        weight, act, missing = 0.0, 0.0, []
-        if node.op_type not in VIEW_OPS:
-            gather_rows = node.op_type in _GATHER_OPS and present and present[0] in g.constants
-            for i in present:
-                if not g.known(i):
-                    missing.append(i)
-                    continue
-                if i in g.constants:
-                    # A Gather from a constant table (embeddings) reads only the rows it returns.
-                    if gather_rows and i == present[0] and node.output and g.known(node.output[0]):
-                        nbytes = _numel(g.shape(node.output[0])) * g.elem_bytes(i, wb)
-                    else:
-                        nbytes = _numel(g.shape(i)) * g.elem_bytes(i, wb)
-                    weight += nbytes
-                    weight_seen[i] = max(weight_seen.get(i, 0.0), nbytes)
-                else:
-                    act += _numel(g.shape(i)) * g.elem_bytes(i, ab)
-            for o in node.output:
-                if not o:
-                    continue
-                if not g.known(o):
-                    missing.append(o)
-                    continue
-                act += _numel(g.shape(o)) * g.elem_bytes(o, ab)
-        if missing and not note:
-            note = f"shape unknown: {missing[0]} (bytes partial)"
-            unknown_shapes.append(name)
-        cost = Cost(flops, macs, weight, act)
-        layers.append(LayerCost(name, node.op_type, category, cost.flops, cost.macs, cost.weight_bytes,
-                                cost.activation_bytes, cost.bytes, cost.intensity, note))
-
-    io_bytes = 0.0
-    for t in g.graph_inputs + g.graph_outputs:
-        if g.known(t):
-            io_bytes += _numel(g.shape(t)) * g.elem_bytes(t, ab)
+    g = _tensor_info(proto)
+    walk = _Walk()
+    # In graph order: folding a node makes its outputs constant for the nodes after it.
+    layers = [_node_cost(node, index, g, precision, walk) for index, node in enumerate(proto.graph.node)]
     total = sum((layer.cost for layer in layers), Cost())
-    node_io = [(tuple(_present(n.input)), tuple(o for o in n.output if o)) for n in proto.graph.node]
-    tensor_bytes = {
-        t: _numel(g.shape(t)) * g.elem_bytes(t, ab)
-        for ins, outs in node_io for t in ins + outs
-        if t not in g.constants and g.known(t)
-    }
-    return GraphCosts(layers, total, sum(weight_seen.values()), io_bytes, unsupported, unknown_shapes,
-                      effective, notes, node_io, tensor_bytes, frozenset(g.constants),
-                      list(g.graph_inputs), list(g.graph_outputs))
+    node_io, tensor_bytes = _node_io_and_tensor_bytes(proto, g, precision.activation_bytes)
+    return GraphCosts(layers, total, sum(walk.weight_seen.values()), _io_bytes(g, precision.activation_bytes),
+                      walk.unsupported, walk.unknown_shapes, effective, notes, node_io, tensor_bytes,
+                      frozenset(g.constants), list(g.graph_inputs), list(g.graph_outputs))
 
 
 def _flops_of_category(op_type: str) -> str:

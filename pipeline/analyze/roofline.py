@@ -196,6 +196,100 @@ def bound_layer(layer: LayerCost, peak: Peak, bandwidth_bytes_s: float, sparse: 
     return LayerBound(layer, peak.key, ops, compute_s, memory_s, max(compute_s, memory_s), bound)
 
 
+def _bound_kind(compute_s: float, memory_s: float) -> str:
+    """``none`` when there is no work at all, else the side of the ridge that binds."""
+    if compute_s == 0.0 and memory_s == 0.0:
+        return "none"
+    return "compute" if compute_s >= memory_s else "memory"
+
+
+def _fusion_groups(costs: GraphCosts, layers: List[LayerBound], bandwidth: float) -> List[Dict[str, Any]]:
+    """Bound every fusion group and tag its member layers with the group (``layers`` in place).
+
+    A group's compute is the sum of its members' (each at its own unit's peak: fusion saves
+    traffic, not arithmetic); its memory is only the bytes crossing the group boundary.
+    """
+    from pipeline.analyze.fusion import groups_from_costs
+
+    groups: List[Dict[str, Any]] = []
+    for grp in groups_from_costs(costs):
+        members = [layers[i] for i in grp.node_indices]
+        anchor = next((b for b in members if b.layer.name == grp.anchor), members[0])
+        g_compute = sum(b.compute_s for b in members)
+        g_memory = grp.bytes / bandwidth if grp.bytes else 0.0
+        row = grp.to_dict()
+        row.update(
+            peak_key=anchor.peak_key,
+            compute_s=g_compute,
+            memory_s=g_memory,
+            bound_s=max(g_compute, g_memory),
+            bound=_bound_kind(g_compute, g_memory),
+        )
+        groups.append(row)
+        for i in grp.node_indices:
+            layers[i] = replace(layers[i], group=grp.index, group_name=grp.name)
+    return groups
+
+
+def _whole_model(costs: GraphCosts, layers: List[LayerBound], bandwidth: float) -> Dict[str, Any]:
+    """Perfect-fusion bound: all arithmetic, but only unique weights and graph I/O touch DRAM."""
+    compute_s = sum(b.compute_s for b in layers)
+    min_bytes = costs.unique_weight_bytes + costs.io_bytes
+    memory_s = min_bytes / bandwidth
+    return {
+        "compute_s": compute_s,
+        "memory_s": memory_s,
+        "bytes": min_bytes,
+        "bound_s": max(compute_s, memory_s),
+        # No "none" here (unlike layers and groups): an empty model is reported compute-bound at 0 s.
+        "bound": "compute" if compute_s >= memory_s else "memory",
+        "meaning": "perfect fusion: weights read once, only graph inputs/outputs touch DRAM",
+    }
+
+
+def _category_row(cat: str, items: List[Dict[str, Any]], total_flops: float, predicted: float) -> CategoryRow:
+    """Sum the fusion groups whose anchor is of category ``cat``."""
+    flops = sum(g["flops"] for g in items)
+    predicted_s = sum(g["bound_s"] for g in items)
+    return CategoryRow(
+        category=cat,
+        layers=sum(len(g["nodes"]) for g in items),
+        groups=len(items),
+        flops=flops,
+        flops_share=flops / total_flops if total_flops else 0.0,
+        bytes=sum(g["bytes"] for g in items),
+        predicted_s=predicted_s,
+        time_share=predicted_s / predicted if predicted else 0.0,
+        memory_bound_groups=sum(1 for g in items if g["bound"] == "memory"),
+        compute_bound_groups=sum(1 for g in items if g["bound"] == "compute"),
+    )
+
+
+def _by_category(groups: List[Dict[str, Any]], total_flops: float, predicted: float) -> List[CategoryRow]:
+    """Category rows sorted by predicted (fused) time, largest first, ties by name."""
+    by_cat: Dict[str, List[Dict[str, Any]]] = {}
+    for g in groups:
+        by_cat.setdefault(g["category"], []).append(g)
+    rows = [_category_row(cat, items, total_flops, predicted) for cat, items in by_cat.items()]
+    rows.sort(key=lambda r: (-r.predicted_s, r.category))
+    return rows
+
+
+def _analysis_notes(costs: GraphCosts, hardware: HardwareSpec, peaks: List[Peak]) -> List[str]:
+    """The cost notes, then the peaks' notes (once each), hardware detection notes, unsupported ops."""
+    notes = list(costs.notes)
+    for p in peaks:
+        if p.note and p.note not in notes:
+            notes.append(p.note)
+    for key in ("assumption", "note"):
+        if hardware.detection.get(key):
+            notes.append(f"hardware {key}: {hardware.detection[key]}")
+    if costs.unsupported_ops:
+        notes.append("unsupported ops counted as 0 FLOPs: "
+                     + ", ".join(f"{k} x{v}" for k, v in sorted(costs.unsupported_ops.items())))
+    return notes
+
+
 def roofline(
     costs: GraphCosts,
     hardware: HardwareSpec,
@@ -211,78 +305,14 @@ def roofline(
     peak = hardware.peak_for(precision)
     vector = hardware.vector_peak_for(peak)
     bandwidth = hardware.memory_bandwidth_bytes_s
+    # MAC layers run at the precision's (Tensor Core) peak, sparse if asked; the rest on CUDA cores.
     layers = [
         bound_layer(layer, peak if layer.macs > 0 else vector, bandwidth, sparse and layer.macs > 0)
         for layer in costs.layers
     ]
-    unfused = sum(b.bound_s for b in layers)
-
-    from pipeline.analyze.fusion import groups_from_costs
-
-    groups: List[Dict[str, Any]] = []
-    for grp in groups_from_costs(costs):
-        members = [layers[i] for i in grp.node_indices]
-        anchor = next((b for b in members if b.layer.name == grp.anchor), members[0])
-        g_compute = sum(b.compute_s for b in members)
-        g_memory = grp.bytes / bandwidth if grp.bytes else 0.0
-        row = grp.to_dict()
-        row.update(
-            peak_key=anchor.peak_key,
-            compute_s=g_compute,
-            memory_s=g_memory,
-            bound_s=max(g_compute, g_memory),
-            bound=("none" if g_compute == 0.0 and g_memory == 0.0
-                   else "compute" if g_compute >= g_memory else "memory"),
-        )
-        groups.append(row)
-        for i in grp.node_indices:
-            layers[i] = replace(layers[i], group=grp.index, group_name=grp.name)
+    unfused = sum(b.bound_s for b in layers)  # before _fusion_groups: group tags do not change bounds
+    groups = _fusion_groups(costs, layers, bandwidth)
     predicted = sum(g["bound_s"] for g in groups)
-
-    compute_s = sum(b.compute_s for b in layers)
-    min_bytes = costs.unique_weight_bytes + costs.io_bytes
-    memory_s = min_bytes / bandwidth
-    whole = {
-        "compute_s": compute_s,
-        "memory_s": memory_s,
-        "bytes": min_bytes,
-        "bound_s": max(compute_s, memory_s),
-        "bound": "compute" if compute_s >= memory_s else "memory",
-        "meaning": "perfect fusion: weights read once, only graph inputs/outputs touch DRAM",
-    }
-
-    total_flops = costs.total.flops
-    by_cat: Dict[str, List[Dict[str, Any]]] = {}
-    for g in groups:
-        by_cat.setdefault(g["category"], []).append(g)
-    rows = [
-        CategoryRow(
-            category=cat,
-            layers=sum(len(g["nodes"]) for g in items),
-            groups=len(items),
-            flops=sum(g["flops"] for g in items),
-            flops_share=sum(g["flops"] for g in items) / total_flops if total_flops else 0.0,
-            bytes=sum(g["bytes"] for g in items),
-            predicted_s=sum(g["bound_s"] for g in items),
-            time_share=sum(g["bound_s"] for g in items) / predicted if predicted else 0.0,
-            memory_bound_groups=sum(1 for g in items if g["bound"] == "memory"),
-            compute_bound_groups=sum(1 for g in items if g["bound"] == "compute"),
-        )
-        for cat, items in by_cat.items()
-    ]
-    rows.sort(key=lambda r: (-r.predicted_s, r.category))
-
-    notes = list(costs.notes)
-    for p in (peak, vector):
-        if p.note and p.note not in notes:
-            notes.append(p.note)
-    for key in ("assumption", "note"):
-        if hardware.detection.get(key):
-            notes.append(f"hardware {key}: {hardware.detection[key]}")
-    if costs.unsupported_ops:
-        notes.append("unsupported ops counted as 0 FLOPs: "
-                     + ", ".join(f"{k} x{v}" for k, v in sorted(costs.unsupported_ops.items())))
-
     return Analysis(
         model_path=model_path,
         hardware=hardware.name,
@@ -295,14 +325,14 @@ def roofline(
         ridge_point=peak.ops_per_s(sparse) / bandwidth,
         total=costs.total,
         predicted_latency_s=predicted,
-        whole_model=whole,
+        whole_model=_whole_model(costs, layers, bandwidth),
         layers=layers,
-        by_category=rows,
+        by_category=_by_category(groups, costs.total.flops, predicted),
         predicted_latency_unfused_s=unfused,
         groups=groups,
         unsupported_ops=dict(costs.unsupported_ops),
         unknown_shape_nodes=list(costs.unknown_shape_nodes),
-        notes=notes,
+        notes=_analysis_notes(costs, hardware, [peak, vector]),
     )
 
 

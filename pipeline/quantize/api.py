@@ -171,6 +171,92 @@ def _float_tensor_set(model: "onnx.ModelProto") -> set:
     return set(float_tensor_names(model))
 
 
+def _initial_plan(model: "onnx.ModelProto", cfg: "QuantConfig", float_tensors: set, onnx_path) -> QdqPlan:
+    """The Q/DQ plan of ``cfg``; raises when it quantizes nothing (the INT8 build would be FP32)."""
+    plan = plan_for_config(model, cfg, float_tensors=float_tensors)
+    if not plan.activations and not plan.weights:
+        raise PipelineError(f"nothing to quantize in {onnx_path}: no {'/'.join(cfg.op_types)} node with float inputs",
+                            "check quant.op_types / quant.exclude_nodes, or use a higher precision")
+    return plan
+
+
+def _observed_tensors(model: "onnx.ModelProto", plan: QdqPlan, cfg: "QuantConfig") -> List[str]:
+    """Tensors to collect statistics for: the plan's activations, plus every float tensor when the
+    TensorRT cache should cover them all (``cfg.cache_all_tensors``)."""
+    observe = list(plan.activations)
+    if cfg.cache_all_tensors:
+        observe += [t for t in float_tensor_names(model) if t not in plan.activations]
+    return observe
+
+
+def _thresholds(model: "onnx.ModelProto", plan: QdqPlan, stats: Dict[str, TensorStats],
+                cfg: "QuantConfig") -> Dict[str, float]:
+    """Per-activation amax (tensor units) from ``cfg.calib``; with symmetric activations each max
+    pool's output takes its input's amax (:func:`share_scales_through_max_pools` says why)."""
+    amaxes = amaxes_from_stats({t: stats[t] for t in plan.activations}, cfg.calib, cfg.percentile)
+    if cfg.symmetric:
+        share_scales_through_max_pools(model, amaxes)
+    return amaxes
+
+
+def _write_qdq_model(model: "onnx.ModelProto", plan: QdqPlan, qparams: Dict[str, QParams],
+                     out_path: Path) -> "onnx.ModelProto":
+    """Build the Q/DQ model and save it atomically to ``out_path``."""
+    import onnx
+
+    qmodel = qdq_onnx_from_onnx(model, plan, qparams)
+    with atomic_path(out_path) as tmp:
+        onnx.save(qmodel, str(tmp))
+    return qmodel
+
+
+def _write_cache(cache_path, amaxes: Dict[str, float], observe: Sequence[str], stats: Dict[str, TensorStats],
+                 cfg: "QuantConfig") -> Optional[Path]:
+    """Write the TensorRT calibration cache: the Q/DQ thresholds plus one for each other observed tensor."""
+    cache_amaxes = dict(amaxes)
+    for t in observe:  # tensors outside the Q/DQ plan still need a range for TensorRT's implicit path
+        if t not in cache_amaxes:
+            cache_amaxes[t] = amax_from_stats(stats[t], cfg.calib, cfg.percentile)
+    return write_calibration_cache(cache_path, cache_amaxes, cfg.trt_version, cfg.cache_algorithm)
+
+
+def _evaluate(model: "onnx.ModelProto", qmodel: "onnx.ModelProto", eval_batches: Iterable[Feed],
+              eval_labels: Optional[np.ndarray], task: str) -> Dict[str, object]:
+    """INT8 vs FP32 metrics on the evaluation feeds, simulated and on ORT's integer kernels."""
+    from pipeline.core.accuracy import task_metrics
+    from pipeline.ort import ort_session, run_first_output
+
+    ev = list(eval_batches)
+    ref = run_first_output(ort_session(model), ev)
+    # "simulated": Q/DQ evaluated as float math (ORT optimisations off), which is what TensorRT
+    # computes up to accumulation order; the second run uses ORT's fused integer CPU kernels.
+    test = run_first_output(ort_session(qmodel, optimize=False), ev)
+    metrics = task_metrics(ref, test, eval_labels, task)
+    metrics["execution"] = "simulated"
+    kern = task_metrics(ref, run_first_output(ort_session(qmodel), ev), eval_labels, task)
+    metrics["onnxruntime_int8_kernels"] = kern
+    return metrics
+
+
+def _ranges(plan: QdqPlan, stats: Dict[str, TensorStats], amaxes: Dict[str, float],
+            qparams: Dict[str, QParams]) -> Dict[str, Dict[str, float]]:
+    """``{tensor: {amax, min, max, scale, zero_point}}`` of every Q/DQ'd activation (tensor units)."""
+    return {t: {"amax": amaxes[t], "min": stats[t].min, "max": stats[t].max,
+                "scale": float(np.asarray(qparams[t].scale)), "zero_point": int(np.asarray(qparams[t].zero_point))}
+            for t in plan.activations}
+
+
+def _settings(cfg: "QuantConfig") -> Dict[str, object]:
+    """The settings that shaped the result, for :attr:`QuantResult.settings`."""
+    return {"calib": cfg.calib, "percentile": cfg.percentile, "symmetric": cfg.symmetric,
+            "per_channel": cfg.per_channel, "num_bins": cfg.num_bins, "op_types": list(cfg.op_types),
+            "quantize_bmm": cfg.quantize_bmm, "residual_add": cfg.residual_add, "pooling": cfg.pooling,
+            "exclude_nodes": list(cfg.exclude_nodes), "keep_float": list(cfg.keep_float),
+            "activation_dtype": "int8" if cfg.symmetric else "uint8",
+            "weight_dtype": "int8", "weight_granularity": "per_channel" if cfg.per_channel else "per_tensor",
+            "activation_granularity": "per_tensor"}
+
+
 def quantize_onnx(
     onnx_path,
     calib_batches: Iterable[Feed],
@@ -206,83 +292,42 @@ def quantize_onnx(
     t_start = time.perf_counter()
     model = _load(onnx_path)
     float_tensors = _float_tensor_set(model)
-    plan = plan_for_config(model, cfg, float_tensors=float_tensors)
-    if not plan.activations and not plan.weights:
-        raise PipelineError(f"nothing to quantize in {onnx_path}: no {'/'.join(cfg.op_types)} node with float inputs",
-                            "check quant.op_types / quant.exclude_nodes, or use a higher precision")
-    observe = list(plan.activations)
-    if cfg.cache_all_tensors:
-        observe += [t for t in float_tensor_names(model) if t not in plan.activations]
+    plan = _initial_plan(model, cfg, float_tensors, onnx_path)
+    observe = _observed_tensors(model, plan, cfg)
+    # The sensitivity search scores on kept calibration samples, never on the evaluation data.
     rec = _Recorder(calib_batches, keep=64 if cfg.sensitivity_max_float > 0 else 0)
+    seconds: Dict[str, float] = {}
     t0 = time.perf_counter()
     stats = collect_stats(model, rec, observe, num_bins=cfg.num_bins, progress=progress)
-    t_stats = time.perf_counter() - t0
+    seconds["statistics"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    amaxes = amaxes_from_stats({t: stats[t] for t in plan.activations}, cfg.calib, cfg.percentile)
-    if cfg.symmetric:
-        share_scales_through_max_pools(model, amaxes)
-    t_thr = time.perf_counter() - t0
+    amaxes = _thresholds(model, plan, stats, cfg)
+    seconds["thresholds"] = time.perf_counter() - t0
 
     float_nodes: List[Dict[str, object]] = []
-    t_sens = 0.0
+    t0 = time.perf_counter()
     if cfg.sensitivity_max_float > 0:
-        t0 = time.perf_counter()
         plan, float_nodes = sensitivity_search(model, plan, stats, amaxes, cfg, rec.kept, task=task,
                                                float_tensors=float_tensors, progress=progress)
-        t_sens = time.perf_counter() - t0
+    seconds["sensitivity"] = time.perf_counter() - t0 if cfg.sensitivity_max_float > 0 else 0.0
 
     t0 = time.perf_counter()
     qparams = act_qparams_from(stats, amaxes, plan.activations, cfg.symmetric)
-    qmodel = qdq_onnx_from_onnx(model, plan, qparams)
     out_path = Path(out_path)
-    import onnx
-
-    with atomic_path(out_path) as tmp:
-        onnx.save(qmodel, str(tmp))
-    cache_written: Optional[Path] = None
+    qmodel = _write_qdq_model(model, plan, qparams, out_path)
     if cache_path is None:
         cache_path = out_path.parent / f"{Path(onnx_path).stem}.calib.cache"
-    cache_amaxes = dict(amaxes)
-    for t in observe:  # tensors outside the Q/DQ plan still need a range for TensorRT's implicit path
-        if t not in cache_amaxes:
-            cache_amaxes[t] = amax_from_stats(stats[t], cfg.calib, cfg.percentile)
-    cache_written = write_calibration_cache(cache_path, cache_amaxes, cfg.trt_version, cfg.cache_algorithm)
-    t_write = time.perf_counter() - t0
+    cache_written = _write_cache(cache_path, amaxes, observe, stats, cfg)
+    seconds["write"] = time.perf_counter() - t0
 
-    metrics = None
-    t_eval = 0.0
-    if eval_batches is not None:
-        from pipeline.core.accuracy import task_metrics
-        from pipeline.ort import ort_session, run_first_output
-
-        t0 = time.perf_counter()
-        ev = list(eval_batches)
-        ref = run_first_output(ort_session(model), ev)
-        # "simulated": Q/DQ evaluated as float math (ORT optimisations off), which is what TensorRT
-        # computes up to accumulation order; the second run uses ORT's fused integer CPU kernels.
-        test = run_first_output(ort_session(qmodel, optimize=False), ev)
-        metrics = task_metrics(ref, test, eval_labels, task)
-        metrics["execution"] = "simulated"
-        kern = task_metrics(ref, run_first_output(ort_session(qmodel), ev), eval_labels, task)
-        metrics["onnxruntime_int8_kernels"] = kern
-        t_eval = time.perf_counter() - t0
-
-    ranges = {t: {"amax": amaxes[t], "min": stats[t].min, "max": stats[t].max,
-                  "scale": float(np.asarray(qparams[t].scale)), "zero_point": int(np.asarray(qparams[t].zero_point))}
-              for t in plan.activations}
-    settings = {"calib": cfg.calib, "percentile": cfg.percentile, "symmetric": cfg.symmetric,
-                "per_channel": cfg.per_channel, "num_bins": cfg.num_bins, "op_types": list(cfg.op_types),
-                "quantize_bmm": cfg.quantize_bmm, "residual_add": cfg.residual_add, "pooling": cfg.pooling,
-                "exclude_nodes": list(cfg.exclude_nodes), "keep_float": list(cfg.keep_float),
-                "activation_dtype": "int8" if cfg.symmetric else "uint8",
-                "weight_dtype": "int8", "weight_granularity": "per_channel" if cfg.per_channel else "per_tensor",
-                "activation_granularity": "per_tensor"}
+    t0 = time.perf_counter()
+    metrics = None if eval_batches is None else _evaluate(model, qmodel, eval_batches, eval_labels, task)
+    seconds["evaluate"] = time.perf_counter() - t0 if eval_batches is not None else 0.0
+    seconds["total"] = time.perf_counter() - t_start
     return QuantResult(
-        qdq_onnx_path=out_path, calibration_cache_path=cache_written, algorithm=cfg.calib, settings=settings,
-        ranges=ranges,
-        seconds={"statistics": t_stats, "thresholds": t_thr, "sensitivity": t_sens, "write": t_write,
-                 "evaluate": t_eval, "total": time.perf_counter() - t_start},
-        plan=plan.to_dict(), calib_batches=rec.count, calib_samples=rec.samples, metrics=metrics,
+        qdq_onnx_path=out_path, calibration_cache_path=cache_written, algorithm=cfg.calib, settings=_settings(cfg),
+        ranges=_ranges(plan, stats, amaxes, qparams), seconds=seconds, plan=plan.to_dict(),
+        calib_batches=rec.count, calib_samples=rec.samples, metrics=metrics,
         float_nodes=float_nodes, kept_float=list(plan.kept_float))
 
 

@@ -110,6 +110,97 @@ def _compute_slots(op: str, n_inputs: int) -> List[int]:
     return [0, 1] if op in ("Conv", "Gemm", "MatMul") else list(range(n_inputs))
 
 
+class _InputRules:
+    """The per-tensor and per-node tests of :func:`plan_qdq`, for one model and one set of options.
+
+    Args:
+        init_types: initializer name -> ONNX data type.
+        float_tensors: names of float tensors (None: every non-weight tensor counts as float).
+        exclude_nodes: fnmatch patterns of node labels kept in float.
+        quantize_bmm: whether activation x activation MatMuls are quantized.
+    """
+
+    def __init__(self, init_types: Dict[str, int], float_tensors: Optional[Set[str]],
+                 exclude_nodes: Sequence[str], quantize_bmm: bool):
+        self.init_types = init_types
+        self.float_tensors = float_tensors
+        self.exclude_nodes = exclude_nodes
+        self.quantize_bmm = quantize_bmm
+        import onnx_graphsurgeon as gs
+
+        from pipeline.graph import producer_of
+
+        self._constant_type = gs.Constant
+        self._producer_of = producer_of
+
+    def excluded(self, label: str) -> bool:
+        """Whether a node label matches one of the exclusion patterns."""
+        return any(fnmatch.fnmatchcase(label, p) for p in self.exclude_nodes)
+
+    def is_weight(self, t: "gs.Tensor") -> bool:
+        """Whether ``t`` is an initializer (graphsurgeon Constant)."""
+        return isinstance(t, self._constant_type)
+
+    def from_constant_node(self, t: "gs.Tensor") -> bool:
+        """Whether ``t`` is written by a ``Constant`` node."""
+        node = self._producer_of(t)
+        return node is not None and node.op == "Constant"
+
+    def is_float(self, t: "gs.Tensor") -> bool:
+        """Whether ``t`` holds float32 values (weights: by data type; activations: by ``float_tensors``)."""
+        if self.is_weight(t):
+            return self.init_types.get(t.name) == 1  # FLOAT
+        return self.float_tensors is None or t.name in self.float_tensors
+
+    def skip_reason(self, idx: int, node: "gs.Node") -> Optional[str]:
+        """Why a compute node is not quantized by the name/type rules, or None."""
+        if self.excluded(node_label(node, idx)):
+            return "excluded by pattern"
+        slots = [i for i in _compute_slots(node.op, len(node.inputs)) if i < len(node.inputs) and node.inputs[i].name]
+        acts = [i for i in slots if not self.is_weight(node.inputs[i]) and not self.from_constant_node(node.inputs[i])]
+        if node.op == "MatMul" and len(acts) == 2 and not self.quantize_bmm:
+            return "activation x activation MatMul kept in float (quantize_bmm=false)"
+        if not all(self.is_float(node.inputs[i]) for i in slots):
+            return "non-float input"
+        return None
+
+
+def _kept_by_rules(graph: "gs.Graph", rules: _InputRules, op_types: Sequence[str],
+                   keep_float: Sequence[str]) -> Dict[int, list]:
+    """Node index -> matched ``keep_float`` rules, among compute nodes the name/type rules would quantize."""
+    from pipeline.quantize.placement import keep_float_nodes
+
+    if not keep_float:
+        return {}
+    candidates = [i for i, n in enumerate(graph.nodes) if n.op in op_types and rules.skip_reason(i, n) is None]
+    return {i: ks for i, ks in keep_float_nodes(graph, keep_float, candidates).items()
+            if graph.nodes[i].op in op_types}
+
+
+def _plan_compute_node(plan: QdqPlan, idx: int, node: "gs.Node", rules: _InputRules,
+                       kept: Dict[int, list], per_channel: bool) -> None:
+    """Quantize a compute node's inputs, or record in ``plan`` why it stays in float."""
+    label = node_label(node, idx)
+    reason = rules.skip_reason(idx, node)
+    if reason is None and idx in kept:
+        names = "+".join(dict.fromkeys(k.rule for k in kept[idx]))  # each rule once, first-seen order
+        why = "; ".join(k.reason for k in kept[idx])
+        reason = f"keep_float={names}: {why}"
+        plan.kept_float.append({"node": label, "op_type": node.op, "rule": names, "reason": why})
+    if reason is not None:
+        plan.skipped[label] = reason
+        return
+    _plan_compute_inputs(plan, node, idx, per_channel, rules.is_weight, rules.from_constant_node)
+    plan.nodes.append(label)
+
+
+def _plan_single_input(plan: QdqPlan, idx: int, node: "gs.Node", pick: int, rules: _InputRules) -> None:
+    """Q/DQ on input ``pick`` of a pooling or residual-add node, when that input is float."""
+    if rules.is_float(node.inputs[pick]):
+        plan.activations.setdefault(node.inputs[pick].name, []).append((idx, pick))
+        plan.nodes.append(node_label(node, idx))
+
+
 def plan_qdq(
     model: "onnx.ModelProto",
     op_types: Sequence[str] = COMPUTE_OPS,
@@ -145,74 +236,24 @@ def plan_qdq(
     Raises:
         PipelineError: an unknown ``keep_float`` rule.
     """
-    import onnx_graphsurgeon as gs
-
-    from pipeline.graph import conv_residual_adds, producer_of, to_graph
-    from pipeline.quantize.placement import check_rules, keep_float_nodes
+    from pipeline.graph import conv_residual_adds, to_graph
+    from pipeline.quantize.placement import check_rules
 
     check_rules(keep_float)
     graph = to_graph(model)
-    init_types = {i.name: i.data_type for i in model.graph.initializer}
-    plan = QdqPlan()
-
-    def excluded(label: str) -> bool:
-        return any(fnmatch.fnmatchcase(label, p) for p in exclude_nodes)
-
-    def is_weight(t: "gs.Tensor") -> bool:
-        return isinstance(t, gs.Constant)
-
-    def from_constant_node(t: "gs.Tensor") -> bool:
-        node = producer_of(t)
-        return node is not None and node.op == "Constant"
-
-    def is_float(t: "gs.Tensor") -> bool:
-        if is_weight(t):
-            return init_types.get(t.name) == 1  # FLOAT
-        return float_tensors is None or t.name in float_tensors
-
-    def skip_reason(idx: int, node: "gs.Node") -> Optional[str]:
-        """Why a compute node is not quantized by the name/type rules, or None."""
-        if excluded(node_label(node, idx)):
-            return "excluded by pattern"
-        slots = [i for i in _compute_slots(node.op, len(node.inputs)) if i < len(node.inputs) and node.inputs[i].name]
-        acts = [i for i in slots if not is_weight(node.inputs[i]) and not from_constant_node(node.inputs[i])]
-        if node.op == "MatMul" and len(acts) == 2 and not quantize_bmm:
-            return "activation x activation MatMul kept in float (quantize_bmm=false)"
-        if not all(is_float(node.inputs[i]) for i in slots):
-            return "non-float input"
-        return None
-
-    kept: Dict[int, list] = {}
-    if keep_float:
-        candidates = [i for i, n in enumerate(graph.nodes) if n.op in op_types and skip_reason(i, n) is None]
-        kept = {i: ks for i, ks in keep_float_nodes(graph, keep_float, candidates).items()
-                if graph.nodes[i].op in op_types}
+    rules = _InputRules({i.name: i.data_type for i in model.graph.initializer}, float_tensors, exclude_nodes,
+                        quantize_bmm)
+    kept = _kept_by_rules(graph, rules, op_types, keep_float)
     residual_skip = {id(r.node): r.skip for r in conv_residual_adds(graph)} if residual_add else {}
-
+    plan = QdqPlan()
     for idx, node in enumerate(graph.nodes):
-        label = node_label(node, idx)
-        op = node.op
-        if op in op_types:
-            reason = skip_reason(idx, node)
-            if reason is None and idx in kept:
-                rules = "+".join(dict.fromkeys(k.rule for k in kept[idx]))
-                why = "; ".join(k.reason for k in kept[idx])
-                reason = f"keep_float={rules}: {why}"
-                plan.kept_float.append({"node": label, "op_type": op, "rule": rules, "reason": why})
-            if reason is not None:
-                plan.skipped[label] = reason
-                continue
-            _plan_compute_inputs(plan, node, idx, per_channel, is_weight, from_constant_node)
-            plan.nodes.append(label)
-        elif op in POOL_OPS and pooling and not excluded(label):
-            if is_float(node.inputs[0]):
-                plan.activations.setdefault(node.inputs[0].name, []).append((idx, 0))
-                plan.nodes.append(label)
-        elif id(node) in residual_skip and not excluded(label):
-            pick = residual_skip[id(node)]
-            if is_float(node.inputs[pick]):
-                plan.activations.setdefault(node.inputs[pick].name, []).append((idx, pick))
-                plan.nodes.append(label)
+        # One branch per node, first match wins: a compute op never counts as a pool or residual add.
+        if node.op in op_types:
+            _plan_compute_node(plan, idx, node, rules, kept, per_channel)
+        elif node.op in POOL_OPS and pooling and not rules.excluded(node_label(node, idx)):
+            _plan_single_input(plan, idx, node, 0, rules)
+        elif id(node) in residual_skip and not rules.excluded(node_label(node, idx)):
+            _plan_single_input(plan, idx, node, residual_skip[id(node)], rules)
     return plan
 
 

@@ -8,8 +8,9 @@ The returned dict is JSON-ready for the report stage (``report.json`` -> ``quant
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -37,6 +38,128 @@ def _coarse(hist: np.ndarray, edges: np.ndarray, bins: int) -> Tuple[List[float]
     f = max(1, len(hist) // bins)
     h = hist[: (len(hist) // f) * f].reshape(-1, f).sum(axis=1)
     return edges[:: f][: len(h) + 1].tolist(), h.astype(int).tolist()
+
+
+@dataclass
+class _VariantRun:
+    """What every variant of :func:`compare_calibrations` shares: the model, its statistics, the
+    held-out feeds and the FP32 reference outputs on them."""
+
+    model: Any
+    cfg: Any
+    stats: Dict[str, Any]
+    float_tensors: set
+    eval_feeds: List[Dict[str, np.ndarray]]
+    reference: np.ndarray
+    eval_labels: Optional[np.ndarray]
+    task: str
+    execution: str
+
+
+def _check_granularities(granularities: Sequence[str]) -> None:
+    for g in granularities:
+        if g not in GRANULARITIES:
+            raise PipelineError(f"unknown granularity {g!r}", f"use {' or '.join(GRANULARITIES)}")
+
+
+def _variant_amaxes(stats: Dict[str, Any], variants: Sequence[Tuple[str, float]]) -> Dict[str, Dict[str, float]]:
+    """Variant label (``max``, ``percentile@99.9``...) -> per-tensor threshold, tensor units."""
+    amaxes: Dict[str, Dict[str, float]] = {}
+    for name, p in variants:
+        key = name if name != "percentile" else f"percentile@{p:g}"
+        amaxes[key] = {t: amax_from_stats(s, name, p) for t, s in stats.items()}
+    return amaxes
+
+
+def _variant_jobs(labels: Sequence[str], granularities: Sequence[str],
+                  asymmetric: bool) -> List[Tuple[str, str, bool]]:
+    """``(label, granularity, symmetric)`` per variant: every label x granularity, symmetric, plus one
+    asymmetric run (entropy, else the first label) at the first granularity when asked."""
+    jobs = [(key, g, True) for key in labels for g in granularities]
+    if asymmetric:
+        key = "entropy" if "entropy" in labels else next(iter(labels))
+        jobs.append((key, granularities[0], False))
+    return jobs
+
+
+def _run_variant(run: _VariantRun, key: str, amax: Dict[str, float], gran: str, sym: bool) -> Dict[str, object]:
+    """Write one variant as a Q/DQ model in memory, evaluate it against FP32: its result row."""
+    from pipeline.core.accuracy import task_metrics
+    from pipeline.core.config import QuantConfig
+    from pipeline.ort import ort_session, run_first_output
+    from pipeline.quantize.api import act_qparams_from, plan_for_config
+    from pipeline.quantize.qdq import qdq_onnx_from_onnx
+
+    t0 = time.perf_counter()
+    vcfg = QuantConfig(**{**run.cfg.__dict__, "per_channel": gran == "per_channel", "symmetric": sym})
+    plan = plan_for_config(run.model, vcfg, float_tensors=run.float_tensors)
+    qmodel = qdq_onnx_from_onnx(run.model, plan, act_qparams_from(run.stats, amax, plan.activations, sym))
+    test = run_first_output(ort_session(qmodel, optimize=run.execution != "simulated"), run.eval_feeds)
+    m = task_metrics(run.reference, test, run.eval_labels, run.task)
+    name, _, p = key.partition("@")
+    return {"method": name, "percentile": float(p) if p else None, "label": key, "granularity": gran,
+            "scheme": "symmetric int8" if sym else "asymmetric uint8", "metrics": m,
+            "seconds": time.perf_counter() - t0}
+
+
+def _tensor_rows(stats: Dict[str, Any], amaxes: Dict[str, Dict[str, float]]) -> List[Dict[str, object]]:
+    """Per activation: its range, each method's threshold and clipping/rounding error."""
+    tensors = []
+    for t, s in stats.items():
+        errs = {k: quant_error_of_hist(s.hist, s.edges, a[t]).to_dict() for k, a in amaxes.items()}
+        tensors.append({"name": t, "min": s.min, "max": s.max, "amax": {k: a[t] for k, a in amaxes.items()},
+                        "error": errs})
+    return tensors
+
+
+def _weight_rows(model, plan) -> List[Dict[str, object]]:
+    """Per quantized weight: quantization error with per-channel vs per-tensor scales."""
+    from onnx import numpy_helper
+
+    weights = []
+    inits = {i.name: i for i in model.graph.initializer}
+    for w, slot in plan.weights.items():
+        arr = numpy_helper.to_array(inits[w])
+        axis = slot.axis if slot.axis is not None else 0
+        weights.append({"name": w, "shape": list(arr.shape), "axis": axis,
+                        "per_channel": quant_error_of_values(arr, weight_qparams(arr, axis)).to_dict(),
+                        "per_tensor": quant_error_of_values(arr, weight_qparams(arr, None)).to_dict()})
+    return weights
+
+
+def _spread(amaxes: Dict[str, Dict[str, float]], t: str) -> float:
+    """How much the methods disagree on tensor ``t``: largest over smallest positive threshold."""
+    vals = [a[t] for a in amaxes.values() if a[t] > 0]
+    return max(vals) / min(vals) if vals else 0.0
+
+
+def _histogram_rows(stats: Dict[str, Any], amaxes: Dict[str, Dict[str, float]], max_histograms: int,
+                    histogram_bins: int) -> List[Dict[str, object]]:
+    """|x| histograms of the ``max_histograms`` tensors where the methods disagree most."""
+    hists = []
+    for t in sorted(stats, key=lambda name: _spread(amaxes, name), reverse=True)[:max_histograms]:
+        s = stats[t]
+        edges, counts = _coarse(s.hist, s.edges, histogram_bins)
+        hists.append({"name": t, "edges": edges, "counts": counts, "abs": True,
+                      "thresholds": {k: a[t] for k, a in amaxes.items()}})
+    return hists
+
+
+def _reference_row(ref: np.ndarray, eval_labels: Optional[np.ndarray]) -> Dict[str, object]:
+    """The FP32 reference: backend, sample count, and its label accuracy when labels are given."""
+    from pipeline.core.accuracy import label_accuracy
+
+    return {"backend": "onnxruntime-cpu", "precision": "fp32", "samples": int(len(ref)),
+            **({"accuracy": label_accuracy(ref, eval_labels)} if eval_labels is not None else {})}
+
+
+def _best(rows: List[Dict[str, object]], primary: str) -> Optional[Dict[str, object]]:
+    """The variant with the highest primary metric (first on ties), summarised; None without rows."""
+    if not rows:
+        return None
+    best = max(rows, key=lambda r: float(r["metrics"][primary]))  # type: ignore[index]
+    return {"label": best["label"], "granularity": best["granularity"], "scheme": best["scheme"],
+            primary: best["metrics"][primary]}  # type: ignore[index]
 
 
 def compare_calibrations(
@@ -81,18 +204,14 @@ def compare_calibrations(
     """
     from tqdm import tqdm
 
-    from pipeline.core.accuracy import label_accuracy, task_metrics
     from pipeline.core.config import QuantConfig
     from pipeline.ort import ort_session, run_first_output
-    from pipeline.quantize.api import _load, act_qparams_from, plan_for_config
-    from pipeline.quantize.qdq import qdq_onnx_from_onnx
+    from pipeline.quantize.api import _load, plan_for_config
     from pipeline.quantize.stats import collect_stats, float_tensor_names
 
     cfg = cfg or QuantConfig()
     variants = [parse_method(m) for m in methods]
-    for g in granularities:
-        if g not in GRANULARITIES:
-            raise PipelineError(f"unknown granularity {g!r}", f"use {' or '.join(GRANULARITIES)}")
+    _check_granularities(granularities)
     model = _load(onnx_path)
     float_tensors = set(float_tensor_names(model))
     ev = list(eval_batches)
@@ -100,6 +219,7 @@ def compare_calibrations(
         raise PipelineError("the evaluation set is empty", "pass held-out evaluation batches")
 
     t0 = time.perf_counter()
+    # One statistics pass, over the activations of the default plan, feeds every method's thresholds.
     plan0 = plan_for_config(model, cfg, float_tensors=float_tensors)
     stats = collect_stats(model, calib_batches, list(plan0.activations), num_bins=cfg.num_bins, progress=progress)
     t_stats = time.perf_counter() - t0
@@ -107,72 +227,22 @@ def compare_calibrations(
     ref = run_first_output(ort_session(model), ev)
     t_ref = time.perf_counter() - t0
 
-    amaxes: Dict[str, Dict[str, float]] = {}
-    for name, p in variants:
-        key = name if name != "percentile" else f"percentile@{p:g}"
-        amaxes[key] = {t: amax_from_stats(s, name, p) for t, s in stats.items()}
-
-    rows: List[Dict[str, object]] = []
-    jobs = [(key, g, True) for key in amaxes for g in granularities]
-    if asymmetric:
-        key = "entropy" if "entropy" in amaxes else next(iter(amaxes))
-        jobs.append((key, granularities[0], False))
-    for key, gran, sym in tqdm(jobs, desc="variants", unit="model", disable=not progress, leave=False):
-        t0 = time.perf_counter()
-        vcfg = QuantConfig(**{**cfg.__dict__, "per_channel": gran == "per_channel", "symmetric": sym})
-        plan = plan_for_config(model, vcfg, float_tensors=float_tensors)
-        qmodel = qdq_onnx_from_onnx(model, plan, act_qparams_from(stats, amaxes[key], plan.activations, sym))
-        test = run_first_output(ort_session(qmodel, optimize=execution != "simulated"), ev)
-        m = task_metrics(ref, test, eval_labels, task)
-        name, _, p = key.partition("@")
-        rows.append({"method": name, "percentile": float(p) if p else None, "label": key, "granularity": gran,
-                     "scheme": "symmetric int8" if sym else "asymmetric uint8", "metrics": m,
-                     "seconds": time.perf_counter() - t0})
-    primary = str(rows[0]["metrics"]["primary"]) if rows else "output_cosine"
-    best = max(rows, key=lambda r: float(r["metrics"][primary])) if rows else None  # type: ignore[index]
-
-    tensors = []
-    for t, s in stats.items():
-        errs = {k: quant_error_of_hist(s.hist, s.edges, a[t]).to_dict() for k, a in amaxes.items()}
-        tensors.append({"name": t, "min": s.min, "max": s.max, "amax": {k: a[t] for k, a in amaxes.items()},
-                        "error": errs})
-
-    weights = []
-    from onnx import numpy_helper
-
-    inits = {i.name: i for i in model.graph.initializer}
-    for w, slot in plan0.weights.items():
-        arr = numpy_helper.to_array(inits[w])
-        axis = slot.axis if slot.axis is not None else 0
-        weights.append({"name": w, "shape": list(arr.shape), "axis": axis,
-                        "per_channel": quant_error_of_values(arr, weight_qparams(arr, axis)).to_dict(),
-                        "per_tensor": quant_error_of_values(arr, weight_qparams(arr, None)).to_dict()})
-
-    # Histograms where the algorithms disagree most (ratio of largest to smallest threshold).
-    def spread(t: str) -> float:
-        vals = [a[t] for a in amaxes.values() if a[t] > 0]
-        return max(vals) / min(vals) if vals else 0.0
-
-    hists = []
-    for t in sorted(stats, key=spread, reverse=True)[:max_histograms]:
-        s = stats[t]
-        edges, counts = _coarse(s.hist, s.edges, histogram_bins)
-        hists.append({"name": t, "edges": edges, "counts": counts, "abs": True,
-                      "thresholds": {k: a[t] for k, a in amaxes.items()}})
-
+    amaxes = _variant_amaxes(stats, variants)
+    run = _VariantRun(model, cfg, stats, float_tensors, ev, ref, eval_labels, task, execution)
+    jobs = _variant_jobs(list(amaxes), granularities, asymmetric)
+    rows = [_run_variant(run, key, amaxes[key], gran, sym)
+            for key, gran, sym in tqdm(jobs, desc="variants", unit="model", disable=not progress, leave=False)]
+    primary = str(rows[0]["metrics"]["primary"]) if rows else "output_cosine"  # type: ignore[index]
     return {
         "primary": primary,
         "task": task,
         "execution": execution,
-        "reference": {"backend": "onnxruntime-cpu", "precision": "fp32", "samples": int(len(ref)),
-                      **({"accuracy": label_accuracy(ref, eval_labels)}
-                         if eval_labels is not None else {})},
+        "reference": _reference_row(ref, eval_labels),
         "results": rows,
-        "best": {"label": best["label"], "granularity": best["granularity"], "scheme": best["scheme"],
-                 primary: best["metrics"][primary]} if best else None,  # type: ignore[index]
-        "tensors": tensors,
-        "weights": weights,
-        "histograms": hists,
+        "best": _best(rows, primary),
+        "tensors": _tensor_rows(stats, amaxes),
+        "weights": _weight_rows(model, plan0),
+        "histograms": _histogram_rows(stats, amaxes, max_histograms, histogram_bins),
         "plan": plan0.to_dict(),
         "seconds": {"statistics": t_stats, "reference": t_ref,
                     "variants": float(sum(float(r["seconds"]) for r in rows))},  # type: ignore[arg-type]
