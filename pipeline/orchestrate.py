@@ -105,6 +105,10 @@ def _validate_data(cfg: PipelineConfig) -> None:
 
 def _validate_inputs(cfg: PipelineConfig) -> None:
     given = {k: v for k, v in asdict(cfg.inputs).items() if v}
+    if cfg.inputs.onnx and "export" in cfg.stages:
+        raise PipelineError("inputs.onnx and the export stage both give the ONNX model.",
+                            "Drop export from stages to start from inputs.onnx, or drop inputs.onnx to export "
+                            "the model (model=onnx model.onnx_path=... imports a file through the export stage).")
     for kind, value in given.items():
         if not Path(value).exists():
             raise PipelineError(f"inputs.{kind}={value} does not exist.",
@@ -112,6 +116,31 @@ def _validate_inputs(cfg: PipelineConfig) -> None:
     if cfg.inputs.run and not (Path(cfg.inputs.run) / RUN_MANIFEST).is_file():
         raise PipelineError(f"inputs.run={cfg.inputs.run} is not a run folder (no {RUN_MANIFEST} in it).",
                             "Point it at the output folder of an earlier run (the one with report.json).")
+    _validate_model_of_inputs(cfg)
+
+
+def _validate_model_of_inputs(cfg: PipelineConfig) -> None:
+    """Files of another model than ``model=`` would be measured and reported under the wrong name."""
+    from pipeline.export.stage import model_name
+
+    if cfg.model.name == "onnx" and not cfg.model.onnx_path:
+        return
+    expected = model_name(cfg.model)
+    found: Dict[str, str] = {}
+    if cfg.inputs.run:
+        made = json.loads((Path(cfg.inputs.run) / RUN_MANIFEST).read_text()).get("model_name")
+        if made:
+            found["inputs.run"] = made
+    if cfg.inputs.onnx:
+        from pipeline.core.store import read_sidecar
+
+        made = ((read_sidecar(cfg.inputs.onnx) or {}).get("model") or {}).get("name")
+        if made:
+            found["inputs.onnx"] = made
+    for where, made in found.items():
+        if made != expected:
+            raise PipelineError(f"{where} holds files of model {made!r}, but this run is model={expected!r}.",
+                                f"Pass model={made} (the folder and report are named after it), or files of {expected}.")
 
 
 def select_backend(cfg: PipelineConfig) -> tuple[str, str]:
@@ -130,6 +159,26 @@ def select_backend(cfg: PipelineConfig) -> tuple[str, str]:
             "or use backend=onnxruntime (or backend=auto) to run on the CPU.",
         )
     return "onnxruntime", f"TensorRT not usable here ({why}); ONNX Runtime on the CPU runs the model"
+
+
+def upstream_mismatch(kind: str, path: Path, cfg: PipelineConfig) -> str:
+    """Why an artifact of an earlier run (its sidecar's config) does not fit this run's config; "" if it fits."""
+    from pipeline.core.store import read_sidecar
+
+    side = read_sidecar(path) or {}
+    made = side.get("config") or {}
+    if kind == "analysis":
+        prec, batch = (made.get("precision") or {}).get("name"), made.get("batch_size")
+        if (prec, batch) != (cfg.precision.name, cfg.batch_size):
+            return (f"it analyses precision={prec} batch_size={batch}, this run is precision={cfg.precision.name} "
+                    f"batch_size={cfg.batch_size} (add analyze to stages)")
+    elif kind in ("calib_data", "eval_data"):
+        if made.get("data") not in (None, asdict(cfg.data)):
+            return "it was drawn with other data.* settings: this run draws its own samples"
+    elif kind in ("qdq_onnx", "calib_cache", "quantization"):
+        if made.get("quant") not in (None, asdict(cfg.quant)):
+            return "it was quantized with other quant.* settings (add quantize to stages)"
+    return ""
 
 
 # --------------------------------------------------------------------------------------------- the run
@@ -151,6 +200,8 @@ class Run:
         self.artifacts: Dict[str, str] = {}
         self.stages: Dict[str, StageRecord] = {}
         self.reused_from: Dict[str, str] = {}
+        self.notes: List[str] = []  # what the user should know about how inputs were resolved
+        self.looked_up: set = set()  # artifact kinds some stage asked for
         self.data_notes: List[str] = []  # how the samples were adapted to the model (data.resize=true...)
         self.memo: Dict[str, Any] = {}  # helpers worth building once per run (a model's tokenizer), never results
         self.upstream = self._upstream_artifacts()
@@ -176,17 +227,35 @@ class Run:
 
     # --------------------------------------------------------------------------------- artifact lookup
     def find(self, kind: str) -> Optional[Path]:
-        """The file of ``kind``: named by the user, made in this run, or from ``inputs.run``; else None."""
+        """The file of ``kind``: named by the user, made in this run, or from ``inputs.run``; else None.
+
+        An artifact of ``inputs.run`` made under another config than this run's (another precision, batch,
+        data or quantization setting) is not used: the console says so, and the stage makes its own.
+        """
+        self.looked_up.add(kind)
         user = getattr(self.cfg.inputs, kind, None)
         if kind == "qdq_onnx" and not user and self.cfg.build.qdq_onnx:
             user = self.cfg.build.qdq_onnx  # the older name of inputs.qdq_onnx
         if kind in self.artifacts:
             return self.out / self.artifacts[kind]
         found = Path(user) if user else self.upstream.get(kind)
+        if found is not None and not user:
+            why = upstream_mismatch(kind, found, self.cfg)
+            if why:
+                self.note(f"inputs.run's {found.name} is not used: {why}")
+                self.upstream.pop(kind, None)
+                return None
         if found is not None:
             # Recorded (absolute) so the report of this run shows what it was made from.
             self.artifacts[kind] = str(found.resolve())
         return found
+
+    def note(self, text: str) -> None:
+        """A line for the console, run.log and run.json's ``notes`` (said once)."""
+        if text not in self.notes:
+            self.notes.append(text)
+            print(f"  note: {text}")
+            LOG.warning(text)
 
     def need(self, kind: str, stage: str) -> Path:
         """Like :meth:`find`, but a missing file is a :class:`MissingInput` naming why it is missing."""
@@ -211,7 +280,7 @@ class Run:
             "schema_version": 1, "model_name": self.model_name,
             "backend": {"requested": self.cfg.backend.name, "selected": self.backend, "reason": self.backend_reason},
             "stages": {name: asdict(rec) for name, rec in self.stages.items()},
-            "artifacts": dict(self.artifacts), **extra})
+            "artifacts": dict(self.artifacts), "notes": list(self.notes), **extra})
 
 
 # ------------------------------------------------------------------------------------------ the stages
@@ -390,6 +459,8 @@ def stage_build(run: Run) -> StageRecord:
 
     cfg = run.cfg
     int8 = cfg.precision.name in ("int8", "best")
+    if int8:
+        _require_requested(run, "quantize", "the Q/DQ model")
     qdq = run.find("qdq_onnx") if int8 else None
     inputs = EngineInputs(onnx=run.need("onnx", "build"), qdq_onnx=qdq,
                           calib_data=_dataset(run, "calib") if int8 and qdq is None else None,
@@ -420,10 +491,12 @@ def stage_profile(run: Run) -> StageRecord:
     if build is not None and build.status == "failed":
         # The user asked for an engine to be measured: measuring something else would answer another question.
         raise MissingInput(f"needs the engine from the build stage, which failed: {build.reason}")
+    if int8:
+        _require_requested(run, "quantize", "the Q/DQ model")
     inputs = ProfileInputs(onnx=run.need("onnx", "profile"), eval_data=_dataset(run, "eval"),
                            engine=run.need("engine", "profile") if trt else None,
                            qdq_onnx=run.find("qdq_onnx") if (int8 and not trt) else None,
-                           analysis=run.find("analysis"), quantization=run.find("quantization"),
+                           analysis=run.find("analysis"), quantization=run.find("quantization") if int8 else None,
                            summary=_summary(run))
     settings = ProfileSettings(run.backend, cfg.profile, cfg.precision, cfg.hardware, cfg.batch_size)
     out = profile(inputs, settings, run.out)
@@ -436,6 +509,13 @@ def stage_profile(run: Run) -> StageRecord:
     if not trt:
         outputs["measured_model"] = str(inputs.qdq_onnx or inputs.onnx)
     return _record(False, outputs)
+
+
+def _require_requested(run: Run, stage: str, what: str) -> None:
+    """Skip when ``stage`` was requested but did not produce (falling back would measure another model)."""
+    rec = run.stages.get(stage)
+    if rec is not None and rec.status in ("failed", "skipped"):
+        raise MissingInput(f"needs {what} from the {stage} stage, which {rec.status}: {rec.reason}")
 
 
 def _record(reused: bool, outputs: Dict[str, Any], source: str = "") -> StageRecord:
@@ -582,6 +662,10 @@ def _run_stages(run: Run, extra: Dict[str, Any]) -> Optional[BaseException]:
         first = first or error
         interrupted = isinstance(error, KeyboardInterrupt)
         run.write_manifest(extra)
+    for kind, value in asdict(run.cfg.inputs).items():
+        if value and kind != "run" and kind not in run.looked_up and not interrupted:
+            run.note(f"inputs.{kind}={value} was given but no stage of this run used it "
+                     f"(stages={list(run.cfg.stages)}, precision={run.cfg.precision.name})")
     return first
 
 

@@ -187,3 +187,57 @@ def test_ctrl_c_writes_the_report_and_the_same_command_resumes(tmp_path):
     rep = json.loads((tmp_path / "second" / "report.json").read_text())
     assert rep["stages"]["export"]["status"] == "reused" and "reused" in again.stdout
     assert rep["stages"]["quantize"]["status"] == "ran" and rep["stages"]["profile"]["status"] == "ran"
+
+
+def test_an_earlier_runs_artifacts_made_under_another_config_are_not_used(tmp_path, capsys):
+    _run(_cfg(tmp_path, "a"))
+    fp32 = _run(_cfg(tmp_path, "b", precision=precision_config("fp32"), stages=["profile", "report"],
+                     inputs=InputsConfig(run=str(tmp_path / "a"))))
+    out = capsys.readouterr().out
+    assert "analysis.json is not used" in out and "precision=int8" in out
+    assert fp32["analysis"] is None and fp32["quantization"] is None  # int8 theory and ranges do not describe fp32
+    assert fp32["measured"]["precision_executed"] == "fp32"
+    run = json.loads((tmp_path / "b" / "run.json").read_text())
+    assert any("analysis.json is not used" in n for n in run["notes"])
+    # Other data settings: the samples are drawn again, so quantize is not reused from the earlier run.
+    other = _run(_cfg(tmp_path, "c", data=DataConfig(name="digits", num_samples=24, calib_samples=8),
+                      stages=["quantize", "report"], inputs=InputsConfig(run=str(tmp_path / "a"))))
+    assert other["stages"]["quantize"]["status"] == "ran"
+    assert other["quantization"]["calib_samples"] == 8
+
+
+def test_files_of_another_model_are_refused_before_any_work(tmp_path):
+    _run(_cfg(tmp_path, "a", stages=["export"]))
+    for inputs in (InputsConfig(run=str(tmp_path / "a")), InputsConfig(onnx=str(tmp_path / "a" / "digits_cnn.onnx"))):
+        with pytest.raises(PipelineError) as err:
+            _run(_cfg(tmp_path, "b", model=ModelConfig(name="resnet18"), stages=["analyze", "report"], inputs=inputs))
+        assert "model 'digits_cnn'" in err.value.message and "model=digits_cnn" in err.value.hint
+    with pytest.raises(PipelineError) as err:
+        _run(_cfg(tmp_path, "b", inputs=InputsConfig(onnx=str(tmp_path / "a" / "digits_cnn.onnx"))))
+    assert "inputs.onnx and the export stage" in err.value.message
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_failed_quantize_skips_the_int8_measurement_and_a_corrupt_npz_is_named(tmp_path, capsys):
+    _run(_cfg(tmp_path, "a", stages=["export"]))
+    bad = tmp_path / "bad.npz"
+    bad.write_text("garbage")
+    with pytest.raises(PipelineError):
+        _run(_cfg(tmp_path, "b", stages=["quantize", "profile", "report"],
+                  inputs=InputsConfig(onnx=str(tmp_path / "a" / "digits_cnn.onnx"), calib_data=str(bad))))
+    rep = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert rep["stages"]["quantize"]["status"] == "failed"
+    assert "bad.npz is not an .npz file of arrays" in rep["stages"]["quantize"]["reason"]
+    assert "allow_pickle" not in rep["stages"]["quantize"]["reason"]
+    assert rep["stages"]["profile"]["status"] == "skipped"  # not an FP32 measurement under an int8 label
+    assert "Q/DQ model from the quantize stage, which failed" in rep["stages"]["profile"]["reason"]
+
+
+def test_inputs_no_stage_uses_are_reported(tmp_path, capsys):
+    _run(_cfg(tmp_path, "a"))
+    _run(_cfg(tmp_path, "b", precision=precision_config("fp32"), stages=["profile", "report"],
+              inputs=InputsConfig(onnx=str(tmp_path / "a" / "digits_cnn.onnx"),
+                                  qdq_onnx=str(tmp_path / "a" / "digits_cnn.int8.qdq.onnx"))))
+    assert "inputs.qdq_onnx=" in capsys.readouterr().out
+    run = json.loads((tmp_path / "b" / "run.json").read_text())
+    assert any(n.startswith("inputs.qdq_onnx=") and "no stage of this run used it" in n for n in run["notes"])

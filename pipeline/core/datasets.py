@@ -9,6 +9,7 @@ inputs; labels, when the source has them, are stored under ``__labels__``.
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List
 
@@ -52,8 +53,10 @@ def load_dataset_file(path: Path, input_names: List[str] | None = None) -> "Data
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays: Dict[str, np.ndarray] = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as err:
-        raise PipelineError(f"Cannot read dataset {path}: {err}", "Re-create it by running the pipeline again.") from err
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise PipelineError(f"Dataset {path} is not an .npz file of arrays ({type(err).__name__}).",
+                            "Give an .npz written by numpy.savez (one array per model input, optional "
+                            "__labels__), or drop inputs.*_data to draw samples from data=...") from err
     meta = {}
     if META_KEY in arrays:
         meta = json.loads(arrays.pop(META_KEY).tobytes().decode())

@@ -117,8 +117,8 @@ def _profile_onnxruntime(inputs: ProfileInputs, settings: ProfileSettings, evals
         target, executed = inputs.qdq_onnx, "int8"
     elif prec in ("int8", "best"):
         executed = "fp32"
-        notes.append("no Q/DQ model (quantize stage not run, no inputs.qdq_onnx): ONNX Runtime measured the FP32 model")
-    if executed != prec and prec != "best":
+        notes.append("no Q/DQ model (quantize not in stages, no inputs.qdq_onnx): ONNX Runtime measured the FP32 model")
+    elif executed != prec and prec != "best":
         notes.append(f"ONNX Runtime on the CPU has no {prec} execution here: measured {executed}")
     m = measure_onnxruntime(target, batches_of(evals.inputs, settings.batch_size)[0], settings.profile,
                             precision_executed=executed)

@@ -29,7 +29,9 @@ def _read(folder: Path, name: str) -> Optional[Dict[str, Any]]:
     try:
         return json.loads(path.read_text())
     except ValueError as err:
-        raise PipelineError(f"{path} is not valid JSON ({err}).", "Re-run the stage that writes it.") from err
+        raise PipelineError(f"{path} is not valid JSON ({err}).",
+                            "Run the pipeline again to re-create the folder (run.json is the orchestrator's, "
+                            "the other files their stages').") from err
 
 
 def _artifact(folder: Path, manifest: Dict[str, Any], kind: str, default: str) -> Optional[Dict[str, Any]]:
@@ -129,6 +131,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                 paths.update({f"{run}:{k}": v for k, v in render(run).items()})
     except PipelineError as err:
         print(f"error: {err.message}" + (f"\n  -> {err.hint}" if err.hint else ""), file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"error: cannot write the report: {err}\n  -> --compare takes a folder (created when missing)",
+              file=sys.stderr)
         return 2
     for kind, path in paths.items():
         print(f"{kind}: {path}")
