@@ -72,6 +72,10 @@ def validate(cfg: PipelineConfig) -> None:
     if not cfg.stages:
         raise PipelineError("No stage requested (stages=[]): nothing would run.",
                             f"Name at least one of {list(KNOWN_STAGES)}, e.g. stages=[export,analyze,report].")
+    if list(cfg.stages) == ["report"]:
+        raise PipelineError("stages=[report] alone has nothing to report: a report renders a run folder's results.",
+                            "Re-render an earlier run with: python -m pipeline.report <run folder> "
+                            "(or add the stages to run, e.g. stages=[export,analyze,report]).")
     if cfg.batch_size < 1:
         raise PipelineError(f"batch_size must be >= 1, got {cfg.batch_size}.", "Pass e.g. batch_size=8.")
     if cfg.backend.name not in ("auto", "tensorrt", "onnxruntime"):

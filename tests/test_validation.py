@@ -63,3 +63,8 @@ def test_calibration_data_that_does_not_fit_the_model_fails_the_run_naming_both_
         run_pipeline(cfg)
     assert "[1, 7, 7]" in err.value.message and "[3, 16, 16]" in err.value.message and "'input'" in err.value.message
     assert "data.resize=true" in err.value.hint
+
+
+def test_report_alone_points_at_the_re_render_command(tmp_path):
+    err = _fails(tmp_path, stages=["report"])
+    assert "nothing to report" in err.message and "python -m pipeline.report" in err.hint

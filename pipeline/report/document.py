@@ -117,7 +117,7 @@ def _stages(report: Mapping[str, Any]) -> Section:
             if isinstance(outputs, Mapping)
             else fmt_value(outputs)
         )
-        seconds = fmt_time(info.get("seconds")) if status in ("ran", "reused") else MISSING
+        seconds = fmt_time(info.get("seconds")) if status in ("ran", "reused", "failed") else MISSING
         rows.append(
             [
                 name,
