@@ -317,7 +317,7 @@ def _dataset(run: Run, split: str) -> Path:
     specs = input_specs(read_summary(summary_path))
     n = cfg.data.calib_samples if split == "calib" else cfg.data.num_samples
     if "tokenizer" not in run.memo:
-        run.memo["tokenizer"] = _tokenizer(cfg, specs)
+        run.memo["tokenizer"] = _tokenizer(cfg, specs, read_summary(summary_path))
     ds = load_dataset(cfg.data, specs, split=split, num_samples=n, tokenizer=run.memo["tokenizer"])
     path = save_dataset(ds, run.out / "data" / f"{split}.npz")
     write_sidecar(path, kind="dataset", producer="data", inputs={"summary": input_record(summary_path)},
@@ -330,9 +330,14 @@ def _dataset(run: Run, split: str) -> Path:
     return path
 
 
-def _tokenizer(cfg: PipelineConfig, specs) -> Optional[Callable]:
-    """The model's own tokenizer for ``data=text`` (only models that ship one, e.g. minilm), else None."""
-    if cfg.data.name != "text" or not any(s.dtype.startswith("int") for s in specs) or cfg.model.name != "minilm":
+def _tokenizer(cfg: PipelineConfig, specs, summary: Dict[str, Any]) -> Optional[Callable]:
+    """The model's own tokenizer for ``data=text`` when it has one (its export summary says), else None.
+
+    A summary that does not say (an ONNX made elsewhere) asks the model itself, for token models only.
+    """
+    if cfg.data.name != "text" or not any(s.dtype.startswith("int") for s in specs):
+        return None
+    if summary.get("has_tokenizer") is False or cfg.model.name == "onnx":
         return None
     from pipeline.models import build_model
 

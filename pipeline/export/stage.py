@@ -85,6 +85,7 @@ def run(inputs: ExportInputs, settings: ExportSettings, out: Path) -> ExportOutp
         "num_classes": bundle.num_classes,
         "notes": bundle.notes,
         "metrics": dict(bundle.metrics or {}),
+        "has_tokenizer": bundle.tokenizer is not None,  # data=text uses the model's own tokenizer
         "parameters": res.parameters,
         "opset": res.opset,
         "check": dict(res.check),
