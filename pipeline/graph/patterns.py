@@ -183,21 +183,30 @@ def _gelu_tail(core_out: "gs.Tensor", x: "gs.Tensor", const: Constness) -> Optio
 
 def _elementwise_ancestors(tensor: "gs.Tensor", const: Constness, depth: int = 6) -> List["gs.Tensor"]:
     """Non-constant tensors reachable backwards from ``tensor`` through elementwise ops (sorted by name)."""
-    seen = {}
+    seen = {t.name: t for t in _ancestors_through(tensor, _ELEMENTWISE, const, depth)}
+    # Sorted for a deterministic first match (a tensor's name only orders, never identifies).
+    return [seen[k] for k in sorted(seen)]
+
+
+def _ancestors_through(tensor: "gs.Tensor", ops, const: Constness, depth: int) -> List["gs.Tensor"]:
+    """Named non-constant tensors reachable backwards from ``tensor`` through producers whose op is in ``ops``
+    (breadth first, at most ``depth`` steps; ``tensor`` itself not included)."""
+    seen: Set[int] = {id(tensor)}
+    found: List["gs.Tensor"] = []
     frontier = [tensor]
     for _ in range(depth):
         nxt = []
         for t in frontier:
             n = producer_of(t)
-            if n is None or n.op not in _ELEMENTWISE:
+            if n is None or n.op not in ops:
                 continue
             for s in n.inputs:
-                if s.name and not const(s) and s.name not in seen:
-                    seen[s.name] = s
+                if s.name and not const(s) and id(s) not in seen:
+                    seen.add(id(s))
+                    found.append(s)
                     nxt.append(s)
         frontier = nxt
-    # Sorted for a deterministic first match (a tensor's name only orders, never identifies).
-    return [seen[k] for k in sorted(seen)]
+    return found
 
 
 def gelu_activations(graph: "gs.Graph", const: Optional[Constness] = None) -> List[GeluActivation]:
@@ -226,20 +235,7 @@ def gelu_activations(graph: "gs.Graph", const: Optional[Constness] = None) -> Li
 
 def _residual_roots(tensor: "gs.Tensor", const: Constness, depth: int = 12) -> Set[int]:
     """ids of ``tensor`` and of what it was normalized from (walking back through normalization ops)."""
-    roots = {id(tensor)}
-    frontier = [tensor]
-    for _ in range(depth):
-        nxt = []
-        for t in frontier:
-            n = producer_of(t)
-            if n is None or n.op not in _NORM_OPS:
-                continue
-            for s in n.inputs:
-                if s.name and not const(s) and id(s) not in roots:
-                    roots.add(id(s))
-                    nxt.append(s)
-        frontier = nxt
-    return roots
+    return {id(tensor)} | {id(t) for t in _ancestors_through(tensor, _NORM_OPS, const, depth)}
 
 
 def _residual_after(tensor: "gs.Tensor", const: Constness) -> Set[int]:
