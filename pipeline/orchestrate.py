@@ -350,7 +350,8 @@ def _in_store(run: Run, stage: str, used: Dict[str, Path], config: Dict[str, Any
 
     Returns ``(outputs remapped into the run folder, reused)``.
     """
-    from pipeline.core.store import complete_sidecar, input_record, link_or_copy, source_hash, store_key
+    from pipeline.core.store import (ENTRY_MANIFEST, complete_sidecar, input_record, is_sidecar, link_or_copy,
+                                     source_hash, store_key)
 
     inputs = {k: input_record(p) for k, p in used.items()}
     versions = {**run.versions, "code": source_hash(*packages)}
@@ -362,23 +363,16 @@ def _in_store(run: Run, stage: str, used: Dict[str, Path], config: Dict[str, Any
         with run.store.filling(stage, run.model_name, key) as tmp:
             outputs = produce(tmp)
             for f in sorted(tmp.iterdir()):
-                if f.is_file() and not _is_sidecar(f):
+                if f.is_file() and not is_sidecar(f):
                     complete_sidecar(f, kind=_kind_of(f), producer=stage, inputs=inputs, config=config,
                                      versions=versions, key=key)
         entry = run.store.lookup(stage, run.model_name, key)
     run.reused_from[stage] = str(entry) if reused else ""
-    from pipeline.core.store import ENTRY_MANIFEST
-
     for f in sorted(entry.iterdir()):
         if f.name != ENTRY_MANIFEST and not f.name.startswith("."):
             link_or_copy(f, run.out / f.name)
     LOG.info("%s: %s store entry %s", stage, "reused" if reused else "filled", entry)
     return outputs, reused
-
-
-def _is_sidecar(path: Path) -> bool:
-    """Whether ``path`` is the sidecar of a file beside it (``x.onnx.json`` next to ``x.onnx``)."""
-    return path.suffix == ".json" and path.with_suffix("").exists() and path.with_suffix("").suffix != ""
 
 
 def _kind_of(path: Path) -> str:

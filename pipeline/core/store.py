@@ -40,6 +40,12 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     return p.with_name(p.name + ".json")
 
 
+def is_sidecar(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is the sidecar of a file beside it (``x.onnx.json`` next to ``x.onnx``)."""
+    p = Path(path)
+    return p.suffix == ".json" and p.with_suffix("").suffix != "" and p.with_suffix("").exists()
+
+
 def content_hash(path: str | os.PathLike) -> str:
     """SHA-256 of what a file holds.
 

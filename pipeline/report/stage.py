@@ -17,9 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from pipeline.core.errors import PipelineError
-
-#: Version of report.json's layout (docs/ARCHITECTURE.md).
-SCHEMA_VERSION = 1
+from pipeline.report.schema import SCHEMA_VERSION
 
 
 def _read(folder: Path, name: str) -> Optional[Dict[str, Any]]:
@@ -81,7 +79,6 @@ def assemble_report(run_dir: str | Path) -> Dict[str, Any]:
            if k in summary},
     }
     precision = dict(manifest.get("precision") or {})
-    precision.pop("__typename", None)
     return {
         "schema_version": SCHEMA_VERSION,
         "model": model,
