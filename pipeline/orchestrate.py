@@ -37,7 +37,8 @@ RUN_LOG = "run.log"
 PRODUCERS = {
     "onnx": "export", "summary": "export", "calib_data": "data", "eval_data": "data", "analysis": "analyze",
     "qdq_onnx": "quantize", "calib_cache": "quantize", "quantization": "quantize", "engine": "build",
-    "engine_results": "build", "measurement": "profile",
+    "engine_results": "build", "measurement": "profile", "calib_stats": "quantize", "sensitivity": "sensitivity",
+    "precision_plan": "sensitivity",
 }
 
 
@@ -378,7 +379,8 @@ def _in_store(run: Run, stage: str, used: Dict[str, Path], config: Dict[str, Any
 def _kind_of(path: Path) -> str:
     name = path.name
     for suffix, kind in ((".int8.qdq.onnx", "qdq_onnx"), (".onnx", "onnx"), (".calib.cache", "calib_cache"),
-                         (".npz", "dataset"), (".png", "figure"), (".json", "results")):
+                         (".calib_stats.npz", "calib_stats"), (".npz", "dataset"),
+                         (".precision_plan.json", "precision_plan"), (".png", "figure"), (".json", "results")):
         if name.endswith(suffix):
             return kind
     return "file"
@@ -447,11 +449,42 @@ def stage_quantize(run: Run) -> StageRecord:
     results = json.loads((run.out / RESULTS_NAME).read_text())
     run.add("quantization", run.out / RESULTS_NAME)
     run.add("qdq_onnx", run.out / results["qdq_onnx_path"])
+    if results.get("stats_path"):
+        run.add("calib_stats", run.out / results["stats_path"])
     if results.get("calibration_cache_path"):
         run.add("calib_cache", run.out / results["calibration_cache_path"])
     return _record(reused, {"qdq_onnx": str(run.out / results["qdq_onnx_path"]),
                             "calib_cache": results.get("calibration_cache_path") or "", "algorithm": cfg.quant.calib},
                    run.reused_from.get("quantize", ""))
+
+
+def stage_sensitivity(run: Run) -> StageRecord:
+    from pipeline.analyze.stage import symbolic_dims
+    from pipeline.export.stage import read_summary
+    from pipeline.quantize.stage import check_precision
+    from pipeline.sensitivity.stage import RESULTS_NAME, SensitivityInputs, SensitivitySettings
+    from pipeline.sensitivity.stage import run as sensitivity
+
+    cfg = run.cfg
+    check_precision(cfg.precision.name)
+    onnx, summary = run.need("onnx", "sensitivity"), _summary(run)
+    stats = run.find("calib_stats")
+    inputs = SensitivityInputs(onnx=onnx, stats=stats, eval_data=_dataset(run, "eval"),
+                               calib_data=None if stats else _dataset(run, "calib"), summary=summary)
+    settings = SensitivitySettings(cfg.sensitivity, cfg.quant, cfg.hardware, cfg.batch_size,
+                                   symbolic_dims(onnx, read_summary(summary)))
+    used = {k: v for k, v in asdict(inputs).items() if v is not None}
+    config = {"sensitivity": asdict(cfg.sensitivity), "quant": asdict(cfg.quant), "hardware": asdict(cfg.hardware),
+              "batch_size": cfg.batch_size}
+    _, reused = _in_store(run, "sensitivity", used, config, ("sensitivity", "quantize", "analyze", "graph", "core"),
+                          lambda out: sensitivity(inputs, settings, out))
+    results = json.loads((run.out / RESULTS_NAME).read_text())
+    run.add("sensitivity", run.out / RESULTS_NAME)
+    run.add("precision_plan", run.out / results["plan_file"])
+    plan = results["search"]["plan"]
+    return _record(reused, {"plan": str(run.out / results["plan_file"]), "float_layers": plan["num_float"],
+                            "layers": results["num_layers"], "met": results["search"]["met"],
+                            "message": results["search"]["message"]}, run.reused_from.get("sensitivity", ""))
 
 
 def stage_build(run: Run) -> StageRecord:
@@ -532,6 +565,7 @@ STAGE_FUNCS: Dict[str, Callable[[Run], StageRecord]] = {
     "export": stage_export,
     "analyze": stage_analyze,
     "quantize": stage_quantize,
+    "sensitivity": stage_sensitivity,
     "build": stage_build,
     "profile": stage_profile,
 }

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 #: Every stage the pipeline knows, in execution order. Stages not yet implemented are not listed.
-KNOWN_STAGES = ("export", "analyze", "quantize", "build", "profile", "report")
+KNOWN_STAGES = ("export", "analyze", "quantize", "sensitivity", "build", "profile", "report")
+#: Stages a run does when ``stages`` is not given (sensitivity is asked for by name: it costs many evaluations).
+DEFAULT_STAGES = ("export", "analyze", "quantize", "build", "profile", "report")
 
 #: Precisions the ``precision`` group offers.
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8", "fp8", "best")
@@ -262,9 +264,8 @@ class QuantConfig:
             ``Q K^T`` and ``P V`` MatMuls around a Softmax; ``first`` / ``last`` = the first / last
             quantizable compute node in topological order. Kept nodes and the rule that matched are
             recorded in ``quantization.kept_float``.
-        sensitivity_max_float: at most this many compute nodes returned to float by the layer-wise
-            sensitivity search (needs evaluation data; 0 = off).
-        sensitivity_target: stop the search once the primary metric vs FP32 reaches this (e.g. 0.99).
+        plan: a mixed-precision plan file of the sensitivity stage (``<model>.precision_plan.json``): its
+            float layers stay float and each activation takes the calibration method the plan chose.
         cache_all_tensors: write every float tensor to the TensorRT calibration cache (what TensorRT's
             implicit INT8 path needs), not only the Q/DQ'd ones; costs extra statistics time.
         trt_version: TensorRT version written in the calibration cache header.
@@ -283,11 +284,45 @@ class QuantConfig:
     pooling: bool = True
     exclude_nodes: List[str] = field(default_factory=list)
     keep_float: List[str] = field(default_factory=list)
-    sensitivity_max_float: int = 0
-    sensitivity_target: float = 0.99
+    plan: Optional[str] = None
     cache_all_tensors: bool = True
     trt_version: str = "8.6.1"
     cache_algorithm: str = "EntropyCalibration2"
+
+
+@dataclass
+class SensitivityConfig:
+    """Layer-wise sensitivity and the mixed-precision search (the sensitivity stage; pipeline/sensitivity/).
+
+    Attributes:
+        metric: what the budget is on: ``auto`` (top-1 accuracy for a classifier with labels, top-1 agreement
+            without, embedding cosine for an embedder, output cosine otherwise) or a metric key
+            (``accuracy``, ``top1_agreement``, ``embedding_cosine``, ``output_cosine``, ``nn_agreement``).
+        max_drop: allowed drop of ``metric`` from FP32 (null: 0.005 for top-1, 0.01 for cosine).
+        min_nn_agreement: embedders: the plan must also keep each sample's nearest neighbour (cosine) in
+            the evaluation set the same as FP32's for at least this share of samples (0 = no constraint).
+        methods: calibration methods each activation's threshold is chosen from (by its first quantized
+            consumer's output error); empty = ``quant.calib`` everywhere.
+        all_but_one: also measure the metric with every layer but one quantized (a second walk).
+        groups: move transformer FFN blocks and attention pairs to float as units (then split them).
+        max_float: at most this many float layers in the plan (0 = no limit).
+        samples: evaluation samples used (0 = all of ``data/eval.npz``; 256+ gives stable rankings).
+        holdout: share of those samples kept out of the search to check the plan on (every k-th sample).
+        batch_size: samples per ONNX Runtime call.
+        threads: ONNX Runtime intra-op threads (0 = one per core).
+    """
+
+    metric: str = "auto"
+    max_drop: Optional[float] = None
+    min_nn_agreement: float = 0.95
+    methods: List[str] = field(default_factory=lambda: ["max", "percentile", "entropy", "mse"])
+    all_but_one: bool = False
+    groups: bool = True
+    max_float: int = 0
+    samples: int = 0
+    holdout: float = 0.25
+    batch_size: int = 32
+    threads: int = 0
 
 
 @dataclass
@@ -303,6 +338,8 @@ class InputsConfig:
         summary: the export summary (``export.json``); read from the ONNX's sidecar or the file when unset.
         qdq_onnx: an explicit-quantization ONNX (``<model>.int8.qdq.onnx``).
         calib_cache: a TensorRT calibration cache (``<model>.calib.cache``).
+        calib_stats: the quantize stage's activation statistics (``<model>.calib_stats.npz``, the sensitivity
+            stage's ranges file).
         calib_data / eval_data: sample files (``data/calib.npz``, ``data/eval.npz``).
         analysis: ``analysis.json``; quantization: ``quantization.json``; engine: a ``.plan``.
     """
@@ -312,6 +349,7 @@ class InputsConfig:
     summary: Optional[str] = None
     qdq_onnx: Optional[str] = None
     calib_cache: Optional[str] = None
+    calib_stats: Optional[str] = None
     calib_data: Optional[str] = None
     eval_data: Optional[str] = None
     analysis: Optional[str] = None
@@ -331,8 +369,9 @@ class PipelineConfig:
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
+    sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
     inputs: InputsConfig = field(default_factory=InputsConfig)
-    stages: List[str] = field(default_factory=lambda: list(KNOWN_STAGES))
+    stages: List[str] = field(default_factory=lambda: list(DEFAULT_STAGES))
     batch_size: int = 1
     opset: int = 17
     output_dir: str = "."

@@ -7,10 +7,11 @@ ONNX Runtime pass over the calibration batches) and shared by every algorithm.
 
 from __future__ import annotations
 
+import glob
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
@@ -49,7 +50,7 @@ class QuantResult:
         metrics: INT8 vs FP32 on the evaluation batches (:func:`pipeline.core.accuracy.task_metrics`), or None.
             Top level: Q/DQ simulated in float (what TensorRT computes); ``onnxruntime_int8_kernels``:
             the same model on ORT's fused integer CPU kernels (can differ: see README notes on U8S8).
-        float_nodes: compute nodes kept in float by the sensitivity search, with the metric after each.
+        float_nodes: layers kept in float by the precision plan (``quant.plan``): ``{node, source}``.
         kept_float: compute nodes kept in float by the structural ``cfg.keep_float`` rules, in graph
             order: ``{node, op_type, rule, reason}`` (rule: ``ffn``, ``attention_scores``, ``first``,
             ``last``, ``+``-joined when several matched; reason: what was seen on the graph).
@@ -94,6 +95,18 @@ class _Recorder:
                 self.kept.append(feed)
                 self._kept_samples += n
             yield feed
+
+
+def read_precision_plan(path, onnx_path) -> Dict[str, object]:
+    """The sensitivity stage's plan file (``quant.plan``), refused when it was made for another model."""
+    from pipeline.core.store import content_hash
+    from pipeline.quantize.mixed import read_plan
+
+    mixed = read_plan(Path(path))
+    if mixed.get("onnx_sha256") not in (None, content_hash(Path(onnx_path))):
+        raise PipelineError(f"the precision plan {path} was made for another ONNX model (model {mixed.get('model')!r})",
+                            "run the sensitivity stage on this model, or pass the plan made for it")
+    return mixed
 
 
 def _load(onnx_path) -> "onnx.ModelProto":
@@ -190,10 +203,12 @@ def _observed_tensors(model: "onnx.ModelProto", plan: QdqPlan, cfg: "QuantConfig
 
 
 def _thresholds(model: "onnx.ModelProto", plan: QdqPlan, stats: Dict[str, TensorStats],
-                cfg: "QuantConfig") -> Dict[str, float]:
-    """Per-activation amax (tensor units) from ``cfg.calib``; with symmetric activations each max
-    pool's output takes its input's amax (:func:`share_scales_through_max_pools` says why)."""
-    amaxes = amaxes_from_stats({t: stats[t] for t in plan.activations}, cfg.calib, cfg.percentile)
+                cfg: "QuantConfig", methods: Optional[Dict[str, str]] = None) -> Dict[str, float]:
+    """Per-activation amax (tensor units) from ``cfg.calib`` or, per tensor, the method a precision plan chose;
+    with symmetric activations each max pool's output takes its input's amax
+    (:func:`share_scales_through_max_pools` says why)."""
+    methods = methods or {}
+    amaxes = {t: amax_from_stats(stats[t], methods.get(t, cfg.calib), cfg.percentile) for t in plan.activations}
     if cfg.symmetric:
         share_scales_through_max_pools(model, amaxes)
     return amaxes
@@ -267,6 +282,7 @@ def quantize_onnx(
     cache_path=None,
     task: str = "auto",
     progress: bool = True,
+    stats_path=None,
 ) -> QuantResult:
     """Calibrate ``onnx_path`` on ``calib_batches`` and write the INT8 Q/DQ model.
 
@@ -281,6 +297,8 @@ def quantize_onnx(
             ``out_path``.
         task: ``auto`` / ``classification`` / ``embedding`` (which metric is primary).
         progress: show progress bars.
+        stats_path: where to save the activation statistics (:func:`pipeline.quantize.stats.save_stats`), or
+            None.
 
     Returns:
         :class:`QuantResult`.
@@ -292,24 +310,25 @@ def quantize_onnx(
     t_start = time.perf_counter()
     model = _load(onnx_path)
     float_tensors = _float_tensor_set(model)
-    plan = _initial_plan(model, cfg, float_tensors, onnx_path)
-    observe = _observed_tensors(model, plan, cfg)
-    # The sensitivity search scores on kept calibration samples, never on the evaluation data.
-    rec = _Recorder(calib_batches, keep=64 if cfg.sensitivity_max_float > 0 else 0)
+    mixed = read_precision_plan(cfg.plan, onnx_path) if cfg.plan else None
+    full_plan = _initial_plan(model, cfg, float_tensors, onnx_path)
+    # Statistics cover the full placement, so that the file serves the sensitivity stage whatever the plan.
+    observe = _observed_tensors(model, full_plan, cfg)
+    plan = full_plan if mixed is None else plan_for_config(
+        model, cfg, extra_exclude=[glob.escape(n) for n in mixed["float_layers"]], float_tensors=float_tensors)
+    rec = _Recorder(calib_batches, keep=0)
     seconds: Dict[str, float] = {}
     t0 = time.perf_counter()
     stats = collect_stats(model, rec, observe, num_bins=cfg.num_bins, progress=progress)
+    if stats_path is not None:
+        from pipeline.quantize.stats import save_stats
+
+        save_stats(Path(stats_path), stats)
     seconds["statistics"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    amaxes = _thresholds(model, plan, stats, cfg)
+    amaxes = _thresholds(model, plan, stats, cfg, (mixed or {}).get("calibration"))
     seconds["thresholds"] = time.perf_counter() - t0
-
-    float_nodes: List[Dict[str, object]] = []
-    t0 = time.perf_counter()
-    if cfg.sensitivity_max_float > 0:
-        plan, float_nodes = sensitivity_search(model, plan, stats, amaxes, cfg, rec.kept, task=task,
-                                               float_tensors=float_tensors, progress=progress)
-    seconds["sensitivity"] = time.perf_counter() - t0 if cfg.sensitivity_max_float > 0 else 0.0
+    float_nodes = [{"node": n, "source": "precision plan"} for n in (mixed or {}).get("float_layers", [])]
 
     t0 = time.perf_counter()
     qparams = act_qparams_from(stats, amaxes, plan.activations, cfg.symmetric)
@@ -329,67 +348,3 @@ def quantize_onnx(
         ranges=_ranges(plan, stats, amaxes, qparams), seconds=seconds, plan=plan.to_dict(),
         calib_batches=rec.count, calib_samples=rec.samples, metrics=metrics,
         float_nodes=float_nodes, kept_float=list(plan.kept_float))
-
-
-def _score(metrics: Dict[str, object]) -> float:
-    """One number to maximise in the sensitivity search: cosine, or NN agreement when lower."""
-    cos = float(metrics["output_cosine"])  # type: ignore[arg-type]
-    return min(cos, float(metrics.get("nn_agreement", cos)))  # type: ignore[arg-type]
-
-
-def sensitivity_search(
-    model: "onnx.ModelProto",
-    plan: QdqPlan,
-    stats: Dict[str, TensorStats],
-    amaxes: Dict[str, float],
-    cfg: "QuantConfig",
-    feeds: Sequence[Feed],
-    task: str = "auto",
-    float_tensors: Optional[set] = None,
-    progress: bool = True,
-) -> Tuple[QdqPlan, List[Dict[str, object]]]:
-    """Layer-wise sensitivity (seed 4.3.5): return the most harmful compute nodes to float.
-
-    Each quantized compute node is scored by the output error of the model with *only that node*
-    quantized, on the kept calibration samples (never the evaluation data, so the reported metrics
-    stay honest). Nodes are then returned to float in order of harm, one at a time, until the
-    all-but-excluded model reaches ``cfg.sensitivity_target`` (min of output cosine and
-    nearest-neighbour agreement vs FP32) or ``cfg.sensitivity_max_float`` nodes are in float.
-
-    Returns:
-        ``(new_plan, steps)``; ``steps`` lists ``{node, isolated_score, score_after}``.
-    """
-    from tqdm import tqdm
-
-    from pipeline.core.accuracy import task_metrics
-    from pipeline.ort import ort_session, run_first_output
-
-    if not feeds:
-        return plan, []
-    ref = run_first_output(ort_session(model), feeds)
-
-    def score_of(p: QdqPlan) -> float:
-        q = qdq_onnx_from_onnx(model, p, act_qparams_from(stats, amaxes, p.activations, cfg.symmetric))
-        return _score(task_metrics(ref, run_first_output(ort_session(q, optimize=False), feeds), None, task))
-
-    from pipeline.quantize.qdq import node_label
-
-    ops = {node_label(n, i): n.op_type for i, n in enumerate(model.graph.node)}
-    candidates = [n for n in plan.nodes if ops.get(n) in cfg.op_types]
-    isolated: Dict[str, float] = {}
-    for n in tqdm(candidates, desc="sensitivity", unit="node", disable=not progress, leave=False):
-        others = [c for c in candidates if c != n]
-        p = plan_for_config(model, cfg, extra_exclude=others, float_tensors=float_tensors)
-        isolated[n] = score_of(p)
-    order = sorted(candidates, key=lambda n: isolated[n])
-    steps: List[Dict[str, object]] = []
-    excluded: List[str] = []
-    current = score_of(plan)
-    for n in order:
-        if current >= cfg.sensitivity_target or len(excluded) >= cfg.sensitivity_max_float:
-            break
-        excluded.append(n)
-        plan = plan_for_config(model, cfg, extra_exclude=excluded, float_tensors=float_tensors)
-        current = score_of(plan)
-        steps.append({"node": n, "isolated_score": isolated[n], "score_after": current})
-    return plan, steps

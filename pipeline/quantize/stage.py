@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 #: Results file of this stage, in the run folder.
 RESULTS_NAME = "quantization.json"
+#: Suffix of the activation statistics file (what the sensitivity stage reads).
+STATS_SUFFIX = ".calib_stats.npz"
 
 
 @dataclass(frozen=True)
@@ -91,12 +93,14 @@ def run(inputs: QuantizeInputs, settings: QuantizeSettings, out: Path) -> Quanti
     res = quantize_onnx(inputs.onnx, list(calib.batches(bs)), settings.quant, out / f"{stem}.int8.qdq.onnx",
                         eval_batches=list(evals.batches(bs)) if evals else None,
                         eval_labels=evals.labels if evals else None,
-                        cache_path=out / f"{stem}.calib.cache", task=task)
+                        cache_path=out / f"{stem}.calib.cache", task=task,
+                        stats_path=out / f"{stem}{STATS_SUFFIX}")
     results = res.to_dict()
     # File names, not paths: the stage may write into a store entry that is then linked into a run folder.
     results["qdq_onnx_path"] = Path(res.qdq_onnx_path).name
     if res.calibration_cache_path:
         results["calibration_cache_path"] = Path(res.calibration_cache_path).name
+    results["stats_path"] = f"{stem}{STATS_SUFFIX}"
     figures: List[Path] = []
     if settings.quant.compare and evals is not None:
         from pipeline.quantize import save_comparison_figures

@@ -1,0 +1,271 @@
+"""One sensitivity analysis, start to end: inputs loaded, sweeps run, plan searched, results assembled.
+
+Order of work (each step's wall time is in ``sensitivity.json``'s ``seconds``):
+
+1. FP32 reference on the search samples; the budget from the task.
+2. One-at-a-time sweep (one forward walk); each activation's calibration method is chosen on the way, at
+   its first quantized consumer, by that layer's output error (:meth:`Sweep.choose_method`).
+3. All-INT8 with the chosen methods vs with ``quant.calib`` everywhere: the better one is the base of the plan
+   (the choice is kept only when it helps the task metric).
+4. Optionally all-but-one; then each layer's output error with everything quantized (one pass).
+5. The search (:func:`pipeline.sensitivity.search.search`), then the plan checked on the held-out samples.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from pipeline.core.errors import PipelineError
+from pipeline.sensitivity.stage import as_list, split_samples
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pipeline.sensitivity.search import Budget
+    from pipeline.sensitivity.stage import SensitivityInputs, SensitivitySettings
+
+_KEYS = ("accuracy", "top1_agreement", "embedding_cosine", "output_cosine", "output_cosine_min", "nn_agreement",
+         "max_abs_diff")
+
+
+def _short(m: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: m[k] for k in _KEYS if k in m}
+
+
+class Analysis:
+    """State of one run of the stage (built by :meth:`prepare`)."""
+
+    def __init__(self, **kw: Any):
+        self.__dict__.update(kw)
+
+    # ------------------------------------------------------------------------------------------ inputs
+    @classmethod
+    def prepare(cls, inputs: "SensitivityInputs", settings: "SensitivitySettings", progress: bool) -> "Analysis":
+        """Load the model, placement, statistics and samples; check them."""
+        from pipeline.core.datasets import load_dataset_file
+        from pipeline.quantize.api import _check_cfg, _float_tensor_set, _load, plan_for_config
+        from pipeline.sensitivity.items import quantized_layers
+        from pipeline.sensitivity.segments import GraphIndex
+
+        cfg, qcfg = settings.sensitivity, settings.quant
+        _check_cfg(qcfg)
+        model = _load(inputs.onnx)
+        plan = plan_for_config(model, qcfg, float_tensors=_float_tensor_set(model))
+        layers = quantized_layers(model, plan)
+        evals = load_dataset_file(inputs.eval_data)
+        if len(evals) == 0:
+            raise PipelineError("the evaluation set is empty: sensitivity has nothing to measure",
+                                "raise data.num_samples (256 or more gives stable rankings)")
+        n = len(evals) if cfg.samples <= 0 else min(cfg.samples, len(evals))
+        search_idx, held_idx = split_samples(n, cfg.holdout)
+        stats = _statistics(inputs, model, plan, qcfg, progress)
+        return cls(inputs=inputs, settings=settings, cfg=cfg, qcfg=qcfg, model=model, plan=plan, layers=layers,
+                   index=GraphIndex(model), stats=stats, evals=evals, search_idx=search_idx, held_idx=held_idx,
+                   task=_task(inputs.summary), progress=progress, seconds={})
+
+    # -------------------------------------------------------------------------------------------- steps
+    def run_all(self) -> Dict[str, Any]:
+        """Every step; returns the ``sensitivity.json`` dict."""
+        from pipeline.sensitivity.items import structural_groups
+
+        sweep, budget, ref_metrics = self._timed("reference", self._sweep_for, self.search_idx)
+        self.budget: "Budget" = budget
+        one = self._timed("one_at_a_time", sweep.one_at_a_time, self.progress, as_list(self.cfg.methods))
+        # The ranking keeps the thresholds it was measured with, even when the check below reverts them.
+        base = self._timed("calibration_check", self._pick_calibration, sweep)
+        abo = self._timed("all_but_one", sweep.all_but_one, self.progress) if self.cfg.all_but_one else None
+        errors = self._timed("layer_errors", sweep.layer_errors)
+        int8_s, float_s, total, pred_note = self._timed("roofline", self._roofline)
+        groups = structural_groups(self.model, self.layers) if self.cfg.groups else []
+        units = self._units(one, groups, int8_s, float_s)
+        from pipeline.sensitivity.search import predicted_time, search
+
+        predict = predicted_time(int8_s, float_s, total)
+        result = self._timed("search", search, units, sweep.evaluate, budget, predict, self.cfg.max_float)
+        self.result, self.sweep = result, sweep
+        held = self._timed("holdout", self._holdout, result.plan.float_layers)
+        return self._assemble(one, abo, errors, groups, units, base, ref_metrics, held,
+                              (int8_s, float_s, total, pred_note))
+
+    def _timed(self, name: str, fn, *args):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        self.seconds[name] = time.perf_counter() - t0
+        return out
+
+    def _sweep_for(self, idx: np.ndarray):
+        """A :class:`Sweep` on the samples ``idx``, its budget and FP32's own metrics."""
+        from pipeline.core.accuracy import task_metrics
+        from pipeline.sensitivity.search import budget_for
+        from pipeline.sensitivity.sweep import Calibration, Sweep, candidate_thresholds
+
+        feeds = {k: v[idx] for k, v in self.evals.inputs.items()}
+        labels = None if self.evals.labels is None else self.evals.labels[idx]
+        if not hasattr(self, "calibration"):
+            methods = list(dict.fromkeys(as_list(self.cfg.methods) + [self.qcfg.calib]))
+            cands = candidate_thresholds(self.stats, self.plan.activations, methods, self.qcfg.percentile)
+            self.calibration = Calibration(cands, {t: self.qcfg.calib for t in cands},
+                                           follows=_max_pool_ties(self.model, cands) if self.qcfg.symmetric else {})
+        sweep = Sweep(self.index, self.layers, self.stats, self.calibration, feeds, None, self.qcfg.symmetric,
+                      self.cfg.batch_size, self.cfg.threads)
+        ref = sweep.reference()
+        sweep.metric = lambda y: task_metrics(ref, y, labels, self.task)
+        ref_metrics = task_metrics(ref, ref, labels, self.task)
+        budget = budget_for(self.task, ref_metrics, labels is not None, self.cfg.max_drop,
+                            self.cfg.min_nn_agreement, self.cfg.metric)
+        return sweep, budget, ref_metrics
+
+    def _pick_calibration(self, sweep) -> Dict[str, Any]:
+        """All-INT8 metrics with the per-tensor choice and with ``quant.calib`` everywhere; keep the better."""
+        cal = self.calibration
+        chosen = dict(cal.chosen)
+        with_choice = sweep.evaluate()
+        cal.chosen = {t: self.qcfg.calib for t in chosen}
+        uniform = sweep.evaluate()
+        better = self.budget.harm(with_choice) <= self.budget.harm(uniform)
+        cal.chosen = chosen if better else cal.chosen
+        return {"kept": "per_tensor" if better else "uniform", "per_tensor": _short(with_choice),
+                "uniform": _short(uniform), "uniform_method": self.qcfg.calib}
+
+    def _roofline(self) -> Tuple[Dict[str, float], Dict[str, float], Optional[float], str]:
+        from pipeline.sensitivity.predict import layer_times
+
+        return layer_times(self.inputs.onnx, self.settings, self.layers)
+
+    def _units(self, one: List[Dict[str, Any]], groups, int8_s, float_s):
+        from pipeline.sensitivity.search import Unit
+
+        harm = {ly.label: self.budget.harm(r["metrics"]) for ly, r in zip(self.layers, one)}
+        saving = {ly.label: float_s.get(ly.label, 0.0) - int8_s.get(ly.label, 0.0) for ly in self.layers}
+        if not groups:
+            return [Unit(ly.label, "layer", [ly.label], harm[ly.label], saving[ly.label]) for ly in self.layers]
+        return [Unit(g.name, g.kind, list(g.layers), sum(harm[x] for x in g.layers),
+                     sum(saving[x] for x in g.layers)) for g in groups]
+
+    def _holdout(self, float_layers: List[str]) -> Optional[Dict[str, Any]]:
+        """The plan and all-INT8 on the held-out samples (None without any)."""
+        if len(self.held_idx) == 0:
+            return None
+        sweep, budget, _ = self._sweep_for(self.held_idx)
+        plan_m, full_m = sweep.evaluate(float_layers), sweep.evaluate()
+        return {"samples": int(len(self.held_idx)), "plan": _short(plan_m), "plan_meets": budget.meets(plan_m),
+                "all_int8": _short(full_m), "all_int8_meets": budget.meets(full_m), "budget": budget.to_dict()}
+
+    # ------------------------------------------------------------------------------------------ results
+    def _assemble(self, one, abo, errors, groups, units, base, ref_metrics, held, roof) -> Dict[str, Any]:
+        int8_s, float_s, total, pred_note = roof
+        res = self.result
+        plan_set = set(res.plan.float_layers)
+        harm = {u.name: u.harm for u in units}
+        group_of = {ly: g.name for g in groups for ly in g.layers}
+        layers = []
+        for k, ly in enumerate(self.layers):
+            layers.append({
+                "label": ly.label, "op_type": ly.op_type, "index": ly.index, "group": group_of.get(ly.label),
+                "activations": [t for _, t in ly.activations], "weights": [w for _, w, _ in ly.weights],
+                "one_at_a_time": _short(one[k]["metrics"]), "harm": self.budget.harm(one[k]["metrics"]),
+                "all_but_one": _short(abo[k]["metrics"]) if abo else None, "error_all_int8": errors[ly.label],
+                "predicted_int8_s": int8_s.get(ly.label), "predicted_float_s": float_s.get(ly.label),
+                "seconds": one[k]["seconds"], "in_plan_float": ly.label in plan_set})
+        metric = self.budget.metric
+        return {
+            "schema_version": 1, "task": self.task, "budget": self.budget.to_dict(),
+            "samples": {"search": int(len(self.search_idx)), "holdout": int(len(self.held_idx))},
+            "reference": _short(ref_metrics) | {k: ref_metrics[k] for k in ("reference_accuracy",) if k in ref_metrics},
+            "calibration": self._calibration_dict(base), "layers": layers,
+            "groups": [{"name": g.name, "kind": g.kind, "layers": g.layers, "harm": harm.get(g.name)} for g in groups],
+            "search": {"met": res.met, "plan": res.plan.to_dict(), "points": [p.to_dict() for p in res.points],
+                       "pareto": [p.to_dict() for p in res.pareto(metric)], "holdout": held,
+                       "predicted_all_int8_s": total, "predicted_note": pred_note,
+                       "message": _message(res, self.budget, held)},
+            "settings": {"sensitivity": _plain(self.cfg), "quant_calib": self.qcfg.calib,
+                         "per_channel": self.qcfg.per_channel, "symmetric": self.qcfg.symmetric,
+                         "keep_float": as_list(self.qcfg.keep_float)},
+            "seconds": dict(self.seconds), "num_layers": len(self.layers)}
+
+    def _calibration_dict(self, base: Dict[str, Any]) -> Dict[str, Any]:
+        cal = self.calibration
+        per = {t: {"method": cal.method(t), "amax": cal.amax(t), "candidates": cal.candidates[t],
+                   "local_error": cal.local_error.get(t)} for t in cal.chosen}
+        counts: Dict[str, int] = {}
+        for t in cal.chosen:
+            counts[cal.method(t)] = counts.get(cal.method(t), 0) + 1
+        return {**base, "methods_used": counts, "per_tensor": per}
+
+    def plan_file(self, stem: str) -> Dict[str, Any]:
+        """The plan the quantize stage takes: float layers, per-tensor methods and thresholds, precisions."""
+        from pipeline.core.store import content_hash
+        from pipeline.sensitivity.stage import PLAN_KIND
+
+        res, cal = self.result, self.calibration
+        floats = list(res.plan.float_layers)
+        return {"kind": PLAN_KIND, "schema_version": 1, "model": stem, "onnx_sha256": content_hash(self.inputs.onnx),
+                "float_layers": floats,
+                "layer_precisions": {ly.label: "float" if ly.label in floats else "int8" for ly in self.layers},
+                "calibration": {t: cal.method(t) for t in cal.chosen},
+                "amax": {t: cal.amax(t) for t in cal.chosen},
+                "budget": self.budget.to_dict(), "met": res.met, "metrics": res.plan.to_dict()["metrics"],
+                "predicted_s": res.plan.predicted_s, "quant_settings": {
+                    "per_channel": self.qcfg.per_channel, "symmetric": self.qcfg.symmetric,
+                    "op_types": as_list(self.qcfg.op_types), "keep_float": as_list(self.qcfg.keep_float)}}
+
+
+def _max_pool_ties(model, tensors) -> Dict[str, str]:
+    """Max-pool output -> input, where both are quantized: the output takes the input's threshold (the quantize
+    stage does the same, so that TensorRT runs the pool in INT8 without requantizing)."""
+    from pipeline.quantize.api import SCALE_PRESERVING_OPS
+
+    return {n.output[0]: n.input[0] for n in model.graph.node
+            if n.op_type in SCALE_PRESERVING_OPS and n.input and n.output and n.input[0] in tensors
+            and n.output[0] in tensors}
+
+
+def _message(res, budget: "Budget", held: Optional[Dict[str, Any]]) -> str:
+    n = len(res.plan.float_layers)
+    if not res.met:
+        return (f"no plan met the budget ({budget.metric} >= {budget.minimum:.4f}"
+                + "".join(f", {k} >= {v}" for k, v in budget.extra) + "): the best plan found is reported; raise "
+                "sensitivity.max_drop or sensitivity.max_float")
+    text = "all layers stay INT8" if n == 0 else f"{n} layer{'s' if n != 1 else ''} in float"
+    if held is not None and not held["plan_meets"]:
+        text += f"; on the {held['samples']} held-out samples the plan misses the budget (see holdout)"
+    return text
+
+
+def _plain(cfg: Any) -> Dict[str, Any]:
+    from dataclasses import asdict, is_dataclass
+
+    d = asdict(cfg) if is_dataclass(cfg) else dict(cfg)
+    return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in d.items()}
+
+
+def _task(summary: Optional[str]) -> str:
+    from pipeline.quantize.stage import _task as quantize_task
+
+    return quantize_task(summary)
+
+
+def _statistics(inputs: "SensitivityInputs", model, plan, qcfg, progress: bool):
+    """The quantize stage's statistics file, or a fresh pass over the calibration samples."""
+    from pipeline.quantize.stats import collect_stats
+
+    if inputs.stats is not None:
+        from pipeline.quantize.stats import load_stats
+
+        stats = load_stats(inputs.stats)
+        missing = [t for t in plan.activations if t not in stats]
+        if missing:
+            raise PipelineError(f"the statistics file {inputs.stats} lacks {len(missing)} tensors this placement "
+                                f"quantizes (e.g. {missing[0]!r})",
+                                "re-run quantize with the same quant.* settings as sensitivity")
+        return stats
+    if inputs.calib_data is None:
+        raise PipelineError("sensitivity needs the calibration statistics of the quantize stage",
+                            "add quantize before sensitivity in stages, or name inputs.stats=<model>.calib_stats.npz")
+    from pipeline.core.datasets import load_dataset_file
+
+    calib = load_dataset_file(inputs.calib_data)
+    if len(calib) == 0:
+        raise PipelineError("The calibration set is empty.", "Raise data.calib_samples or point data at real samples.")
+    return collect_stats(model, calib.batches(1), list(plan.activations), num_bins=qcfg.num_bins, progress=progress)
