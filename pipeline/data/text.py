@@ -12,7 +12,9 @@ Corpora (``data.corpus``), each a fixed-order tuple without duplicates, availabl
 * ``file``: one sample per non-empty line of a UTF-8 text file (``data.path``), in file order.
 
 The built-in corpora never repeat a sentence of an earlier one (pydoc, then docstrings, then comments), so
-a plan tuned on one is tried on sentences it has not seen. Counts depend on the Python version.
+a plan tuned on one is tried on sentences it has not seen. Counts depend on the Python version (3.11:
+1584 pydoc, 5195 docstrings, 2811 comments sentences); under ``-OO`` ``comments`` keeps the few sentences
+it shares with the (then empty) ``docstrings``.
 
 Token models without their own tokenizer get a hash tokenizer: every word maps to a fixed id, so the same
 sentence always gives the same ids and the id statistics (repeats, sentence lengths, padding) resemble
@@ -226,19 +228,30 @@ def file_sentences(path: str | None) -> tuple[str, ...]:
             without a non-empty line.
     """
     if not path:
-        raise PipelineError("data.corpus=file needs data.path", "pass data.path=/path/to/sentences.txt (one sentence or paragraph per line)")
+        raise PipelineError(
+            "data.corpus=file needs data.path", "pass data.path=/path/to/sentences.txt (one sentence or paragraph per line)"
+        )
     file = Path(path).expanduser()
     if not file.is_file():
         what = "is a directory" if file.is_dir() else "does not exist"
-        raise PipelineError(f"data.corpus=file: {file} {what}",
-                            "check data.path: a text file, one sentence or paragraph per line (relative paths start from the working directory)")
+        raise PipelineError(
+            f"data.corpus=file: {file} {what}",
+            "check data.path: a text file, one sentence or paragraph per line (relative paths start from the "
+            "working directory)",
+        )
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        raise PipelineError(f"data.corpus=file: cannot read {file}: {err}", "save it as UTF-8 text, one sentence or paragraph per line, or point data.path at another file") from err
+        raise PipelineError(
+            f"data.corpus=file: cannot read {file}: {err}",
+            "save it as UTF-8 text, one sentence or paragraph per line, or point data.path at another file",
+        ) from err
     lines = tuple(s for s in dict.fromkeys(" ".join(line.split()) for line in text.splitlines()) if s)
     if not lines:
-        raise PipelineError(f"data.corpus=file: {file} has no non-empty line", "write one sentence or paragraph per line into it, or point data.path at another file")
+        raise PipelineError(
+            f"data.corpus=file: {file} has no non-empty line",
+            "write one sentence or paragraph per line into it, or point data.path at another file",
+        )
     return lines
 
 
@@ -279,7 +292,9 @@ def corpus_sentences(corpus: str, path: str | None = None) -> tuple[str, ...]:
     found = _BUILTIN[corpus]()
     if not found:
         why = "runs with -OO (docstrings stripped)" if corpus == "docstrings" else "has no standard-library .py sources"
-        raise PipelineError(f"data.corpus={corpus} is empty: this Python {why}", "use data.corpus=pydoc, or data.corpus=file data.path=...")
+        raise PipelineError(
+            f"data.corpus={corpus} is empty: this Python {why}", "use data.corpus=pydoc, or data.corpus=file data.path=..."
+        )
     return found
 
 
