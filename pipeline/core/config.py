@@ -152,8 +152,13 @@ class DataConfig:
     Attributes:
         name: ``random``, ``digits`` (scikit-learn's 8x8 digits, real labels), ``folder`` (images
             under ``path``), ``npz`` (arrays in ``path``: ``inputs`` or ``x``, optional ``labels``/``y``),
-            ``text`` (English sentences from Python's own help texts, tokenized for token models).
-        path: folder or .npz file for ``folder``/``npz``.
+            ``text`` (English sentences from ``corpus``, tokenized for token models).
+        path: folder or .npz file for ``folder``/``npz``; the text file for ``text`` with ``corpus=file``.
+        corpus: which sentences ``text`` draws (other sources ignore it): ``pydoc`` (Python's help
+            topics, the default), ``docstrings`` (docstrings of a fixed list of standard-library
+            modules), ``comments`` (those modules' ``#`` comments) or ``file`` (one sample per non-empty
+            line of the UTF-8 file ``path``). The built-in corpora share no sentence, so a setting tuned
+            on one can be checked on another.
         num_samples: samples drawn for checks and evaluation.
         calib_samples: samples used for calibration (kept apart from evaluation samples).
         seed: sampling seed.
@@ -167,6 +172,7 @@ class DataConfig:
 
     name: str = "random"
     path: Optional[str] = None
+    corpus: str = "pydoc"
     num_samples: int = 64
     calib_samples: int = 64
     seed: int = 0

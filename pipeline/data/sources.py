@@ -3,7 +3,7 @@
 Every source has the signature ``(cfg, specs, split, n, tokenizer) -> Dataset`` and returns arrays
 whose per-sample shape and dtype equal the model's :class:`InputSpec` exactly.
 
-Finite sources (folder, npz, text) split their samples the same way: a seeded permutation, evaluation
+Finite sources (folder, npz, text: every ``data.corpus``) split their samples the same way: a seeded permutation, evaluation
 samples taken from its front and calibration samples from its last ``data.calib_samples`` entries,
 so the two never overlap and the evaluation set does not change when ``calib_samples`` does.
 """
@@ -365,8 +365,8 @@ def load_text(
     n: int,
     tokenizer: Callable[[list[str], int], dict[str, np.ndarray]] | None,
 ) -> Dataset:
-    """Sentences from Python's help texts, tokenized for a token model."""
-    from pipeline.data.text import hash_tokenize, sentences
+    """Sentences of ``cfg.corpus`` (Python's help texts by default, or ``cfg.path``), tokenized for a token model."""
+    from pipeline.data.text import CORPUS_LABELS, corpus_sentences, hash_tokenize
 
     id_specs = [s for s in specs if is_token_spec(s) and token_role(s) == "ids"]
     if not id_specs or any(not is_token_spec(s) for s in specs):
@@ -376,8 +376,10 @@ def load_text(
             "for image models use data=random, data=digits or data=folder",
         )
     seq_len = _concrete(id_specs[0], "text")[-1]
-    corpus = sentences()
-    texts = [corpus[i] for i in _pick(len(corpus), n, split, cfg, "the text corpus")]
+    corpus = corpus_sentences(cfg.corpus, cfg.path)
+    origin = CORPUS_LABELS.get(cfg.corpus) or f"{cfg.path} (data.corpus=file)"
+    what = "the text corpus" if cfg.corpus == "pydoc" else f"data.corpus={cfg.corpus} ({origin})"
+    texts = [corpus[i] for i in _pick(len(corpus), n, split, cfg, what)]
     if tokenizer is not None:
         enc, how = tokenizer(texts, seq_len), "the model's tokenizer"
     else:
@@ -396,7 +398,7 @@ def load_text(
         "text",
         inputs,
         None,
-        f"{n} sentences from Python's help texts (pydoc_data), tokenized with {how} to {seq_len} tokens",
+        f"{n} sentences from {origin}, tokenized with {how} to {seq_len} tokens",
     )
 
 
