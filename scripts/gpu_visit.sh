@@ -14,7 +14,7 @@
 # the torch interpreter, then scripts/gpu_evidence.py profiles the same engine again and times it with
 # benchmarks/trt_execute_loop.py. Results go to outputs/gpu/ and, if $OUT is set, to $OUT.
 set -uo pipefail
-PHASE=${1:?phase: small | fp16tf32 | int8 | qdq | qdq1 | probe | main | cache | tokens | bert-fp16 | bert-int8 | rn50}
+PHASE=${1:?phase: plan | small | fp16tf32 | int8 | qdq | qdq1 | probe | main | cache | tokens | bert-fp16 | bert-int8 | rn50}
 G=outputs/gpu
 mkdir -p "$G/onnx" "$G/results" "$G/runs"
 OUTDIR=${OUT:-$G/out}
@@ -109,7 +109,32 @@ main_command() {
   cp $G/runs/$name/report.json "$OUTDIR/$name.report.json" 2>/dev/null || true
 }
 
+# plan_runs DIR: MiniLM from files made on the CPU machine (DIR holds minilm.onnx, export.json, calib.npz, eval.npz
+# and minilm.precision_plan.json): FP16, full INT8 and the sensitivity stage's mixed-precision plan, batch 32.
+plan_runs() {
+  local d=$1 common
+  common="model=minilm data=text batch_size=32 inputs.onnx=$d/minilm.onnx inputs.summary=$d/export.json
+    inputs.calib_data=$d/calib.npz inputs.eval_data=$d/eval.npz profile.warmup_s=2 profile.duration_s=5"
+  for run in "minilm-fp16-bs32 precision=fp16 stages=[analyze,build,profile,report]" \
+             "minilm-int8-bs32 precision=int8 stages=[analyze,quantize,build,profile,report]" \
+             "minilm-int8plan-bs32 precision=int8 stages=[analyze,quantize,build,profile,report] quant.plan=$d/minilm.precision_plan.json"; do
+    set -- $run
+    local name=$1 t0=$SECONDS; shift
+    echo "== $name: pipeline/run.py $*"
+    timeout ${STEP_TIMEOUT:-300} gpukit-trt pipeline/run.py backend=tensorrt $common "$@" hydra.run.dir=$G/runs/$name \
+      engines_dir=$PWD/engines
+    echo "   run.py rc=$? after $((SECONDS - t0)) s"
+    cp $G/runs/$name/report.json "$OUTDIR/$name.report.json" 2>/dev/null || true
+    cp $G/runs/$name/report.md "$OUTDIR/$name.report.md" 2>/dev/null || true
+  done
+}
+
 case "$PHASE" in
+  plan)
+    # Issue 11: the MiniLM precision plan's engine against full INT8 and FP16 (files in /tmp/i11, from chunks).
+    cat /tmp/i11/minilm.onnx.part-* > /tmp/i11/minilm.onnx && sha256sum -c /tmp/i11/minilm.onnx.sha256 || exit 1
+    plan_runs /tmp/i11
+    ;;
   tokens)
     # Issue 10: the transformers end to end (int64 token ids bound as the engine's int32), and tests/gpu.
     torch_kit || exit 1

@@ -109,7 +109,7 @@ def _summary(q: Mapping[str, Any]) -> List[Block]:
         ["Activations", f"{s.get('activation_dtype', MISSING)}, {s.get('activation_granularity', 'per_tensor')}"],
         ["Scheme", _scheme(s)],
         ["Quantized nodes", fmt_value(nq)],
-        ["Kept in float", f"{len(float_nodes)} by the sensitivity search, {len(skipped)} skipped by placement"],
+        ["Kept in float", f"{len(float_nodes)} by the precision plan (quant.plan), {len(skipped)} skipped by placement"],
         ["Q/DQ'd activation tensors / weights",
          f"{len(plan.get('activation_tensors') or q.get('ranges') or [])} / {len(plan.get('weights') or {})}"],
         ["Calibration data", f"{fmt_value(q.get('calib_samples'))} samples in {fmt_value(q.get('calib_batches'))} "

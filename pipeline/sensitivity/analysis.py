@@ -59,7 +59,7 @@ class Analysis:
                                 "raise data.num_samples (256 or more gives stable rankings)")
         n = len(evals) if cfg.samples <= 0 else min(cfg.samples, len(evals))
         search_idx, held_idx = split_samples(n, cfg.holdout)
-        stats = _statistics(inputs, model, plan, qcfg, progress)
+        stats = _statistics(inputs, model, plan, qcfg, progress, settings.batch_size)
         return cls(inputs=inputs, settings=settings, cfg=cfg, qcfg=qcfg, model=model, plan=plan, layers=layers,
                    index=GraphIndex(model), stats=stats, evals=evals, search_idx=search_idx, held_idx=held_idx,
                    task=_task(inputs.summary), progress=progress, seconds={})
@@ -246,8 +246,9 @@ def _task(summary: Optional[str]) -> str:
     return quantize_task(summary)
 
 
-def _statistics(inputs: "SensitivityInputs", model, plan, qcfg, progress: bool):
-    """The quantize stage's statistics file, or a fresh pass over the calibration samples."""
+def _statistics(inputs: "SensitivityInputs", model, plan, qcfg, progress: bool, batch_size: int = 1):
+    """The quantize stage's statistics file, or a fresh pass over the calibration samples (in the pipeline's
+    batches, as the quantize stage makes them)."""
     from pipeline.quantize.stats import collect_stats
 
     if inputs.stats is not None:
@@ -268,4 +269,4 @@ def _statistics(inputs: "SensitivityInputs", model, plan, qcfg, progress: bool):
     calib = load_dataset_file(inputs.calib_data)
     if len(calib) == 0:
         raise PipelineError("The calibration set is empty.", "Raise data.calib_samples or point data at real samples.")
-    return collect_stats(model, calib.batches(1), list(plan.activations), num_bins=qcfg.num_bins, progress=progress)
+    return collect_stats(model, calib.batches(max(1, batch_size)), list(plan.activations), num_bins=qcfg.num_bins, progress=progress)
