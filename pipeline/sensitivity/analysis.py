@@ -3,11 +3,12 @@
 Order of work (each step's wall time is in ``sensitivity.json``'s ``seconds``):
 
 1. FP32 reference on the search samples; the budget from the task.
-2. One-at-a-time sweep (one forward walk); each activation's calibration method is chosen on the way, at
-   its first quantized consumer, by that layer's output error (:meth:`Sweep.choose_method`).
-3. All-INT8 with the chosen methods vs with ``quant.calib`` everywhere: the better one is the base of the plan
-   (the choice is kept only when it helps the task metric).
-4. Optionally all-but-one; then each layer's output error with everything quantized (one pass).
+2. Each activation's calibration method, chosen in one FP32 walk at its first quantized consumer by that
+   layer's output error (:meth:`Sweep.choose_method`).
+3. All-INT8 with those per-tensor methods and with each method everywhere: the best for the task metric is
+   the base of everything that follows.
+4. One-at-a-time sweep (one forward walk), optionally all-but-one; each layer's output error with everything
+   quantized (one pass).
 5. The search (:func:`pipeline.sensitivity.search.search`), then the plan checked on the held-out samples.
 """
 
@@ -71,9 +72,11 @@ class Analysis:
 
         sweep, budget, ref_metrics = self._timed("reference", self._sweep_for, self.search_idx)
         self.budget: "Budget" = budget
-        one = self._timed("one_at_a_time", sweep.one_at_a_time, self.progress, as_list(self.cfg.methods))
-        # The ranking keeps the thresholds it was measured with, even when the check below reverts them.
+        methods = as_list(self.cfg.methods)
+        if methods:
+            self._timed("calibration_choice", sweep.choose_methods, methods, self.progress)
         base = self._timed("calibration_check", self._pick_calibration, sweep)
+        one = self._timed("one_at_a_time", sweep.one_at_a_time, self.progress)
         abo = self._timed("all_but_one", sweep.all_but_one, self.progress) if self.cfg.all_but_one else None
         errors = self._timed("layer_errors", sweep.layer_errors)
         int8_s, float_s, total, pred_note = self._timed("roofline", self._roofline)
@@ -117,16 +120,22 @@ class Analysis:
         return sweep, budget, ref_metrics
 
     def _pick_calibration(self, sweep) -> Dict[str, Any]:
-        """All-INT8 metrics with the per-tensor choice and with ``quant.calib`` everywhere; keep the better."""
+        """All-INT8 metrics with the per-tensor choice and with each method everywhere; keep the best base.
+
+        The per-tensor choice minimises each layer's own output error, which is not always what the task metric
+        needs (a transformer's outlier channels matter downstream more than their share of squared error), so
+        the uniform methods are measured too and the plan starts from whichever keeps the metric best.
+        """
         cal = self.calibration
         chosen = dict(cal.chosen)
-        with_choice = sweep.evaluate()
-        cal.chosen = {t: self.qcfg.calib for t in chosen}
-        uniform = sweep.evaluate()
-        better = self.budget.harm(with_choice) <= self.budget.harm(uniform)
-        cal.chosen = chosen if better else cal.chosen
-        return {"kept": "per_tensor" if better else "uniform", "per_tensor": _short(with_choice),
-                "uniform": _short(uniform), "uniform_method": self.qcfg.calib}
+        options = {"per_tensor": _short(sweep.evaluate())}
+        for m in dict.fromkeys(as_list(self.cfg.methods) + [self.qcfg.calib]):
+            cal.chosen = {t: m for t in chosen}
+            options[m] = _short(sweep.evaluate())
+        best = min(options, key=lambda k: (self.budget.harm(options[k]), k != "per_tensor"))
+        cal.chosen = chosen if best == "per_tensor" else {t: best for t in chosen}
+        return {"kept": best, "options": options, "per_tensor": options["per_tensor"],
+                "uniform": options[self.qcfg.calib], "uniform_method": self.qcfg.calib}
 
     def _roofline(self) -> Tuple[Dict[str, float], Dict[str, float], Optional[float], str]:
         from pipeline.sensitivity.predict import layer_times
@@ -191,7 +200,7 @@ class Analysis:
         counts: Dict[str, int] = {}
         for t in cal.chosen:
             counts[cal.method(t)] = counts.get(cal.method(t), 0) + 1
-        return {**base, "methods_used": counts, "per_tensor": per}
+        return {**base, "methods_used": counts, "tensors": per}
 
     def plan_file(self, stem: str) -> Dict[str, Any]:
         """The plan the quantize stage takes: float layers, per-tensor methods and thresholds, precisions."""

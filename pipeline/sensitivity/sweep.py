@@ -127,6 +127,14 @@ class Sweep:
             out.append({"metrics": self.metric(y), "seconds": time.perf_counter() - t0})
         return out
 
+    def choose_methods(self, methods: Sequence[str], progress: bool = True) -> None:
+        """Choose every activation's method (:meth:`choose_method`) in one FP32 walk, without suffix runs."""
+        walk = FrontierWalk(self.index, self.chunks, Quantization(), self.threads)
+        for ly, frontier in self._walk(walk, "calibration", progress):
+            for _, tensor in ly.activations:
+                if tensor not in self.calibration.local_error and tensor not in self.calibration.follows:
+                    self.choose_method(ly, tensor, frontier, methods)
+
     def all_but_one(self, progress: bool = True) -> List[Dict[str, object]]:
         """Metrics with every layer quantized but each one in turn, in graph order."""
         full = self.quantization()
@@ -212,8 +220,9 @@ class Sweep:
         out = {}
         for ly in self.layers:
             sig, noise, cos, mx = acc[ly.output]
-            snr = float("inf") if noise == 0 else (10 * np.log10(sig / noise) if sig > 0 else float("-inf"))
-            out[ly.label] = {"snr_db": snr, "cosine": cos / max(total, 1), "max_abs": mx}
+            # None where the SNR is unbounded (no error: a float layer; or no signal), so the JSON stays strict.
+            snr = float(10 * np.log10(sig / noise)) if noise > 0 and sig > 0 else None
+            out[ly.label] = {"snr_db": snr, "cosine": float(cos / max(total, 1)), "max_abs": float(mx)}
         return out
 
 
