@@ -301,8 +301,9 @@ def _calibration_blocks(s: Mapping[str, Any]) -> List[Block]:
         keys = [k for k in METRIC_ORDER if any(isinstance(m, Mapping) and k in m for m in (uni, per))]
         kept = cal.get("kept")
         rows = [[_name(k), _mval(per, k), _mval(uni, k)] for k in keys]
-        blocks.append(Table(["all INT8", "per-tensor choice" + (" (kept" + source + ")" if kept == "per_tensor"
-                                                                 else ""), f"{method} everywhere" + (" (kept)" if kept == "uniform" else "")], rows,
+        per_head = "per-tensor choice" + (f" (kept{source})" if kept == "per_tensor" else "")
+        uni_head = f"{method} everywhere" + (" (kept)" if kept == "uniform" else "")
+        blocks.append(Table(["all INT8", per_head, uni_head], rows,
                             caption="Calibration per tensor vs one method everywhere (search samples)"))
         if kept:
             blocks.append(Para(f"Kept: {'the per-tensor choice' if kept == 'per_tensor' else method + ' everywhere'}"

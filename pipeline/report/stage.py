@@ -1,8 +1,8 @@
 """The report stage: renders a run folder's result files into report.json / report.md / report.html.
 
 It reads only files (``run.json``, ``export.json``, ``analysis.json``, ``quantization.json``,
-``sensitivity.json``, ``engine.json``, ``measurement.json``), so any run folder can be re-rendered, on any machine, and several
-compared::
+``sensitivity.json``, ``engine.json``, ``measurement.json``), so any run folder can be re-rendered, on any
+machine, and several compared::
 
     python -m pipeline.report outputs/resnet50-int8-bs256/2026-12-04_10-00-00          # re-render one
     python -m pipeline.report RUN_A RUN_B RUN_C --compare comparison/                   # compare several
