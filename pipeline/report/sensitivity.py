@@ -403,7 +403,8 @@ def _fallback_costs(s: Mapping[str, Any]) -> List[Block]:
                          "share of the cost"], rows, caption="Predicted time each float layer adds to the plan"))
     base = _num(s.get("predicted_all_int8_s"))
     if base:
-        blocks.append(Para(f"Keeping these {len(floats)} layers in float adds {fmt_time(total)} to the predicted "
+        which = "this layer" if len(floats) == 1 else f"these {len(floats)} layers"
+        blocks.append(Para(f"Keeping {which} in float adds {fmt_time(total)} to the predicted "
                            f"all-INT8 {fmt_time(base)} ({100 * total / base:+.1f}%)."))
     return blocks
 
