@@ -516,6 +516,16 @@ def _quantization(report: Mapping[str, Any]) -> Section:
     return quantization_section(q)
 
 
+def _sensitivity(report: Mapping[str, Any]) -> List[Section]:
+    """Layer-wise sensitivity (see :mod:`pipeline.report.sensitivity`); no section when the run has none."""
+    s = report.get("sensitivity")
+    if not isinstance(s, Mapping):
+        return []
+    from pipeline.report.sensitivity import sensitivity_section
+
+    return [sensitivity_section(s)]
+
+
 def _model_io(report: Mapping[str, Any]) -> Section:
     model = data.section(report, "model")
     blocks: List[Block] = []
@@ -560,6 +570,7 @@ def build_document(report: Mapping[str, Any]) -> Document:
         _categories(report),
         _generic(report, "accuracy", "Accuracy", ("export", "profile")),
         _quantization(report),
+        *_sensitivity(report),
         _model_io(report),
         _environment(report),
     ]

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional
 from pipeline.report import data
 from pipeline.report.fmt import _num, fmt_ops_per_s
 from pipeline.report.quant import _METRIC_NAMES, MAX_HISTOGRAMS, PLOT_BINS, _variant_name, is_best
+from pipeline.report.sensitivity import budget_metric, is_plan
 
 #: How many layers the "top layers" bar chart shows.
 TOP_N = 15
@@ -231,7 +232,7 @@ def category_share_svg(report: Mapping[str, Any]) -> Optional[str]:
 
 def all_plots(report: Mapping[str, Any]) -> Dict[str, Optional[str] | Exception]:
     """Every plot by key (``roofline``, ``top_layers``, ``category_share``, ``quant_metric``,
-    ``quant_histograms``).
+    ``quant_histograms``, ``sens_harm``, ``sens_error``, ``sens_pareto``).
 
     A plot that fails to render becomes its exception, so the HTML still gets written with the
     error in place of that one plot.
@@ -239,7 +240,9 @@ def all_plots(report: Mapping[str, Any]) -> Dict[str, Optional[str] | Exception]
 
     out: Dict[str, Optional[str] | Exception] = {}
     fns = (("roofline", roofline_svg), ("top_layers", top_layers_svg), ("category_share", category_share_svg),
-           ("quant_metric", metric_svg), ("quant_histograms", histograms_svg))
+           ("quant_metric", metric_svg), ("quant_histograms", histograms_svg),
+           ("sens_harm", sensitivity_harm_svg), ("sens_error", sensitivity_error_svg),
+           ("sens_pareto", sensitivity_pareto_svg))
     for key, fn in fns:
         try:
             out[key] = fn(report)
@@ -354,3 +357,131 @@ def metric_svg(report: Mapping[str, Any]) -> Optional[str]:
     axes[0].set_title("INT8 variants (blue: per-channel weights, orange: per-tensor, green: asymmetric uint8)",
                       fontsize=9)
     return _to_svg(fig, "quant_metric")
+
+
+# ---------------------------------------------------------------- sensitivity plots
+
+#: Up to this many layers get their names as tick labels (more would overlap; ticks are positions then).
+NAMED_TICKS = 40
+
+
+def _sens_layers(report: Mapping[str, Any]) -> List[Mapping[str, Any]]:
+    s = report.get("sensitivity") or {}
+    return sorted((ly for ly in s.get("layers") or [] if isinstance(ly, Mapping)),
+                  key=lambda ly: _num(ly.get("index")) or 0)
+
+
+def _layer_ticks(ax: Any, layers: List[Mapping[str, Any]]) -> None:
+    xs = list(range(len(layers)))
+    if len(layers) <= NAMED_TICKS:
+        ax.set_xticks(xs, [_label(ly.get("label", "?"), 28) for ly in layers], rotation=60, ha="right", fontsize=6)
+        ax.set_xlabel("quantized layer (graph order)", fontsize=8)
+    else:
+        ax.set_xlabel("quantized layer, position in graph order", fontsize=8)
+
+
+def sensitivity_harm_svg(report: Mapping[str, Any]) -> Optional[str]:
+    """Bars of each layer's harm in graph order; plan-float layers red; a dashed line at harm 1."""
+    layers = [ly for ly in _sens_layers(report) if _num(ly.get("harm")) is not None]
+    if not layers:
+        return None
+    harms = [float(ly["harm"]) for ly in layers]
+    fig = _figure(max(7.0, min(0.22 * len(layers) + 2.5, 16.0)), 4.0)
+    ax = fig.add_subplot()
+    colors = ["#d62728" if ly.get("in_plan_float") else "#1f77b4" for ly in layers]
+    ax.bar(range(len(layers)), harms, color=colors, gid="sens-harm-bars")
+    if max(harms) >= 0.5:
+        ax.axhline(1.0, color="black", ls="--", lw=1, label="harm 1 = the whole budget")
+        ax.legend(fontsize=7, loc="upper right")
+    ax.set_ylim(0, max(max(harms) * 1.1, 0.05))
+    _layer_ticks(ax, layers)
+    ax.set_ylabel("harm (drop / allowed drop)", fontsize=8)
+    ax.set_title("Sensitivity per layer: quantized alone, everything else FP32 (red = float in the plan)",
+                 fontsize=9)
+    ax.grid(True, axis="y", alpha=0.25)
+    return _to_svg(fig, "sens_harm")
+
+
+def sensitivity_error_svg(report: Mapping[str, Any]) -> Optional[str]:
+    """SNR (dB) of each layer's output error with every layer INT8, through the network; plan-float red."""
+    layers = _sens_layers(report)
+    pts = [(i, _num((ly.get("error_all_int8") or {}).get("snr_db"))) for i, ly in enumerate(layers)]
+    pts = [(i, v) for i, v in pts if v is not None]
+    if not pts:
+        return None
+    fig = _figure(max(7.0, min(0.22 * len(layers) + 2.5, 16.0)), 4.0)
+    ax = fig.add_subplot()
+    ax.plot(*zip(*pts, strict=True), marker="o", ms=3, lw=1.2, color="#1f77b4", label="all INT8")
+    floats = [(i, v) for i, v in pts if layers[i].get("in_plan_float")]
+    if floats:
+        ax.scatter(*zip(*floats, strict=True), s=60, color="#d62728", zorder=3, label="float in the plan",
+                   gid="sens-error-float")
+    _layer_ticks(ax, layers)
+    ax.set_ylabel("output SNR vs FP32 (dB)", fontsize=8)
+    ax.set_title("Quantization error through the network (every layer INT8)", fontsize=9)
+    ax.grid(True, alpha=0.25)
+    ax.legend(fontsize=7)
+    return _to_svg(fig, "sens_error")
+
+
+def sensitivity_pareto_svg(report: Mapping[str, Any]) -> Optional[str]:
+    """Budget metric vs predicted time of every evaluated plan (and vs measured throughput when present)."""
+    s = report.get("sensitivity") or {}
+    key = budget_metric(s)
+    pts = [p for p in s.get("points") or [] if isinstance(p, Mapping) and _num(p.get("predicted_s")) is not None
+           and _num((p.get("metrics") or {}).get(key)) is not None]
+    front = [p for p in s.get("pareto") or [] if isinstance(p, Mapping) and _num(p.get("predicted_s")) is not None
+             and _num((p.get("metrics") or {}).get(key)) is not None]
+    if not front:
+        return None
+    measured = [p for p in front if _num((p.get("measured") or {}).get("throughput")) is not None]
+    longest = max(float(p["predicted_s"]) for p in pts + front)
+    scale, unit = (1e3, "ms") if longest >= 1e-3 else (1e6, "µs")
+    fig = _figure(11.0 if measured else 7.0, 4.4)
+    axes = fig.subplots(1, 2 if measured else 1, squeeze=False).ravel()
+
+    def y(p: Mapping[str, Any]) -> float:
+        return float(p["metrics"][key])
+
+    ax = axes[0]
+    for meets in (True, False):
+        mine = [p for p in pts if bool(p.get("meets")) == meets]
+        if mine:
+            ax.scatter([float(p["predicted_s"]) * scale for p in mine], [y(p) for p in mine], s=22, color="0.5",
+                       facecolors="0.5" if meets else "none", label="plan meeting the budget" if meets
+                       else "plan missing the budget", zorder=2)
+    ax.plot([float(p["predicted_s"]) * scale for p in front], [y(p) for p in front], color="#1f77b4", lw=1.5,
+            marker="o", ms=4, label="Pareto front", zorder=3, gid="sens-pareto-front")
+    for p in front:
+        ax.annotate(str(p.get("num_float", len(p.get("float_layers") or []))), (float(p["predicted_s"]) * scale, y(p)),
+                    xytext=(3, 3), textcoords="offset points", fontsize=7)
+    _plan_and_budget(ax, s, key, [p for p in front if is_plan(s, p)], lambda p: float(p["predicted_s"]) * scale)
+    ax.set_xlabel(f"predicted time per batch ({unit}); labels = float layers", fontsize=8)
+    ax.set_ylabel(f"{_METRIC_NAMES.get(key, key)} vs FP32", fontsize=8)
+    ax.set_title("Evaluated plans", fontsize=9)
+    ax.grid(True, alpha=0.25)
+    ax.legend(fontsize=7, loc="lower right")
+    if measured:
+        ax2 = axes[1]
+        ax2.plot([float(p["measured"]["throughput"]) for p in measured], [y(p) for p in measured], marker="s",
+                 color="#2ca02c", lw=1.2, label="Pareto plans, measured", gid="sens-pareto-measured")
+        _plan_and_budget(ax2, s, key, [p for p in measured if is_plan(s, p)],
+                         lambda p: float(p["measured"]["throughput"]))
+        ax2.set_xlabel("measured throughput (samples/s)", fontsize=8)
+        ax2.set_title("Measured", fontsize=9)
+        ax2.grid(True, alpha=0.25)
+        ax2.legend(fontsize=7, loc="lower left")
+    return _to_svg(fig, "sens_pareto")
+
+
+def _plan_and_budget(ax: Any, s: Mapping[str, Any], key: str, plan: List[Mapping[str, Any]], x: Any) -> None:
+    """The chosen plan as a star, the budget minimum and FP32's value as horizontal lines."""
+    for p in plan:
+        ax.scatter([x(p)], [float(p["metrics"][key])], marker="*", s=220, color="gold", edgecolors="black",
+                   zorder=4, label="chosen plan", gid="sens-pareto-plan")
+    budget = s.get("budget") or {}
+    if _num(budget.get("minimum")) is not None:
+        ax.axhline(float(budget["minimum"]), color="#d62728", ls="--", lw=1, label="budget minimum")
+    if _num(budget.get("reference")) is not None:
+        ax.axhline(float(budget["reference"]), color="black", ls=":", lw=1, label="FP32")
+    ax.ticklabel_format(axis="y", useOffset=False)

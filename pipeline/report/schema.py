@@ -28,8 +28,9 @@ REQUIRED_SECTIONS = (
 
 #: Sections that must be dicts even when their stage failed (the orchestrator always knows them).
 _ALWAYS_DICT = ("model", "precision", "stages", "environment")
-#: Sections that are a dict, or null when the stage producing them did not run.
-_DICT_OR_NULL = ("hardware", "analysis", "measured", "accuracy", "quantization")
+#: Sections that are a dict, or null when the stage producing them did not run (``sensitivity`` is optional:
+#: only runs with the sensitivity stage have it).
+_DICT_OR_NULL = ("hardware", "analysis", "measured", "accuracy", "quantization", "sensitivity")
 
 STAGE_STATUSES = ("ran", "reused", "skipped", "failed", "not requested")
 

@@ -1,8 +1,8 @@
 """The report stage: renders a run folder's result files into report.json / report.md / report.html.
 
 It reads only files (``run.json``, ``export.json``, ``analysis.json``, ``quantization.json``,
-``engine.json``, ``measurement.json``), so any run folder can be re-rendered, on any machine, and several
-compared::
+``sensitivity.json``, ``engine.json``, ``measurement.json``), so any run folder can be re-rendered, on any
+machine, and several compared::
 
     python -m pipeline.report outputs/resnet50-int8-bs256/2026-12-04_10-00-00          # re-render one
     python -m pipeline.report RUN_A RUN_B RUN_C --compare comparison/                   # compare several
@@ -57,6 +57,7 @@ def assemble_report(run_dir: str | Path) -> Dict[str, Any]:
     analysis_file = _artifact(folder, manifest, "analysis", "analysis.json") or {}
     measurement = _artifact(folder, manifest, "measurement", "measurement.json") or {}
     quantization = _artifact(folder, manifest, "quantization", "quantization.json")
+    sensitivity = _sensitivity(folder, manifest)
     analysis = dict(analysis_file["analysis"]) if analysis_file.get("analysis") else None
     layers: List[Dict[str, Any]] = []
     if analysis is not None:
@@ -79,7 +80,7 @@ def assemble_report(run_dir: str | Path) -> Dict[str, Any]:
            if k in summary},
     }
     precision = dict(manifest.get("precision") or {})
-    return {
+    report = {
         "schema_version": SCHEMA_VERSION,
         "model": model,
         "precision": precision,
@@ -94,6 +95,21 @@ def assemble_report(run_dir: str | Path) -> Dict[str, Any]:
         "quantization": quantization,
         "environment": manifest.get("environment") or {},
     }
+    if sensitivity is not None:  # only runs with the sensitivity stage get the key (older reports unchanged)
+        report["sensitivity"] = sensitivity
+    return report
+
+
+def _sensitivity(folder: Path, manifest: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """``report["sensitivity"]`` from the run's ``sensitivity.json`` (None without one)."""
+    raw = _artifact(folder, manifest, "sensitivity", "sensitivity.json")
+    if raw is None:
+        return None
+    from pipeline.report.sensitivity import compact_sensitivity
+
+    rel = (manifest.get("artifacts") or {}).get("precision_plan") or raw.get("plan_file")
+    plan = folder / rel if rel else None
+    return compact_sensitivity(raw, str(plan) if plan is not None and plan.is_file() else None)
 
 
 def render(run_dir: str | Path, out_dir: str | Path | None = None) -> Dict[str, Path]:
