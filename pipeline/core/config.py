@@ -273,7 +273,7 @@ class QuantConfig:
             gives a tensor missing from the cache no INT8 scale ("Missing scale and zero-point for tensor
             ..., expect fall back to non-int8 implementation"), so every layer reading or writing it runs
             in FP16/FP32: set true before such a build. True costs statistics time (MiniLM, seq 128:
-            221 instead of 48 tensors, 5x the histogram work; benchmarks/results/calib_stats_speed.json).
+            221 instead of 48 tensors, 4.3x the values to bin; benchmarks/results/calib_stats_speed.json).
         trt_version: TensorRT version written in the calibration cache header.
         cache_algorithm: calibrator named in the cache header (build with the matching calibrator).
     """
