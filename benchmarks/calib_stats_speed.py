@@ -20,8 +20,8 @@ spreads over all of them:
   (augmenting, calibrating, writing the Q/DQ model). Entropy flushes every 20 batches
   (``CalibMaxIntermediateOutputs``) so that memory stays bounded.
 
-Also one serial breakdown of each of our variants and of the former default (session creation, ORT runs, histogram updates, taken
-apart in one thread). Writes ``benchmarks/results/calib_stats_speed.json``: command, versions, cores,
+Also one serial breakdown of each of our variants and of the former default (session creation, ORT
+runs, histogram updates, taken apart in one thread). Writes ``benchmarks/results/calib_stats_speed.json``: command, versions, cores,
 date, seconds per variant (every repeat, min, median) and process CPU seconds.
 """
 
@@ -191,7 +191,8 @@ def main() -> None:
     ops = list(default_cfg.op_types)
     variants["ort_minmax"] = lambda: ort_quantize_static(onnx_path, feeds, "MinMax", ops, work / "ort_minmax.onnx")
     if not args.no_entropy:
-        variants["ort_entropy"] = lambda: ort_quantize_static(onnx_path, feeds, "Entropy", ops, work / "ort_entropy.onnx")
+        variants["ort_entropy"] = lambda: ort_quantize_static(onnx_path, feeds, "Entropy", ops,
+                                                              work / "ort_entropy.onnx")
     runs: Dict[str, List[Dict[str, float]]] = {k: [] for k in variants}
     for r in range(args.repeats):
         for key, fn in variants.items():
