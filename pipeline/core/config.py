@@ -265,15 +265,8 @@ class QuantConfig:
         sensitivity_max_float: at most this many compute nodes returned to float by the layer-wise
             sensitivity search (needs evaluation data; 0 = off).
         sensitivity_target: stop the search once the primary metric vs FP32 reaches this (e.g. 0.99).
-        cache_all_tensors: also calibrate every other float tensor and write it to the TensorRT
-            calibration cache. The default (false) caches the Q/DQ'd activations only: the build stage
-            builds INT8 from the Q/DQ ONNX whenever the quantize stage ran, and never reads the cache then.
-            The cache matters only for TensorRT's implicit INT8 path (an FP32 ONNX built with the INT8 flag
-            and a calibrator reading the cache; TensorRT 8.6/10.x, deprecated in 10, gone in 11). That path
-            gives a tensor missing from the cache no INT8 scale ("Missing scale and zero-point for tensor
-            ..., expect fall back to non-int8 implementation"), so every layer reading or writing it runs
-            in FP16/FP32: set true before such a build. True costs statistics time (MiniLM, seq 128:
-            221 instead of 48 tensors, 4.3x the values to bin; benchmarks/results/calib_stats_speed.json).
+        cache_all_tensors: write every float tensor to the TensorRT calibration cache (what TensorRT's
+            implicit INT8 path needs), not only the Q/DQ'd ones; costs extra statistics time.
         trt_version: TensorRT version written in the calibration cache header.
         cache_algorithm: calibrator named in the cache header (build with the matching calibrator).
     """
@@ -292,7 +285,7 @@ class QuantConfig:
     keep_float: List[str] = field(default_factory=list)
     sensitivity_max_float: int = 0
     sensitivity_target: float = 0.99
-    cache_all_tensors: bool = False
+    cache_all_tensors: bool = True
     trt_version: str = "8.6.1"
     cache_algorithm: str = "EntropyCalibration2"
 
