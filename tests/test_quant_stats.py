@@ -276,7 +276,9 @@ def test_load_stats_refuses_missing_corrupt_and_foreign_files(tmp_path):
     with np.load(good) as f:
         arrays = {k: f[k] for k in f.files}
     for key, bad in (("count", arrays["count"][:2]), ("hist", arrays["hist"][:, :2]),
-                     ("names", np.array(["a", "a", "c"])), ("version", np.array(99))):
+                     ("names", np.array(["a", "a", "c"])), ("version", np.array(99)),
+                     ("version", np.array("1")), ("min", np.array(["x", "y", "z"])),
+                     ("num_bins", np.array([8, 4, 0]))):
         np.savez(tmp_path / "bad.npz", **{**arrays, key: bad})
         with pytest.raises(PipelineError, match="corrupt|version"):
             load_stats(tmp_path / "bad.npz")

@@ -406,10 +406,24 @@ def _read_stats_arrays(path: Path) -> Dict[str, np.ndarray]:
     kind = str(arrays["kind"]) if "kind" in arrays and arrays["kind"].dtype.kind == "U" else None
     if kind != STATS_KIND or missing:
         raise PipelineError(f"{path} is not an activation statistics file (kind={kind!r}, missing {missing})", hint)
-    if int(arrays["version"]) != STATS_VERSION:
-        raise PipelineError(f"statistics file {path} has layout version {int(arrays['version'])}, "
+    version = arrays["version"]
+    if version.shape != () or version.dtype.kind != "i" or int(version) != STATS_VERSION:
+        raise PipelineError(f"statistics file {path} has layout version {version!r}, "
                             f"this pipeline reads version {STATS_VERSION}", hint)
     return arrays
+
+
+def _consistent(a: Dict[str, np.ndarray]) -> bool:
+    """Whether the arrays of a statistics file agree in length, shape and type (names unique)."""
+    names, bins, hist = a["names"], a["num_bins"], a["hist"]
+    if names.ndim != 1 or names.dtype.kind != "U" or len(set(names.tolist())) != names.shape[0]:
+        return False
+    n = names.shape[0]
+    kinds = {"min": "f", "max": "f", "range_max": "f", "count": "i", "num_bins": "i"}
+    if any(a[k].shape != (n,) or a[k].dtype.kind != kind for k, kind in kinds.items()):
+        return False
+    return (hist.ndim == 2 and hist.shape[0] == n and hist.dtype == np.int64
+            and bool(np.all((bins > 0) & (bins <= hist.shape[1]))))
 
 
 def load_stats(path: "str | Path") -> Dict[str, TensorStats]:
@@ -417,19 +431,14 @@ def load_stats(path: "str | Path") -> Dict[str, TensorStats]:
 
     Raises:
         PipelineError: the file is missing, not an ``.npz``, of another kind or version, or its
-            arrays disagree in length or shape or repeat a name (a corrupt or hand-edited file).
+            arrays disagree in length, shape or type or repeat a name (a corrupt or hand-edited file).
     """
     path = Path(path)
     a = _read_stats_arrays(path)
-    n = a["names"].shape[0] if a["names"].ndim == 1 else -1
     bins = a["num_bins"]
-    ok = (n >= 0 and all(a[k].shape == (n,) for k in ("min", "max", "range_max", "count", "num_bins"))
-          and a["hist"].ndim == 2 and a["hist"].shape[0] == n and a["names"].dtype.kind == "U"
-          and a["hist"].dtype == np.int64 and bool(np.all((bins > 0) & (bins <= a["hist"].shape[1])))
-          and len(set(a["names"].tolist())) == n)
-    if not ok:
-        raise PipelineError(f"statistics file {path} is corrupt: its arrays disagree in length or shape, "
-                            "or a tensor name repeats",
+    if not _consistent(a):
+        raise PipelineError(f"statistics file {path} is corrupt: its arrays disagree in length, shape or "
+                            "type, or a tensor name repeats",
                             "re-run the quantize stage to write it again")
     return {
         str(name): TensorStats(str(name), num_bins=int(bins[i]), min=float(a["min"][i]), max=float(a["max"][i]),
