@@ -62,6 +62,7 @@ def main() -> None:
     ap.add_argument("--input-shape", type=int, nargs="+", default=[3, 224, 224])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--all-sites", action="store_true", help="also rank pooling / residual-add inputs")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/sensitivity_cost"))
     args = ap.parse_args()
@@ -84,12 +85,13 @@ def main() -> None:
     calib = rng.standard_normal((args.calib_samples, *args.input_shape)).astype(np.float32)
     cfg = QuantConfig(calib="max", cache_all_tensors=False)
     plan = plan_for_config(model, cfg, float_tensors=_float_tensor_set(model))
-    layers = quantized_layers(model, plan)
+    sites = quantized_layers(model, plan)
+    layers = [ly for ly in sites if ly.compute or args.all_sites]  # the stage's default: sensitivity.layers=compute
     stats = collect_stats(model, [{name: calib[i:i + 8]} for i in range(0, len(calib), 8)], list(plan.activations),
                           progress=False)
     cands = candidate_thresholds(stats, plan.activations, ["max"], 99.99)
     sw = Sweep(GraphIndex(model), layers, stats, Calibration(cands, {t: "max" for t in cands}), {name: x}, None,
-               batch=args.batch, threads=args.threads)
+               batch=args.batch, threads=args.threads, fixed=[ly for ly in sites if ly not in layers])
 
     t0 = time.perf_counter()
     ref = sw.reference()

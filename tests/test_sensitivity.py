@@ -236,15 +236,15 @@ def _stage_files(tmp_path, model, n_eval=40, labels=False):
 
 def test_stage_writes_results_and_a_plan_quantize_takes(tmp_path):
     path, calib, ev = _stage_files(tmp_path, deep_cnn())
-    cfg = SensitivityConfig(max_drop=1e-6, methods=["max", "entropy"], holdout=0.25, batch_size=8)
+    cfg = SensitivityConfig(max_drop=1e-6, methods=["max", "entropy"], holdout=0.25, batch_size=8, layers="all")
     out = run(SensitivityInputs(path, None, ev, calib_data=calib), SensitivitySettings(cfg, QuantConfig()),
               tmp_path, progress=False)
     res = json.loads(out.results.read_text())
     plan = json.loads(out.plan.read_text())
-    assert res["num_layers"] == 7 and len(res["layers"]) == 7 and res["samples"] == {"search": 30, "holdout": 10}
+    assert res["num_layers"] == 7 and res["fixed_sites"] == [] and res["samples"] == {"search": 30, "holdout": 10}
     assert res["search"]["met"] and plan["float_layers"] == res["search"]["plan"]["float_layers"]
     assert plan["float_layers"], "a 1e-6 cosine budget needs float layers on this model"
-    assert set(plan["calibration"]) == {t for ly in res["layers"] for t in ly["activations"]}
+    assert set(plan["calibration"]) == {"x", "r1", "r2", "p", "c3", "f"}  # every quantized activation
     assert res["search"]["holdout"]["samples"] == 10
     # The quantize stage leaves the plan's layers float.
     q = quantize_onnx(path, [{"x": np.load(calib)["x"][:8]}], QuantConfig(plan=str(out.plan)),
@@ -253,9 +253,20 @@ def test_stage_writes_results_and_a_plan_quantize_takes(tmp_path):
     assert {f["node"] for f in q.float_nodes} == set(plan["float_layers"])
 
 
+def test_stage_ranks_compute_layers_by_default(tmp_path):
+    path, calib, ev = _stage_files(tmp_path, deep_cnn())
+    out = run(SensitivityInputs(path, None, ev, calib_data=calib),
+              SensitivitySettings(SensitivityConfig(methods=[], holdout=0.0), QuantConfig()), tmp_path, progress=False)
+    res = json.loads(out.results.read_text())
+    assert [ly["label"] for ly in res["layers"]] == ["conv1", "conv2", "conv3", "fc"]
+    assert [f["label"] for f in res["fixed_sites"]] == ["add", "pool", "gap"]  # always INT8 with their neighbours
+    plan = json.loads(out.plan.read_text())
+    assert set(plan["layer_precisions"]) == {"conv1", "conv2", "conv3", "fc", "add", "pool", "gap"}
+
+
 def test_stage_reports_a_budget_no_plan_meets(tmp_path):
     path, calib, ev = _stage_files(tmp_path, small_cnn())
-    cfg = SensitivityConfig(max_drop=0.0, metric="output_cosine", max_float=1, methods=[], holdout=0.0)
+    cfg = SensitivityConfig(max_drop=0.0, metric="output_cosine", max_float=1, methods=[], holdout=0.0, layers="all")
     out = run(SensitivityInputs(path, None, ev, calib_data=calib), SensitivitySettings(cfg, QuantConfig()),
               tmp_path, progress=False)
     res = json.loads(out.results.read_text())

@@ -309,6 +309,8 @@ class SensitivityConfig:
             the evaluation set the same as FP32's for at least this share of samples (0 = no constraint).
         methods: calibration methods each activation's threshold is chosen from (by its first quantized
             consumer's output error); empty = ``quant.calib`` everywhere.
+        layers: what is ranked and may go to float: ``compute`` (Conv/Gemm/MatMul; the pooling and residual-add
+            inputs the placement quantizes stay INT8 with their neighbours) or ``all`` (those sites too).
         all_but_one: also measure the metric with every layer but one quantized (a second walk).
         groups: move transformer FFN blocks and attention pairs to float as units (then split them).
         max_float: at most this many float layers in the plan (0 = no limit).
@@ -322,6 +324,7 @@ class SensitivityConfig:
     max_drop: Optional[float] = None
     min_nn_agreement: float = 0.95
     methods: List[str] = field(default_factory=lambda: ["max", "percentile", "entropy", "mse"])
+    layers: str = "compute"
     all_but_one: bool = False
     groups: bool = True
     max_float: int = 0

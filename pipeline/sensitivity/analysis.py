@@ -53,7 +53,14 @@ class Analysis:
         _check_cfg(qcfg)
         model = _load(inputs.onnx)
         plan = plan_for_config(model, qcfg, float_tensors=_float_tensor_set(model))
-        layers = quantized_layers(model, plan)
+        sites = quantized_layers(model, plan)
+        layers = [ly for ly in sites if ly.compute or cfg.layers == "all"]
+        if cfg.layers not in ("compute", "all"):
+            raise PipelineError(f"sensitivity.layers={cfg.layers!r}", "use compute (Conv/Gemm/MatMul) or all "
+                                "(also the pooling and residual-add inputs the placement quantizes)")
+        if not layers:
+            raise PipelineError("no Conv/Gemm/MatMul is quantized, so there is no layer to rank",
+                                "use sensitivity.layers=all to rank the pooling/residual-add sites, or check quant.op_types")
         evals = load_dataset_file(inputs.eval_data)
         if len(evals) == 0:
             raise PipelineError("the evaluation set is empty: sensitivity has nothing to measure",
@@ -62,6 +69,7 @@ class Analysis:
         search_idx, held_idx = split_samples(n, cfg.holdout)
         stats = _statistics(inputs, model, plan, qcfg, progress, settings.batch_size)
         return cls(inputs=inputs, settings=settings, cfg=cfg, qcfg=qcfg, model=model, plan=plan, layers=layers,
+                   fixed=[ly for ly in sites if ly not in layers],
                    index=GraphIndex(model), stats=stats, evals=evals, search_idx=search_idx, held_idx=held_idx,
                    task=_task(inputs.summary), progress=progress, seconds={})
 
@@ -111,7 +119,7 @@ class Analysis:
             self.calibration = Calibration(cands, {t: self.qcfg.calib for t in cands},
                                            follows=_max_pool_ties(self.model, cands) if self.qcfg.symmetric else {})
         sweep = Sweep(self.index, self.layers, self.stats, self.calibration, feeds, None, self.qcfg.symmetric,
-                      self.cfg.batch_size, self.cfg.threads)
+                      self.cfg.batch_size, self.cfg.threads, fixed=self.fixed)
         ref = sweep.reference()
         sweep.metric = lambda y: task_metrics(ref, y, labels, self.task)
         ref_metrics = task_metrics(ref, ref, labels, self.task)
@@ -188,6 +196,7 @@ class Analysis:
                        "pareto": [p.to_dict() for p in res.pareto(metric)], "holdout": held,
                        "predicted_all_int8_s": total, "predicted_note": pred_note,
                        "message": _message(res, self.budget, held)},
+            "fixed_sites": [{"label": ly.label, "op_type": ly.op_type} for ly in self.fixed],
             "settings": {"sensitivity": _plain(self.cfg), "quant_calib": self.qcfg.calib,
                          "per_channel": self.qcfg.per_channel, "symmetric": self.qcfg.symmetric,
                          "keep_float": as_list(self.qcfg.keep_float)},
@@ -211,7 +220,7 @@ class Analysis:
         floats = list(res.plan.float_layers)
         return {"kind": PLAN_KIND, "schema_version": 1, "model": stem, "onnx_sha256": content_hash(self.inputs.onnx),
                 "float_layers": floats,
-                "layer_precisions": {ly.label: "float" if ly.label in floats else "int8" for ly in self.layers},
+                "layer_precisions": {ly.label: "float" if ly.label in floats else "int8" for ly in self.layers + self.fixed},
                 "calibration": {t: cal.method(t) for t in cal.chosen},
                 "amax": {t: cal.amax(t) for t in cal.chosen},
                 "budget": self.budget.to_dict(), "met": res.met, "metrics": res.plan.to_dict()["metrics"],

@@ -66,12 +66,15 @@ class Sweep:
         metric: ``outputs -> metrics dict`` against the FP32 reference (:func:`pipeline.core.accuracy.task_metrics`).
         symmetric: symmetric int8 activations (else uint8 with a zero point).
         batch: samples per ORT call; threads: ORT intra-op threads (0: ORT's choice).
+        fixed: quantized sites that are not ranked (pooling and residual-add inputs, by default): quantized
+            whenever "everything" is (all-INT8, all-but-one, plans), left out of one-at-a-time runs.
     """
 
     def __init__(self, index: GraphIndex, layers: Sequence["Layer"], stats: Mapping[str, "TensorStats"],
                  calibration: Calibration, feeds: Mapping[str, np.ndarray], metric, symmetric: bool = True,
-                 batch: int = 32, threads: int = 0):
+                 batch: int = 32, threads: int = 0, fixed: Sequence["Layer"] = ()):
         self.index, self.layers, self.stats = index, list(layers), stats
+        self.fixed = list(fixed)
         self.calibration, self.metric = calibration, metric
         self.chunks = chunked({k: v for k, v in feeds.items() if k in index.inputs}, batch)
         self.symmetric, self.threads = symmetric, threads
@@ -85,9 +88,9 @@ class Sweep:
         return activation_qparams(amax, s.min, s.max, self.symmetric)
 
     def quantization(self, layers: Optional[Iterable["Layer"]] = None) -> Quantization:
-        """The slots of ``layers`` (default: every layer) with the current thresholds."""
+        """The slots of ``layers`` (default: every layer and the fixed sites) with the current thresholds."""
         q = Quantization()
-        for ly in self.layers if layers is None else layers:
+        for ly in self.layers + self.fixed if layers is None else layers:
             for slot, tensor in ly.activations:
                 q.act[slot] = (tensor, self.qparams(tensor))
             for slot, name, axis in ly.weights:
@@ -107,7 +110,8 @@ class Sweep:
     def evaluate(self, float_labels: Iterable[str] = ()) -> Dict[str, object]:
         """Metrics with every layer quantized except ``float_labels``."""
         keep = set(float_labels)
-        return self.metric(self.run_full(self.quantization([ly for ly in self.layers if ly.label not in keep])))
+        return self.metric(self.run_full(self.quantization([ly for ly in self.layers if ly.label not in keep]
+                                                           + self.fixed)))
 
     # ------------------------------------------------------------------------------------------ sweeps
     def one_at_a_time(self, progress: bool = True, choose: Sequence[str] = ()) -> List[Dict[str, object]]:
@@ -130,7 +134,7 @@ class Sweep:
     def choose_methods(self, methods: Sequence[str], progress: bool = True) -> None:
         """Choose every activation's method (:meth:`choose_method`) in one FP32 walk, without suffix runs."""
         walk = FrontierWalk(self.index, self.chunks, Quantization(), self.threads)
-        for ly, frontier in self._walk(walk, "calibration", progress):
+        for ly, frontier in self._walk(walk, "calibration", progress, self.layers + self.fixed):
             for _, tensor in ly.activations:
                 if tensor not in self.calibration.local_error and tensor not in self.calibration.follows:
                     self.choose_method(ly, tensor, frontier, methods)
@@ -146,11 +150,12 @@ class Sweep:
             out.append({"metrics": self.metric(y), "seconds": time.perf_counter() - t0})
         return out
 
-    def _walk(self, walk: FrontierWalk, desc: str, progress: bool):
+    def _walk(self, walk: FrontierWalk, desc: str, progress: bool, layers: Optional[Sequence["Layer"]] = None):
         """Yield ``(layer, frontier at its cut)`` in graph order, with a progress bar naming the layer."""
         from tqdm import tqdm
 
-        bar = tqdm(self.layers, desc=desc, unit="layer", disable=not progress, leave=False)
+        layers = sorted(layers, key=lambda ly: ly.index) if layers is not None else self.layers
+        bar = tqdm(layers, desc=desc, unit="layer", disable=not progress, leave=False)
         for ly in bar:
             bar.set_postfix_str(ly.label[-40:], refresh=False)
             yield ly, walk.advance(ly.index)
@@ -201,7 +206,7 @@ class Sweep:
         names = list(dict.fromkeys(ly.output for ly in self.layers if ly.output))
         n = len(self.index.nodes)
         ref_s = piece_session(build_piece(self.index, 0, n, Quantization(), names), self.threads)
-        q = self.quantization([ly for ly in self.layers if ly.label not in keep])
+        q = self.quantization([ly for ly in self.layers if ly.label not in keep] + self.fixed)
         test_s = piece_session(build_piece(self.index, 0, n, q, names), self.threads)
         acc = {t: np.zeros(4) for t in names}  # signal power, noise power, sum of cosines, max abs
         total = 0
