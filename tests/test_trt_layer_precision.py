@@ -261,3 +261,19 @@ def test_engine_stage_records_the_plan(monkeypatch, tmp_path, plan):
               tmp_path / "run")
     res = json.loads(out.results.read_text())
     assert res["precision_plan"]["path"] == "explicit" and res["precision_plan"]["plan"] == str(plan)
+
+
+def test_orchestrator_passes_the_plan_the_build_honours(tmp_path):
+    from pipeline.core.config import PipelineConfig
+    from pipeline.orchestrate import Run, _precision_plan
+
+    cfg = PipelineConfig()
+    cfg.engines_dir = str(tmp_path / "engines")
+    run = Run(cfg, tmp_path, ("tensorrt", "test"))
+    assert _precision_plan(run) is None  # no plan anywhere: the build gets none
+    made = tmp_path / "mixed.precision_plan.json"
+    made.write_text("{}")
+    run.add("precision_plan", made)
+    assert _precision_plan(run) == made  # the one this run's sensitivity stage made
+    cfg.quant.plan = str(tmp_path / "given.precision_plan.json")
+    assert _precision_plan(run) == Path(cfg.quant.plan)  # what the Q/DQ ONNX was made from wins
