@@ -500,7 +500,8 @@ def stage_build(run: Run) -> StageRecord:
     qdq = run.find("qdq_onnx") if int8 else None
     inputs = EngineInputs(onnx=run.need("onnx", "build"), qdq_onnx=qdq,
                           calib_data=_dataset(run, "calib") if int8 and qdq is None else None,
-                          calib_cache=run.find("calib_cache") if int8 else None)
+                          calib_cache=run.find("calib_cache") if int8 else None,
+                          precision_plan=_precision_plan(run) if int8 else None)
     settings = EngineSettings(cfg.precision, cfg.build, cfg.batch_size, Path(cfg.engines_dir), run.model_name,
                               hardware_name=cfg.hardware.name)
     out = build(inputs, settings, run.out)
@@ -514,6 +515,14 @@ def stage_build(run: Run) -> StageRecord:
                                             "build_seconds": res["build_seconds"], "built_from": res["built_from"],
                                             "layer_precisions": res["layer_precisions"]},
                    f"the cached engine {out.engine}")
+
+
+def _precision_plan(run: Run) -> Optional[Path]:
+    """The mixed-precision plan the build honours: ``quant.plan`` (what the Q/DQ ONNX was made from), else the
+    one this run's sensitivity stage made; None when neither (a plan of an ``inputs.run`` is not applied)."""
+    if run.cfg.quant.plan:
+        return Path(run.cfg.quant.plan)
+    return run.find("precision_plan") if "precision_plan" in run.artifacts else None
 
 
 def stage_profile(run: Run) -> StageRecord:

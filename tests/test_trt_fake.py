@@ -35,11 +35,13 @@ def make_fake_trt(version: str) -> types.ModuleType:
     calls: List[Tuple[str, Any]] = []
     trt.calls = calls
 
-    flags = ["TF32", "FP16", "INT8", "SPARSE_WEIGHTS", "REFIT", "OBEY_PRECISION_CONSTRAINTS"]
+    flags = ["TF32", "FP16", "INT8", "SPARSE_WEIGHTS", "REFIT", "OBEY_PRECISION_CONSTRAINTS",
+             "PREFER_PRECISION_CONSTRAINTS"]
     if major >= 10:
         flags += ["BF16", "FP8"]
     if major >= 11:
-        flags = [f for f in flags if f not in ("FP16", "BF16", "INT8", "FP8", "OBEY_PRECISION_CONSTRAINTS")]
+        flags = [f for f in flags if f not in ("FP16", "BF16", "INT8", "FP8", "OBEY_PRECISION_CONSTRAINTS",
+                                               "PREFER_PRECISION_CONSTRAINTS")]
     trt.BuilderFlag = enum.IntEnum("BuilderFlag", flags, start=0)
     net_flags = ["EXPLICIT_BATCH"] if major < 11 else []
     if major >= 10:
@@ -67,14 +69,46 @@ def make_fake_trt(version: str) -> types.ModuleType:
     trt.ILogger = ILogger
     trt.ILogger.Severity = enum.Enum("Severity", ["INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE"])  # str() -> "Severity.ERROR", as pybind11 prints
 
+    trt.DataType = enum.IntEnum("DataType", ["FLOAT", "HALF", "INT8", "INT32", "BOOL"], start=0)
+    trt.float32, trt.float16, trt.int8, trt.int32, trt.bool = (trt.DataType.FLOAT, trt.DataType.HALF,
+                                                               trt.DataType.INT8, trt.DataType.INT32,
+                                                               trt.DataType.BOOL)
+
     class Tensor:
-        def __init__(self, name, shape):
-            self.name, self.shape = name, shape
+        def __init__(self, name, shape, dtype=trt.DataType.FLOAT):
+            self.name, self.shape, self.dtype = name, shape, dtype
+
+    class ILayer:
+        """A network layer; 8.6/10 have per-layer precision (``precision``, ``set_output_type``), 11 not."""
+
+        def __init__(self, name, outputs):
+            self.name, self.outputs = name, outputs
+
+        @property
+        def num_outputs(self):
+            return len(self.outputs)
+
+        def get_output(self, i):
+            return self.outputs[i]
+
+    if major < 11:
+        def _set_precision(self, dtype):
+            calls.append(("layer.precision", (self.name, dtype.name)))
+            self._precision = dtype
+
+        def set_output_type(self, index, dtype):
+            calls.append(("set_output_type", (self.name, index, dtype.name)))
+            self.outputs[index].dtype = dtype
+
+        ILayer.precision = property(lambda self: getattr(self, "_precision", trt.DataType.FLOAT), _set_precision)
+        ILayer.set_output_type = set_output_type
+    trt.ILayer = ILayer
 
     class Network:
         def __init__(self, flags):
             self.flags = flags
             self.inputs: List[Tensor] = []
+            self.layers: List[ILayer] = []
 
         @property
         def num_inputs(self):
@@ -82,6 +116,13 @@ def make_fake_trt(version: str) -> types.ModuleType:
 
         def get_input(self, i):
             return self.inputs[i]
+
+        @property
+        def num_layers(self):
+            return len(self.layers)
+
+        def get_layer(self, i):
+            return self.layers[i]
 
     class OnnxParser:
         def __init__(self, network, logger):
@@ -98,7 +139,30 @@ def make_fake_trt(version: str) -> types.ModuleType:
                 if vi.name not in inits:
                     dims = [d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim]
                     self.network.inputs.append(Tensor(vi.name, dims))
+            self._add_layers(m.graph.node)
             return True
+
+        def _add_layers(self, nodes):
+            """Layers named as the ONNX parser names them: the node's name (``node_of_<output>`` when the
+            node has none), made unique with ``_<counter>``; Gemm makes a second (bias) layer under the same
+            name, Shape an INT32 output, Constant no layer at all."""
+            taken, counter = set(), [0]
+
+            def unique(base):
+                name = base
+                while name in taken:
+                    name, counter[0] = f"{base}_{counter[0]}", counter[0] + 1
+                taken.add(name)
+                return name
+
+            for n in nodes:
+                if n.op_type == "Constant":
+                    continue
+                base = n.name or f"node_of_{n.output[0]}"
+                dtype = trt.DataType.INT32 if n.op_type == "Shape" else trt.DataType.FLOAT
+                self.network.layers.append(ILayer(unique(base), [Tensor(n.output[0], [], dtype)]))
+                if n.op_type == "Gemm":
+                    self.network.layers.append(ILayer(unique(base), [Tensor(n.output[0] + "_bias", [])]))
 
         def get_error(self, i):  # pragma: no cover - parse never fails here
             return ""

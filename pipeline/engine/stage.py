@@ -37,12 +37,17 @@ class EngineInputs:
         calib_data: samples for TensorRT's implicit INT8 calibrator (versions that have one), when
             there is no Q/DQ ONNX.
         calib_cache: a TensorRT calibration cache (the quantize stage's) for the implicit path.
+        precision_plan: the sensitivity stage's ``<model>.precision_plan.json``. Built from a Q/DQ ONNX,
+            the plan is already in it (quant.plan) and only recorded; on the implicit INT8 path its float
+            layers get per-layer precision constraints (TensorRT 8.6/10.x; TensorRT 11 refuses: it has
+            none). ``engine.json``'s ``precision_plan`` says what was done.
     """
 
     onnx: Path
     qdq_onnx: Optional[Path] = None
     calib_data: Optional[Path] = None
     calib_cache: Optional[Path] = None
+    precision_plan: Optional[Path] = None
 
 
 @dataclass(frozen=True)
@@ -87,12 +92,13 @@ def run(inputs: EngineInputs, settings: EngineSettings, out: Path) -> EngineOutp
     engine = engine_from_onnx(
         source, precision=settings.precision, build=settings.build, batch_size=settings.batch_size,
         engines_dir=Path(settings.engines_dir), model_name=settings.model_name, calib_batches=calib_batches,
-        calibration_cache=cache, hardware_name=settings.hardware_name)
+        calibration_cache=cache, hardware_name=settings.hardware_name, precision_plan=inputs.precision_plan)
     from pipeline.trt.inspector import precision_summary
 
     results = {"engine": str(engine.plan_path), "cache_hit": engine.cache_hit,
                "build_seconds": engine.build_seconds, "built_from": str(source),
                "layer_precisions": precision_summary(engine.sidecar.get("layers") or []),
+               "precision_plan": engine.sidecar.get("layer_precision_plan"),
                "sidecar": engine.sidecar}
     path = write_json(Path(out) / RESULTS_NAME, results)
     return EngineOutputs(engine=Path(engine.plan_path), results=path)

@@ -25,6 +25,8 @@ from pipeline.trt.engine_cache import (SIDECAR_VERSION, EngineArtifact, cached_e
                                        read_sidecar)
 from pipeline.trt.features import GpuInfo, TrtFeatures, detect_features, gpu_info, import_tensorrt
 from pipeline.trt.inspector import io_tensors, layer_info_from_engine
+from pipeline.trt.layer_precision import (PATH_IMPLICIT, LayerPlan, apply_layer_precisions, engine_check,
+                                          layer_plan_for, refuse_without_constraints)
 from pipeline.trt.logger import recording_logger
 from pipeline.trt.network import network_from_onnx, onnx_summary, profile_shapes
 from pipeline.trt.plan import BuildPlan, plan_build
@@ -41,6 +43,7 @@ class BuildRequest:
         key: the cache key; ``stem``: ``<model>-<hash>``; ``plan_path``: the engine file.
         batches: calibration batches (or None); ``calib_cache`` / ``calib_fp``: the calibration cache
             and what it depends on.
+        layer_plan: what the build does with a mixed-precision plan (None without one).
     """
 
     onnx_path: Path
@@ -53,13 +56,18 @@ class BuildRequest:
     batches: Optional[List[Mapping[str, np.ndarray]]] = None
     calib_cache: Optional[Path] = None
     calib_fp: Dict[str, Any] = field(default_factory=dict)
+    layer_plan: Optional[LayerPlan] = None
 
 
 def plan_request(onnx_path: Path, precision: PrecisionConfig, build: BuildConfig, batch_size: int, engines_dir: Path,
                  model_name: str, features: TrtFeatures, gpu: GpuInfo,
                  calib_batches: Optional[Iterable[Mapping[str, np.ndarray]]],
-                 calibration_cache: Optional[str | Path]) -> BuildRequest:
-    """Read the ONNX, decide the plan and profile shapes, and name the engine by its cache key."""
+                 calibration_cache: Optional[str | Path], precision_plan: Optional[Path] = None) -> BuildRequest:
+    """Read the ONNX, decide the plan and profile shapes, and name the engine by its cache key.
+
+    A ``precision_plan`` on the implicit INT8 path adds the precision-constraint flag to the plan and its
+    float layers to the key (see :mod:`pipeline.trt.layer_precision`).
+    """
     from pipeline.trt.calibrator import cache_is_usable  # noqa: PLC0415
 
     summary = onnx_summary(onnx_path)
@@ -68,13 +76,18 @@ def plan_request(onnx_path: Path, precision: PrecisionConfig, build: BuildConfig
     onnx_sha = file_sha256(onnx_path)
     calib_fp = {"onnx_sha256": onnx_sha, "calibrator": build.calibrator, "batch_size": batch_size}
     cache_ok = cache_is_usable(calib_cache, calib_fp)[0]
+    # Before plan_build: its own "no implicit INT8 here" error would not say how to build the plan.
+    refuse_without_constraints(features, precision.name, summary["has_qdq"], precision_plan)
     plan = plan_build(features, precision.name, build, summary["has_qdq"],
                       has_calibration=bool(batches) or cache_ok, qdq_types=summary["qdq_types"], gpu=gpu)
+    layer_plan = layer_plan_for(features, plan, precision_plan, onnx_path) if precision_plan is not None else None
     shapes = profile_shapes(summary["inputs"], batch_size, build)
     key = engine_key(onnx_sha, precision, batch_size, shapes, plan, build, batches)
+    if layer_plan is not None and layer_plan.path == PATH_IMPLICIT:
+        key["layer_precisions"] = layer_plan.key()
     stem = f"{model_name}-{short_hash(key)}"
     return BuildRequest(onnx_path, onnx_path, plan, shapes, key, stem, engines_dir / f"{stem}.plan",
-                        batches, calib_cache, calib_fp)
+                        batches, calib_cache, calib_fp, layer_plan)
 
 
 def typed_source(req: BuildRequest, engines_dir: Path) -> Path:
@@ -98,6 +111,7 @@ class BuildOutcome:
     timing: TimingCacheUse
     calibrator: Any
     logger: Any
+    layer_record: Optional[Dict[str, Any]] = None
 
 
 def build_serialized(trt: ModuleType, req: BuildRequest, build: BuildConfig, features: TrtFeatures, gpu: GpuInfo,
@@ -112,6 +126,9 @@ def build_serialized(trt: ModuleType, req: BuildRequest, build: BuildConfig, fea
     t0 = time.perf_counter()
     builder = trt.Builder(logger)
     network, parser = network_from_onnx(trt, builder, req.plan, req.source, logger, features)
+    lp = req.layer_plan
+    layer_record = apply_layer_precisions(trt, network, lp, log) if lp is not None and lp.path == PATH_IMPLICIT \
+        else None
     config, preview_state = builder_config(trt, builder, features, req.plan, build)
     profile = add_optimization_profile(builder, network, config, req.shapes)
     cache_file = timing_cache_path(engines_dir, features, gpu) if build.timing_cache and features.timing_cache else None
@@ -136,7 +153,7 @@ def build_serialized(trt: ModuleType, req: BuildRequest, build: BuildConfig, fea
     write_bytes(req.plan_path, plan_bytes)
     keep_timing_cache(timing, builder, config, logger, log)
     del parser
-    return BuildOutcome(plan_bytes, seconds, preview_state, timing, calibrator, logger)
+    return BuildOutcome(plan_bytes, seconds, preview_state, timing, calibrator, logger, layer_record)
 
 
 def inspect_plan(trt: ModuleType, features: TrtFeatures, plan_bytes: bytes, logger: Any) -> tuple:
@@ -180,9 +197,20 @@ def sidecar_of(req: BuildRequest, out: BuildOutcome, precision: PrecisionConfig,
         "io": io,
         "layers": info.get("Layers", []),
         "layer_info_error": info.get("error"),
+        "layer_precision_plan": plan_record(req.layer_plan, out.layer_record, info.get("Layers", [])),
         "warnings": [m for s, m in out.logger.messages if s == "WARNING"][:20],
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def plan_record(lp: Optional[LayerPlan], applied: Optional[Mapping[str, Any]],
+                layers: Iterable[Any]) -> Optional[Dict[str, Any]]:
+    """The sidecar's ``layer_precision_plan``: what the build did with the plan (None without one)."""
+    if lp is None:
+        return None
+    if applied is None:
+        return lp.record()
+    return engine_check(applied, lp, layers)
 
 
 def engine_from_onnx(
@@ -199,6 +227,7 @@ def engine_from_onnx(
     trt: Optional[ModuleType] = None,
     cuda: Any = None,
     log: Callable[[str], None] = print,
+    precision_plan: Optional[str | Path] = None,
 ) -> EngineArtifact:
     """Build (or reuse) a TensorRT engine for ``onnx_path``.
 
@@ -217,6 +246,10 @@ def engine_from_onnx(
         trt: the tensorrt module (tests pass a recording fake); imported when None.
         cuda: a :class:`pipeline.trt.runtime.CudaApi` for calibration buffers; created when needed.
         log: where progress messages go.
+        precision_plan: the sensitivity stage's ``<model>.precision_plan.json``: on the implicit INT8
+            path its float layers get per-layer precision constraints (8.6/10.x; an error on 11); on
+            the explicit path the Q/DQ ONNX already carries it. The sidecar's ``layer_precision_plan``
+            records what was done (matched and unmatched labels).
 
     Returns:
         :class:`EngineArtifact`.
@@ -233,13 +266,14 @@ def engine_from_onnx(
     gpu = gpu or gpu_info()
     engines_dir = Path(engines_dir)
     req = plan_request(onnx_path, precision, build, batch_size, engines_dir, model_name, features, gpu,
-                       calib_batches, calibration_cache)
+                       calib_batches, calibration_cache, Path(precision_plan) if precision_plan else None)
     side_path = Path(str(req.plan_path) + ".json")
     sidecar = read_sidecar(side_path) if side_path.is_file() else None
     problem = cached_engine_problem(req.plan_path, sidecar, features, gpu, req.key)
     if problem is None and not build.force_rebuild:
         log(f"[build] cache hit: {req.plan_path} (TensorRT {features.library_version}, {gpu.name})")
-        return EngineArtifact(req.plan_path, sidecar or {}, True, float((sidecar or {}).get("build_seconds", 0.0)))
+        return EngineArtifact(req.plan_path, _with_plan_record(sidecar or {}, req.layer_plan), True,
+                              float((sidecar or {}).get("build_seconds", 0.0)))
     if req.plan_path.is_file():
         log(f"[build] rebuilding {req.plan_path.name}: " + ("build.force_rebuild=true" if problem is None else problem))
     req.source = typed_source(req, engines_dir)
@@ -250,3 +284,14 @@ def engine_from_onnx(
     log(f"[build] wrote {req.plan_path} ({len(out.plan_bytes) / 2**20:.1f} MiB) in {out.seconds:.1f} s"
         + (" with a warm timing cache" if out.timing.loaded else ""))
     return EngineArtifact(req.plan_path, sidecar, False, out.seconds)
+
+
+def _with_plan_record(sidecar: Mapping[str, Any], lp: Optional[LayerPlan]) -> Dict[str, Any]:
+    """A cached engine's sidecar with this build's ``layer_precision_plan``.
+
+    On the implicit path the key holds the plan, so the cached record (with its matches) is this plan's;
+    otherwise the plan did not shape the engine and the record says what this request did with it.
+    """
+    if lp is not None and lp.path == PATH_IMPLICIT:
+        return dict(sidecar)
+    return {**sidecar, "layer_precision_plan": lp.record() if lp is not None else None}

@@ -27,6 +27,8 @@ from pipeline.core.errors import PipelineError
 
 #: BuilderFlag members that mean "allow this reduced precision" (weakly typed networks).
 PRECISION_FLAG_NAMES = ("TF32", "FP16", "BF16", "INT8", "FP8")
+#: BuilderFlag members that make the builder honour per-layer precisions (8.6, 10.x; gone in 11), strongest first.
+PRECISION_CONSTRAINT_FLAGS = ("OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS")
 #: TacticSource members the config may name (lower case in BuildConfig.tactic_sources).
 TACTIC_SOURCE_NAMES = ("CUBLAS", "CUBLAS_LT", "CUDNN", "EDGE_MASK_CONVOLUTIONS", "JIT_CONVOLUTIONS")
 
@@ -58,6 +60,10 @@ class TrtFeatures:
         fast_fp16_query: ``Builder.platform_has_fast_fp16`` exists (removed in 11).
         preview_features: ``PreviewFeature`` members present (upper case), settable through
             ``IBuilderConfig.set_preview_feature``.
+        precision_constraints: BuilderFlag members among OBEY_/PREFER_PRECISION_CONSTRAINTS present
+            (8.6 and 10.x have both; 11 neither).
+        layer_precision: ``ILayer.precision`` and ``ILayer.set_output_type`` exist (per-layer
+            precision of a weakly typed network; 8.6, 10.x).
     """
 
     bindings_version: str
@@ -77,6 +83,8 @@ class TrtFeatures:
     tensor_api: bool = False
     fast_fp16_query: bool = False
     preview_features: FrozenSet[str] = frozenset()
+    precision_constraints: FrozenSet[str] = frozenset()
+    layer_precision: bool = False
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-ready dict (sets become sorted lists)."""
@@ -184,6 +192,7 @@ def detect_features(trt: ModuleType) -> TrtFeatures:
     ts = getattr(trt, "TacticSource", None)
     engine_cls = getattr(trt, "ICudaEngine", None)
     ctx_cls = getattr(trt, "IExecutionContext", None)
+    layer_cls = getattr(trt, "ILayer", None)
     return TrtFeatures(
         bindings_version=str(getattr(trt, "__version__", "unknown")),
         library_version=library_version(trt),
@@ -203,6 +212,8 @@ def detect_features(trt: ModuleType) -> TrtFeatures:
         fast_fp16_query=_has(getattr(trt, "Builder", None), "platform_has_fast_fp16"),
         preview_features=_enum_members(getattr(trt, "PreviewFeature", None))
         if cfg_cls is not None and _has(cfg_cls, "set_preview_feature") else frozenset(),
+        precision_constraints=frozenset(n for n in PRECISION_CONSTRAINT_FLAGS if bflag is not None and _has(bflag, n)),
+        layer_precision=layer_cls is not None and _has(layer_cls, "precision") and _has(layer_cls, "set_output_type"),
     )
 
 

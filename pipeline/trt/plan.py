@@ -15,6 +15,10 @@ int8       Q/DQ ONNX + INT8, or calibrator + INT8  Q/DQ ONNX only; error for cal
 fp8        FP8 Q/DQ + FP8 flag (10+, sm >= 8.9)    FP8 Q/DQ ONNX only; error on 8.6
 best       every precision flag present            Q/DQ ONNX as typed, else FP16 conversion
 =========  =====================================  ===============================================
+
+A mixed-precision plan (the sensitivity stage's float layers) adds, on the implicit INT8 path only,
+``OBEY_PRECISION_CONSTRAINTS`` and per-layer FP16/FP32 constraints (:mod:`pipeline.trt.layer_precision`);
+on 11 it must come as a Q/DQ ONNX (``quant.plan``).
 """
 
 from __future__ import annotations
