@@ -52,7 +52,7 @@ def _batches(seed, n, bs=16):
 
 def test_quantize_onnx_writes_qdq_model_cache_and_metrics(cnn_onnx, tmp_path):
     out = tmp_path / "cnn.int8.qdq.onnx"
-    res = quantize_onnx(cnn_onnx, iter(_batches(0, 4)), QuantConfig(calib="entropy"), out,
+    res = quantize_onnx(cnn_onnx, iter(_batches(0, 4)), QuantConfig(calib="entropy", cache_all_tensors=True), out,
                         eval_batches=_batches(1, 4), progress=False)
     assert out.is_file() and res.qdq_onnx_path == out
     assert res.calib_batches == 4 and res.calib_samples == 64

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -211,6 +210,15 @@ def test_budget_rules():
         budget_for("auto", {}, False, -0.1, 0)
     with pytest.raises(PipelineError, match="unknown"):
         budget_for("auto", {}, False, None, 0, metric="f1")
+
+
+def test_budget_tightened_keeps_a_reserve():
+    b = budget_for("embedding", {}, False, 0.01, 0.95).tightened(0.25)
+    assert b.minimum == pytest.approx(0.9925) and dict(b.extra)["nn_agreement"] == pytest.approx(0.9625)
+    assert not b.meets({"embedding_cosine": 0.99, "nn_agreement": 1.0})
+    assert budget_for("auto", {}, False, 0.01, 0).tightened(0.0).minimum == pytest.approx(0.99)
+    with pytest.raises(PipelineError, match="margin"):
+        b.tightened(1.0)
 
 
 def test_split_samples_holds_out_every_kth():

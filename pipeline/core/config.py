@@ -272,8 +272,11 @@ class QuantConfig:
             recorded in ``quantization.kept_float``.
         plan: a mixed-precision plan file of the sensitivity stage (``<model>.precision_plan.json``): its
             float layers stay float and each activation takes the calibration method the plan chose.
-        cache_all_tensors: write every float tensor to the TensorRT calibration cache (what TensorRT's
-            implicit INT8 path needs), not only the Q/DQ'd ones; costs extra statistics time.
+        cache_all_tensors: also write every other float tensor to the TensorRT calibration cache. Off by default:
+            the build stage builds INT8 from the Q/DQ ONNX (explicit path), which never reads the cache; only
+            TensorRT's implicit path (deprecated in 10, gone in 11) does, and there a tensor missing from the cache
+            has no INT8 scale, so the layers that read or write it run in FP16/FP32. On costs 4x more values
+            to bin on MiniLM (benchmarks/results/calib_stats_speed.json).
         trt_version: TensorRT version written in the calibration cache header.
         cache_algorithm: calibrator named in the cache header (build with the matching calibrator).
     """
@@ -291,7 +294,7 @@ class QuantConfig:
     exclude_nodes: List[str] = field(default_factory=list)
     keep_float: List[str] = field(default_factory=list)
     plan: Optional[str] = None
-    cache_all_tensors: bool = True
+    cache_all_tensors: bool = False
     trt_version: str = "8.6.1"
     cache_algorithm: str = "EntropyCalibration2"
 
@@ -307,6 +310,9 @@ class SensitivityConfig:
         max_drop: allowed drop of ``metric`` from FP32 (null: 0.005 for top-1, 0.01 for cosine).
         min_nn_agreement: embedders: the plan must also keep each sample's nearest neighbour (cosine) in
             the evaluation set the same as FP32's for at least this share of samples (0 = no constraint).
+        margin: share of each allowed drop the search keeps in reserve (0.25: a 0.01 cosine budget is searched
+            at 0.0075, NN agreement >= 0.95 at >= 0.9625), so that the plan holds on sentences or images it has not
+            seen; the plan is reported against the real budget, and checked on the held-out samples.
         methods: calibration methods each activation's threshold is chosen from (by its first quantized
             consumer's output error); empty = ``quant.calib`` everywhere.
         layers: what is ranked and may go to float: ``compute`` (Conv/Gemm/MatMul; the pooling and residual-add
@@ -323,6 +329,7 @@ class SensitivityConfig:
     metric: str = "auto"
     max_drop: Optional[float] = None
     min_nn_agreement: float = 0.95
+    margin: float = 0.25
     methods: List[str] = field(default_factory=lambda: ["max", "percentile", "entropy", "mse"])
     layers: str = "compute"
     all_but_one: bool = False

@@ -93,7 +93,8 @@ class Analysis:
         from pipeline.sensitivity.search import predicted_time, search
 
         predict = predicted_time(int8_s, float_s, total)
-        result = self._timed("search", search, units, sweep.evaluate, budget, predict, self.cfg.max_float)
+        self.search_budget = budget.tightened(self.cfg.margin)
+        result = self._timed("search", search, units, sweep.evaluate, self.search_budget, predict, self.cfg.max_float)
         self.result, self.sweep = result, sweep
         held = self._timed("holdout", self._holdout, result.plan.float_layers)
         return self._assemble(one, abo, errors, groups, units, base, ref_metrics, held,
@@ -188,6 +189,7 @@ class Analysis:
         metric = self.budget.metric
         return {
             "schema_version": 1, "task": self.task, "budget": self.budget.to_dict(),
+            "search_budget": self.search_budget.to_dict(), "margin": self.cfg.margin,
             "samples": {"search": int(len(self.search_idx)), "holdout": int(len(self.held_idx))},
             "reference": _short(ref_metrics) | {k: ref_metrics[k] for k in ("reference_accuracy",) if k in ref_metrics},
             "calibration": self._calibration_dict(base), "layers": layers,
@@ -195,7 +197,8 @@ class Analysis:
             "search": {"met": res.met, "plan": res.plan.to_dict(), "points": [p.to_dict() for p in res.points],
                        "pareto": [p.to_dict() for p in res.pareto(metric)], "holdout": held,
                        "predicted_all_int8_s": total, "predicted_note": pred_note,
-                       "message": _message(res, self.budget, held)},
+                       "plan_meets_budget": self.budget.meets(res.plan.metrics),
+                       "message": _message(res, self.search_budget, held)},
             "fixed_sites": [{"label": ly.label, "op_type": ly.op_type} for ly in self.fixed],
             "settings": {"sensitivity": _plain(self.cfg), "quant_calib": self.qcfg.calib,
                          "per_channel": self.qcfg.per_channel, "symmetric": self.qcfg.symmetric,

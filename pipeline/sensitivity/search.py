@@ -62,6 +62,16 @@ class Budget:
         return {"metric": self.metric, "minimum": self.minimum, "reference": self.reference,
                 "max_drop": self.max_drop, "extra": dict(self.extra)}
 
+    def tightened(self, margin: float) -> "Budget":
+        """The budget with only ``1 - margin`` of each allowed drop spent (what the search aims at, so that the
+        plan still holds on samples it has not seen: nearest-neighbour agreement in particular falls as the set
+        of candidates grows)."""
+        if not 0.0 <= margin < 1.0:
+            raise PipelineError(f"sensitivity.margin={margin} is outside [0, 1)", "use e.g. 0.25 or 0 (no reserve)")
+        keep = 1.0 - margin
+        extra = tuple((k, 1.0 - keep * (1.0 - lo)) for k, lo in self.extra)
+        return Budget(self.metric, self.reference - keep * self.max_drop, self.reference, keep * self.max_drop, extra)
+
 
 #: Default allowed drop per budget metric.
 DEFAULT_DROP = {"accuracy": 0.005, "top1_agreement": 0.005, "embedding_cosine": 0.01, "output_cosine": 0.01}
