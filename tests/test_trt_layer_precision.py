@@ -7,7 +7,6 @@ TensorRT cannot run here: the recording fake of ``tests/test_trt_fake.py`` stand
 from __future__ import annotations
 
 import enum
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -21,19 +20,11 @@ from pipeline.core.artifacts import write_json
 from pipeline.core.config import BuildConfig, PrecisionConfig
 from pipeline.core.errors import PipelineError
 from pipeline.core.store import content_hash
-from pipeline.trt import GpuInfo, detect_features, engine_from_onnx
+from pipeline.trt import detect_features, engine_from_onnx
 from pipeline.trt.layer_precision import LayerPlan, engine_check, layer_owner, parser_names, plan_float_labels
 
 
-def _load_fake():
-    spec = importlib.util.spec_from_file_location("trt_fake_module", Path(__file__).parent / "test_trt_fake.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-make_fake_trt, FakeCuda = _load_fake().make_fake_trt, _load_fake().FakeCuda
-H100 = GpuInfo("NVIDIA H100 80GB HBM3", "9.0", "test")
+from test_trt_build import H100, FakeCuda, make_fake_trt  # noqa: E402  (the fakes, loaded once)
 FLOAT_LABELS = ["/attn/MatMul", "Relu#1", "/fc/Gemm", "/shape/Shape", "/gone/Node"]
 
 

@@ -196,14 +196,18 @@ def _input_methods(s: Mapping[str, Any], ly: Mapping[str, Any]) -> str:
     return ", ".join(dict.fromkeys(methods)) or MISSING
 
 
-def _harm(value: Any) -> str:
+def _fmt(value: Any, spec: str, suffix: str = "") -> str:
+    """``value`` formatted with ``spec`` (and ``suffix``), or the missing mark."""
     v = _num(value)
-    return MISSING if v is None else f"{v:.3g}"
+    return MISSING if v is None else f"{v:{spec}}{suffix}"
+
+
+def _harm(value: Any) -> str:
+    return _fmt(value, ".3g")
 
 
 def _db(value: Any) -> str:
-    v = _num(value)
-    return MISSING if v is None else f"{v:.1f} dB"
+    return _fmt(value, ".1f", " dB")
 
 
 # ---------------------------------------------------------------- summary

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from pipeline.core.errors import PipelineError
-from pipeline.sensitivity.stage import as_list, split_samples
+from pipeline.sensitivity.inputs import as_list, split_samples
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.sensitivity.search import Budget
-    from pipeline.sensitivity.stage import SensitivityInputs, SensitivitySettings
+    from pipeline.sensitivity.inputs import SensitivityInputs, SensitivitySettings
 
 _KEYS = ("accuracy", "top1_agreement", "embedding_cosine", "output_cosine", "output_cosine_min", "nn_agreement",
          "max_abs_diff")
@@ -217,7 +217,7 @@ class Analysis:
     def plan_file(self, stem: str) -> Dict[str, Any]:
         """The plan the quantize stage takes: float layers, per-tensor methods and thresholds, precisions."""
         from pipeline.core.store import content_hash
-        from pipeline.sensitivity.stage import PLAN_KIND
+        from pipeline.quantize.mixed import PLAN_KIND
 
         res, cal = self.result, self.calibration
         floats = list(res.plan.float_layers)

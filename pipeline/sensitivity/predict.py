@@ -8,7 +8,7 @@ from pipeline.core.errors import PipelineError
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.sensitivity.items import Layer
-    from pipeline.sensitivity.stage import SensitivitySettings
+    from pipeline.sensitivity.inputs import SensitivitySettings
 
 #: The float precision a float layer of a mixed INT8 plan runs in on a GPU.
 FLOAT = "fp16"
