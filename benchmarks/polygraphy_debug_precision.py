@@ -25,8 +25,15 @@ compute layers (MatMul / FullyConnected / Convolution; what the other anchors co
 every iteration's metrics, the accuracy of the engine of the answer, and the wall time. Polygraphy is
 stopped after ``--time-limit`` seconds; what it found by then is still written.
 
-Inputs travel as files: ``minilm.onnx`` (~90 MB), ``minilm.calib.cache``, ``eval_inputs.npz``
+Inputs travel as files (~45 MB in all): ``minilm.onnx``, ``minilm.calib.cache``, ``eval_inputs.npz``
 (``input_ids``/``attention_mask`` int64, N x 128) and ``reference.npz`` (``sentence_embedding``, N x 384).
+The device machine takes at most 64 MiB of files per call and the FP32 MiniLM is ~90 MB, half of it
+the 30522 x 384 word-embedding table: ``prepare`` keeps only the rows the evaluation ids use and
+renumbers the ids (lossless for these inputs: it checks the outputs against the full model and records
+the difference in ``prepare.json``; ``--full-vocabulary`` keeps the whole table). On the device
+machine, from a folder of the repository that ``.git/info/exclude`` ignores, e.g. ``.pgdp``::
+
+    prepare --dir .pgdp          (here)       run(carry=[".pgdp"], command="python benchmarks/polygraphy_debug_precision.py run --dir .pgdp")
 """
 
 from __future__ import annotations
@@ -152,6 +159,18 @@ def _batches(inputs: Dict[str, np.ndarray], batch: int) -> List[Dict[str, np.nda
     return [{k: v[i:i + batch] for k, v in inputs.items()} for i in range(0, n, batch)]
 
 
+def _numpy_dtype(dtype):
+    """A numpy dtype from polygraphy metadata: numpy already (polygraphy < 0.49) or its ``DataType``."""
+    if dtype is None:
+        return None
+    try:
+        return np.dtype(dtype)
+    except TypeError:
+        from polygraphy.datatype import DataType
+
+        return DataType.to_dtype(dtype, "numpy")
+
+
 def run_engine(engine: Path, inputs: Dict[str, np.ndarray], batch: int) -> np.ndarray:
     """The engine's ``sentence_embedding`` over the inputs (cast to the engine's input dtypes)."""
     from polygraphy.backend.common import BytesFromPath
@@ -160,9 +179,10 @@ def run_engine(engine: Path, inputs: Dict[str, np.ndarray], batch: int) -> np.nd
     outs = []
     with TrtRunner(EngineFromBytes(BytesFromPath(str(engine)))) as runner:
         meta = runner.get_input_metadata()
+        dtypes = {k: _numpy_dtype(meta[k].dtype) for k in inputs if k in meta}
         for feed in _batches(inputs, batch):
-            feed = {k: v.astype(np.dtype(meta[k].dtype)) if k in meta and meta[k].dtype is not None else v
-                    for k, v in feed.items()}
+            # TensorRT 8.6 takes the int64 ids as int32 bindings.
+            feed = {k: v.astype(dtypes[k]) if dtypes.get(k) is not None else v for k, v in feed.items()}
             out = runner.infer(feed)
             outs.append(np.array(out[OUTPUT] if OUTPUT in out else next(iter(out.values())), dtype=np.float32))
     return np.concatenate(outs)
@@ -377,7 +397,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--precision", choices=["float16", "float32"], default="float16")
     r.add_argument("--mode", choices=["bisect", "linear"], default="bisect")
     r.add_argument("--direction", choices=["forward", "reverse"], default="forward")
-    r.add_argument("--time-limit", type=float, default=480.0, help="seconds before polygraphy is stopped")
+    r.add_argument("--time-limit", type=float, default=400.0,
+                   help="seconds before polygraphy debug is stopped (the baseline build gets a third of it)")
     r.add_argument("--no-baseline", dest="baseline", action="store_false",
                    help="skip the plain INT8+FP16 engine (no layer marked)")
     r.add_argument("--extra", default="", help="more polygraphy builder flags, e.g. '--builder-optimization-level 2'")

@@ -38,6 +38,7 @@ import copy
 import datetime
 import os
 import platform
+import re
 import shlex
 import sys
 import time
@@ -61,6 +62,9 @@ SIMILARITY_TEMPERATURE = 0.05
 #: Module-name markers of the transformer FFN Linears (BERT naming: ``intermediate.dense``, ``output.dense``
 #: outside ``attention``): the modules the structural ``keep_float=[ffn]`` rule keeps in float.
 FFN_MARKERS = ("intermediate.dense",)
+#: Modules that do not reach the exported output (BERT's pooler: MiniLM's embedding is the mean of the
+#: last hidden states), so they are absent from the ONNX graph the other anchors quantize.
+DISABLED_LAYERS = {"minilm": ["*pooler*"]}
 
 
 def is_ffn(name: str) -> bool:
@@ -137,7 +141,7 @@ def ffn_effective_bits(state: dict) -> Optional[float]:
     return round(16.0 * total / float(state["cost_denominator"]), 4) if any_ffn else None
 
 
-def auto_quantize(fp32_module, cal_tb: list, task: str, bits: float, checkpoint: Path):
+def auto_quantize(fp32_module, cal_tb: list, task: str, bits: float, checkpoint: Path, disabled=None):
     """One ``mtq.auto_quantize`` call on a copy of the FP32 module; returns ``(model, state, seconds)``."""
     import modelopt.torch.quantization as mtq
 
@@ -145,7 +149,7 @@ def auto_quantize(fp32_module, cal_tb: list, task: str, bits: float, checkpoint:
     t0 = time.perf_counter()
     model, state = mtq.auto_quantize(
         model, constraints={"effective_bits": float(bits)}, quantization_formats=["INT8_DEFAULT_CFG"],
-        data_loader=cal_tb, forward_step=forward_step_for(task), method="kl_div",
+        data_loader=cal_tb, forward_step=forward_step_for(task), method="kl_div", disabled_layers=disabled,
         num_calib_steps=len(cal_tb), num_score_steps=len(cal_tb), checkpoint=str(checkpoint), verbose=False)
     return model, state, time.perf_counter() - t0
 
@@ -159,7 +163,15 @@ def sweep(bundle, cal_tb, ev_tb, ref, labels, task, budget, bits_list: List[str]
     rows, pending, ffn_bits, state0 = [], list(numeric), None, None
     while pending:
         bits = pending.pop(0)
-        model, state, secs = auto_quantize(bundle.module, cal_tb, task, bits, ckpt)
+        try:
+            model, state, secs = auto_quantize(bundle.module, cal_tb, task, bits, ckpt, DISABLED_LAYERS.get(bundle.name))
+        except ValueError as err:  # "... infeasible ... The minimum achievable effective bits is 8.1096."
+            low = re.search(r"minimum achievable effective bits is ([0-9.]+\d)", str(err))
+            if not low:
+                raise
+            print(f"B={bits}: {err} -> retrying at the minimum", flush=True)
+            pending = sorted(set(pending) | {float(low.group(1))})
+            continue
         t0 = time.perf_counter()
         m = task_metrics(ref, run_module(model, ev_tb), labels, task)
         row = {"effective_bits_requested": bits, **plan_of(state), "metrics": short(m), "meets": meets(m, budget),
@@ -210,7 +222,8 @@ def main() -> None:
                                      "forward_step": "logits" if spec["task"] != "embedding" else
                                      f"in-batch similarity logits E E^T / {SIMILARITY_TEMPERATURE}",
                                      "num_calib_steps": "all calibration batches",
-                                     "num_score_steps": "all calibration batches", "device": "cpu"},
+                                     "num_score_steps": "all calibration batches", "device": "cpu",
+                                     "disabled_layers": DISABLED_LAYERS.get(args.model)},
               "execution": "torch fake quantization (CPU) vs the FP32 torch module",
               "environment": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
                               "cores": os.cpu_count()}}
