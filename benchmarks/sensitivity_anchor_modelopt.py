@@ -119,11 +119,16 @@ def forward_step_for(task: str):
 def plan_of(state: dict) -> Dict[str, object]:
     """Modules left in float and quantized by a searched recipe, and its effective bits."""
     best = state["best"]
-    floating, quantized = [], []
+    floating, quantized, disabled = [], [], []
     for key, recipe in best["recipe"].items():
-        mods = state["candidate_stats"][key]["module_names"]
-        (floating if str(recipe).startswith("NONE") else quantized).extend(mods)
-    return {"float_modules": floating, "quantized_modules": quantized, "float_layers": len(floating),
+        rec = state["candidate_stats"][key]
+        mods = rec["module_names"]
+        if all(str(f).startswith("NONE") for f in rec["formats"]):
+            disabled.extend(mods)  # ``disabled_layers``: no INT8 choice (MiniLM's pooler, absent from the ONNX)
+        else:
+            (floating if str(recipe).startswith("NONE") else quantized).extend(mods)
+    return {"float_modules": floating, "quantized_modules": quantized, "disabled_modules": disabled,
+            "float_layers": len(floating),
             "effective_bits": round(float(best["constraints"]["effective_bits"]), 4),
             "score": float(best["score"]), "is_satisfied": bool(best["is_satisfied"])}
 
@@ -136,9 +141,11 @@ def ffn_effective_bits(state: dict) -> Optional[float]:
         ffn = all(is_ffn(m) for m in rec["module_names"])
         any_ffn |= ffn
         costs = dict(zip([str(f) for f in rec["formats"]], rec["costs"]))
-        total += next(c for f, c in costs.items() if f.startswith("NONE")) if ffn else \
-            next(c for f, c in costs.items() if not f.startswith("NONE"))
-    return round(16.0 * total / float(state["cost_denominator"]), 4) if any_ffn else None
+        quant = [c for f, c in costs.items() if not f.startswith("NONE")]
+        # A disabled layer (no INT8 choice) costs its float size in every plan.
+        total += max(costs.values()) if ffn or not quant else min(quant)
+    denominator = state.get("cost_denominator") or sum(max(r["costs"]) for r in stats.values())
+    return round(16.0 * total / float(denominator), 4) if any_ffn else None
 
 
 def auto_quantize(fp32_module, cal_tb: list, task: str, bits: float, checkpoint: Path, disabled=None):
@@ -154,10 +161,15 @@ def auto_quantize(fp32_module, cal_tb: list, task: str, bits: float, checkpoint:
     return model, state, time.perf_counter() - t0
 
 
-def sweep(bundle, cal_tb, ev_tb, ref, labels, task, budget, bits_list: List[str], work: Path, ref_s: float) -> dict:
-    """auto_quantize at each requested effective-bits value (ascending), evaluated on the eval data."""
+def sweep(bundle, cal_tb, ev_tb, ref, labels, task, budget, bits_list: List[str], work: Path, ref_s: float,
+          prior_seconds: float = 0.0) -> dict:
+    """auto_quantize at each requested effective-bits value (ascending), evaluated on the eval data.
+
+    ``prior_seconds``: reuse the scores of an earlier run's checkpoint, whose first (scoring) call took
+    that long; it is added to ``find_seconds``.
+    """
     ckpt = work / f"{bundle.name}.autoquant.pth"
-    if ckpt.exists():
+    if ckpt.exists() and not prior_seconds:
         ckpt.unlink()  # the first call must score from scratch so that its time is the real cost
     numeric = sorted(float(b) for b in bits_list if b != "ffn")
     rows, pending, ffn_bits, state0 = [], list(numeric), None, None
@@ -187,7 +199,7 @@ def sweep(bundle, cal_tb, ev_tb, ref, labels, task, budget, bits_list: List[str]
                 if ffn_bits is not None:
                     pending = sorted(set(pending) | {ffn_bits})
                     print(f"keep_float=[ffn] in effective bits: {ffn_bits}", flush=True)
-    elapsed, found = ref_s, None
+    elapsed, found = ref_s + prior_seconds, None
     for r in rows:
         elapsed += r["auto_quantize_seconds"] + r["eval_seconds"]
         if r["meets"] and found is None:
@@ -196,6 +208,7 @@ def sweep(bundle, cal_tb, ev_tb, ref, labels, task, budget, bits_list: List[str]
                   "costs": [float(c) for c in v["costs"]], "modules": v["module_names"]}
               for k, v in state0["candidate_stats"].items()}
     return {"rows": rows, "plan": found, "ffn_effective_bits": ffn_bits, "layer_scores": scores,
+            "scores_from_earlier_run_seconds": prior_seconds or None,
             "search_groups": len(scores)}
 
 
@@ -206,6 +219,8 @@ def main() -> None:
     ap.add_argument("--eval", type=int, default=None)
     ap.add_argument("--bits", default="8,9,10,11,12,ffn,14",
                     help="effective-bits constraints to sweep; ffn = those of keep_float=[ffn]")
+    ap.add_argument("--reuse-scores-seconds", type=float, default=0.0,
+                    help="reuse the checkpoint of an earlier run (in --workdir) whose scoring call took this long")
     ap.add_argument("--workdir", default="/tmp/sensitivity_anchor_modelopt")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -246,7 +261,7 @@ def main() -> None:
                       reference={"fp32_accuracy": ref_acc, "fp32_eval_seconds": round(ref_s, 3)})
         print(f"{args.model}: FP32 (torch) {ref_s:.1f}s, budget {budget}", flush=True)
         result.update(sweep(bundle, cal_tb, ev_tb, ref, labels, spec["task"], budget, args.bits.split(","),
-                            work, ref_s))
+                            work, ref_s, args.reuse_scores_seconds))
     except Exception as exc:  # record why ModelOpt did not run here, then still write the JSON
         result["error"] = f"{type(exc).__name__}: {exc}"
         result["traceback_tail"] = traceback.format_exc().splitlines()[-8:]
