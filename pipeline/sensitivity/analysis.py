@@ -94,7 +94,9 @@ class Analysis:
 
         predict = predicted_time(int8_s, float_s, total)
         self.search_budget = budget.tightened(self.cfg.margin)
-        result = self._timed("search", search, units, sweep.evaluate, self.search_budget, predict, self.cfg.max_float)
+        say = (lambda line: print(f"  sensitivity {line}", flush=True)) if self.progress else None
+        result = self._timed("search", search, units, sweep.evaluate, self.search_budget, predict, self.cfg.max_float,
+                             say)
         self.result, self.sweep = result, sweep
         held = self._timed("holdout", self._holdout, result.plan.float_layers)
         return self._assemble(one, abo, errors, groups, units, base, ref_metrics, held,

@@ -164,7 +164,8 @@ class SearchResult:
 
 
 def search(units: Sequence[Unit], evaluate: Callable[[List[str]], Metrics], budget: Budget,
-           predicted: Callable[[List[str]], Optional[float]], max_float: int = 0) -> SearchResult:
+           predicted: Callable[[List[str]], Optional[float]], max_float: int = 0,
+           say: Optional[Callable[[str], None]] = None) -> SearchResult:
     """Find the plan (see the module docstring).
 
     Args:
@@ -173,6 +174,7 @@ def search(units: Sequence[Unit], evaluate: Callable[[List[str]], Metrics], budg
         budget: what the plan must keep.
         predicted: float layer labels -> predicted seconds of the plan (None when unknown).
         max_float: at most this many float layers (0: no limit).
+        say: called with one line per evaluated plan (progress for the console).
 
     Returns:
         :class:`SearchResult`; ``met`` is False when no plan within ``max_float`` meets the budget (``plan``
@@ -186,6 +188,10 @@ def search(units: Sequence[Unit], evaluate: Callable[[List[str]], Metrics], budg
         if key not in seen:
             m = evaluate(list(layers))
             seen[key] = Point(list(layers), m, predicted(list(layers)), budget.meets(m), step)
+            if say is not None:
+                say(f"search: {step}: {budget.metric} {float(m.get(budget.metric, float('nan'))):.4f}"
+                    + "".join(f", {k} {float(m[k]):.4f}" for k, _ in budget.extra if k in m)
+                    + (" (meets)" if seen[key].meets else ""))
         return seen[key]
 
     def first(k: int) -> List[str]:
