@@ -117,8 +117,10 @@ plan_runs() {
     inputs.calib_data=$d/calib.npz inputs.eval_data=$d/eval.npz profile.warmup_s=2 profile.duration_s=5"
   for run in "minilm-fp16-bs32 precision=fp16 stages=[analyze,build,profile,report]" \
              "minilm-int8-bs32 precision=int8 stages=[analyze,quantize,build,profile,report]" \
-             "minilm-int8plan-bs32 precision=int8 stages=[analyze,quantize,build,profile,report] quant.plan=$d/minilm.precision_plan.json"; do
+             "minilm-int8plan-bs32 precision=int8 stages=[analyze,quantize,build,profile,report] quant.plan=$d/minilm.precision_plan.json" \
+             "minilm-int8plan-v3-bs32 precision=int8 stages=[analyze,quantize,build,profile,report] quant.plan=$d/minilm.precision_plan.json"; do
     set -- $run
+    case " ${PLAN_RUNS:-minilm-fp16-bs32 minilm-int8-bs32 minilm-int8plan-bs32} " in *" $1 "*) ;; *) continue ;; esac
     local name=$1 t0=$SECONDS; shift
     echo "== $name: pipeline/run.py $*"
     timeout ${STEP_TIMEOUT:-300} gpukit-trt pipeline/run.py backend=tensorrt $common "$@" hydra.run.dir=$G/runs/$name \
@@ -134,6 +136,17 @@ case "$PHASE" in
     # Issue 11: the MiniLM precision plan's engine against full INT8 and FP16 (files in /tmp/i11, from chunks).
     cat /tmp/i11/minilm.onnx.part-* > /tmp/i11/minilm.onnx && sha256sum -c /tmp/i11/minilm.onnx.sha256 || exit 1
     plan_runs /tmp/i11
+    ;;
+  plan2)
+    # Issue 11, second visit: the final plan's engine, then Polygraphy's debug precision anchor (files in .gpukit/pgdp).
+    cat /tmp/i11/minilm.onnx.part-* > /tmp/i11/minilm.onnx && sha256sum -c /tmp/i11/minilm.onnx.sha256 || exit 1
+    PLAN_RUNS="minilm-int8plan-v3-bs32" plan_runs /tmp/i11
+    printf '#!/bin/sh\nexec gpukit-trt -c "import sys; from polygraphy.tools import main; sys.argv[0] = \\"polygraphy\\"; sys.exit(main())" "$@"\n' > /opt/gpukit/bin/polygraphy
+    chmod +x /opt/gpukit/bin/polygraphy
+    timeout 500 gpukit-trt benchmarks/polygraphy_debug_precision.py run --dir .gpukit/pgdp --time-limit 400
+    echo "   polygraphy anchor rc=$?"
+    cp benchmarks/results/sensitivity_anchor_polygraphy_minilm.json "$OUTDIR/" 2>/dev/null || true
+    cp -r .gpukit/pgdp/run "$OUTDIR/pgdp-run" 2>/dev/null || true
     ;;
   tokens)
     # Issue 10: the transformers end to end (int64 token ids bound as the engine's int32), and tests/gpu.
