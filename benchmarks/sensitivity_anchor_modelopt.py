@@ -51,7 +51,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from sensitivity_anchors import MODELS, REPO, batches, budget_for, meets, short  # noqa: E402
+from sensitivity_anchors import MODELS, REPO, batches, budget_for, meets, setup, short  # noqa: E402
 
 from pipeline.core.accuracy import label_accuracy, task_metrics  # noqa: E402
 from pipeline.core.artifacts import write_json  # noqa: E402
@@ -224,11 +224,8 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/sensitivity_anchor_modelopt")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    work, n_cal, n_ev = setup(args)
     spec = MODELS[args.model]
-    work = Path(args.workdir) / args.model
-    work.mkdir(parents=True, exist_ok=True)
-    n_cal, n_ev = args.calib or spec["calib"], args.eval or spec["eval"]
     result = {"command": "python " + shlex.join([os.path.relpath(sys.argv[0], os.getcwd())] + sys.argv[1:]),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "model": args.model, "task": spec["task"], "calib_samples": n_cal, "eval_samples": n_ev,

@@ -80,6 +80,15 @@ def batches(inputs: Feed, bs: int) -> List[Feed]:
     return [{k: v[i:i + bs] for k, v in inputs.items()} for i in range(0, n, bs)]
 
 
+def setup(args) -> "tuple[Path, int, int]":
+    """Offline model hub, the model's work folder, and its calibration / evaluation sample counts."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    spec = MODELS[args.model]
+    work = Path(args.workdir) / args.model
+    work.mkdir(parents=True, exist_ok=True)
+    return work, args.calib or spec["calib"], args.eval or spec["eval"]
+
+
 def prepare(name: str, workdir: Path, calib: int, evals: int):
     """Export the zoo model (opset 17) and load disjoint calibration / evaluation data through the pipeline."""
     from pipeline.data import load_dataset
@@ -362,11 +371,8 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/sensitivity_anchors")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    work, n_cal, n_ev = setup(args)
     spec = MODELS[args.model]
-    work = Path(args.workdir) / args.model
-    work.mkdir(parents=True, exist_ok=True)
-    n_cal, n_ev = args.calib or spec["calib"], args.eval or spec["eval"]
     onnx_path, cal, ev_data = prepare(args.model, work, n_cal, n_ev)
     bs = spec["batch"]
     cal_b, ev_b = batches(cal.inputs, bs), batches(ev_data.inputs, bs)
