@@ -47,6 +47,8 @@ def main() -> None:
     ap.add_argument("--run", type=Path, required=True, help="run folder with minilm.onnx, data/ and the plan")
     ap.add_argument("--corpora", nargs="+", default=["pydoc", "docstrings", "comments"])
     ap.add_argument("--samples", type=int, default=320)
+    ap.add_argument("--extra-plans", nargs="*", default=[], metavar="NAME=PLAN.json",
+                    help="other plan files for the same ONNX to compare (e.g. from a run with other settings)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "sensitivity_minilm_corpora.json")
     args = ap.parse_args()
 
@@ -61,6 +63,9 @@ def main() -> None:
     variants = {"plan": QuantConfig(plan=str(plan_path)),
                 "keep_float=[ffn], max": QuantConfig(calib="max", keep_float=["ffn"]),
                 f"full INT8, {'/'.join(base)}": QuantConfig(calib=base[0]) if len(base) == 1 else None}
+    for item in args.extra_plans:
+        name, _, path = item.partition("=")
+        variants[f"plan {name}"] = QuantConfig(plan=path)
     rows = {}
     for corpus in args.corpora:
         ds = _eval_set(args.run, corpus, args.samples)
@@ -80,6 +85,9 @@ def main() -> None:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpu_cores": os.cpu_count(), "python": platform.python_version()},
         "plan": {"float_layers": plan["float_layers"], "budget": plan["budget"], "search_metrics": plan["metrics"]},
+        "extra_plans": {item.partition("=")[0]: {"path": item.partition("=")[2],
+                                                   "float_layers": json.loads(Path(item.partition("=")[2]).read_text())["float_layers"]}
+                        for item in args.extra_plans},
         "budget_check": "embedding_cosine >= 0.99 and nn_agreement >= 0.95 against FP32", "results": rows})
 
 
