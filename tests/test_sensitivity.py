@@ -123,7 +123,7 @@ def test_all_but_one_from_cuts_equals_full_evaluations(setup):
 
 def test_choose_method_picks_the_smaller_layer_error(setup):
     sw, _ = _sweep(setup)
-    sw.one_at_a_time(progress=False, choose=["max", "entropy"])
+    sw.choose_methods(["max", "entropy"], progress=False)
     cal = sw.calibration
     assert set(cal.local_error) >= {"x", "r1"}
     for t, errs in cal.local_error.items():

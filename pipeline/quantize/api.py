@@ -134,6 +134,13 @@ def plan_for_config(model: "onnx.ModelProto", cfg: "QuantConfig", extra_exclude:
 SCALE_PRESERVING_OPS = ("MaxPool", "GlobalMaxPool")
 
 
+def max_pool_pairs(model, tensors) -> Dict[str, str]:
+    """Max-pool output -> input, for pools whose input and output are both in ``tensors``."""
+    return {n.output[0]: n.input[0] for n in model.graph.node
+            if n.op_type in SCALE_PRESERVING_OPS and n.input and n.output
+            and n.input[0] in tensors and n.output[0] in tensors}
+
+
 def share_scales_through_max_pools(model, amaxes: Dict[str, float]) -> List[str]:
     """Give each max-pool output the amax of its input, where both are quantized (in place).
 
@@ -146,12 +153,10 @@ def share_scales_through_max_pools(model, amaxes: Dict[str, float]) -> List[str]
         The output tensors whose amax was changed.
     """
     changed = []
-    for node in model.graph.node:
-        if node.op_type in SCALE_PRESERVING_OPS and node.input and node.output:
-            src, dst = node.input[0], node.output[0]
-            if src in amaxes and dst in amaxes and amaxes[dst] != amaxes[src]:
-                amaxes[dst] = amaxes[src]
-                changed.append(dst)
+    for dst, src in max_pool_pairs(model, amaxes).items():
+        if amaxes[dst] != amaxes[src]:
+            amaxes[dst] = amaxes[src]
+            changed.append(dst)
     return changed
 
 

@@ -46,6 +46,7 @@ class Analysis:
         """Load the model, placement, statistics and samples; check them."""
         from pipeline.core.datasets import load_dataset_file
         from pipeline.quantize.api import _check_cfg, _float_tensor_set, _load, plan_for_config
+        from pipeline.quantize.stage import _task as quantize_task
         from pipeline.sensitivity.items import quantized_layers
         from pipeline.sensitivity.segments import GraphIndex
 
@@ -71,7 +72,7 @@ class Analysis:
         return cls(inputs=inputs, settings=settings, cfg=cfg, qcfg=qcfg, model=model, plan=plan, layers=layers,
                    fixed=[ly for ly in sites if ly not in layers],
                    index=GraphIndex(model), stats=stats, evals=evals, search_idx=search_idx, held_idx=held_idx,
-                   task=_task(inputs.summary), progress=progress, seconds={})
+                   task=quantize_task(inputs.summary), progress=progress, seconds={})
 
     # -------------------------------------------------------------------------------------------- steps
     def run_all(self) -> Dict[str, Any]:
@@ -112,6 +113,7 @@ class Analysis:
         """A :class:`Sweep` on the samples ``idx``, its budget and FP32's own metrics."""
         from pipeline.core.accuracy import task_metrics
         from pipeline.sensitivity.search import budget_for
+        from pipeline.quantize.api import max_pool_pairs
         from pipeline.sensitivity.sweep import Calibration, Sweep, candidate_thresholds
 
         feeds = {k: v[idx] for k, v in self.evals.inputs.items()}
@@ -120,7 +122,8 @@ class Analysis:
             methods = list(dict.fromkeys(as_list(self.cfg.methods) + [self.qcfg.calib]))
             cands = candidate_thresholds(self.stats, self.plan.activations, methods, self.qcfg.percentile)
             self.calibration = Calibration(cands, {t: self.qcfg.calib for t in cands},
-                                           follows=_max_pool_ties(self.model, cands) if self.qcfg.symmetric else {})
+                                           # a max pool's output takes its input's threshold, as in quantize
+                                           follows=max_pool_pairs(self.model, cands) if self.qcfg.symmetric else {})
         sweep = Sweep(self.index, self.layers, self.stats, self.calibration, feeds, None, self.qcfg.symmetric,
                       self.cfg.batch_size, self.cfg.threads, fixed=self.fixed)
         ref = sweep.reference()
@@ -234,16 +237,6 @@ class Analysis:
                     "op_types": as_list(self.qcfg.op_types), "keep_float": as_list(self.qcfg.keep_float)}}
 
 
-def _max_pool_ties(model, tensors) -> Dict[str, str]:
-    """Max-pool output -> input, where both are quantized: the output takes the input's threshold (the quantize
-    stage does the same, so that TensorRT runs the pool in INT8 without requantizing)."""
-    from pipeline.quantize.api import SCALE_PRESERVING_OPS
-
-    return {n.output[0]: n.input[0] for n in model.graph.node
-            if n.op_type in SCALE_PRESERVING_OPS and n.input and n.output and n.input[0] in tensors
-            and n.output[0] in tensors}
-
-
 def _message(res, budget: "Budget", held: Optional[Dict[str, Any]]) -> str:
     n = len(res.plan.float_layers)
     if not res.met:
@@ -261,12 +254,6 @@ def _plain(cfg: Any) -> Dict[str, Any]:
 
     d = asdict(cfg) if is_dataclass(cfg) else dict(cfg)
     return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in d.items()}
-
-
-def _task(summary: Optional[str]) -> str:
-    from pipeline.quantize.stage import _task as quantize_task
-
-    return quantize_task(summary)
 
 
 def _statistics(inputs: "SensitivityInputs", model, plan, qcfg, progress: bool, batch_size: int = 1):

@@ -2,8 +2,9 @@
 
 - :meth:`Sweep.one_at_a_time`: the task metric with only one layer quantized, for every layer, in one forward
   walk: the FP32 tensors crossing each layer's cut are computed once; each layer runs only the graph from
-  itself on. On the way, each activation tensor's calibration method is chosen where it is first quantized
-  (:meth:`Sweep.choose_method`).
+  itself on.
+- :meth:`Sweep.choose_methods`: each activation tensor's calibration method, chosen where it is first quantized
+  (:meth:`Sweep.choose_method`), in one FP32 walk.
 - :meth:`Sweep.all_but_one`: the task metric with every layer but one quantized (the walk carries the
   quantized prefix instead).
 - :meth:`Sweep.layer_errors`: every layer's output against FP32 (SNR, cosine, max abs) with everything
@@ -114,8 +115,8 @@ class Sweep:
                                                            + self.fixed)))
 
     # ------------------------------------------------------------------------------------------ sweeps
-    def one_at_a_time(self, progress: bool = True, choose: Sequence[str] = ()) -> List[Dict[str, object]]:
-        """Metrics with only each layer quantized, in graph order; ``choose``: methods to pick each tensor's from.
+    def one_at_a_time(self, progress: bool = True) -> List[Dict[str, object]]:
+        """Metrics with only each layer quantized, in graph order.
 
         Returns:
             One dict per layer: ``metrics`` and ``seconds`` (its suffix run).
@@ -124,9 +125,6 @@ class Sweep:
         out = []
         for ly, frontier in self._walk(walk, "one at a time", progress):
             t0 = time.perf_counter()
-            for _, tensor in ly.activations:
-                if choose and tensor not in self.calibration.local_error and tensor not in self.calibration.follows:
-                    self.choose_method(ly, tensor, frontier, choose)
             y = suffix_output(self.index, frontier, ly.index, self.quantization([ly]), self.output, self.threads)
             out.append({"metrics": self.metric(y), "seconds": time.perf_counter() - t0})
         return out
@@ -239,6 +237,8 @@ def _only(session, feed: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
 def candidate_thresholds(stats: Mapping[str, "TensorStats"], tensors: Iterable[str], methods: Sequence[str],
                          percentile: float) -> Dict[str, Dict[str, float]]:
     """tensor -> {method: amax} for every method (tensor units)."""
-    from pipeline.quantize.calibrate import amax_from_stats
+    from pipeline.quantize.api import amaxes_from_stats
 
-    return {t: {m: amax_from_stats(stats[t], m, percentile) for m in methods} for t in tensors}
+    observed = {t: stats[t] for t in tensors}
+    by_method = {m: amaxes_from_stats(observed, m, percentile) for m in methods}
+    return {t: {m: by_method[m][t] for m in methods} for t in observed}
