@@ -89,7 +89,7 @@ def test_fake_quant_pieces_equal_the_quantize_stage_qdq_model(setup, tmp_path):
     model, plan, layers, stats, cands, evals, calib = setup
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
-    cfg = QuantConfig(calib="max", cache_all_tensors=False)
+    cfg = QuantConfig(calib="max", cache_all_tensors=False, split_outliers=None)  # the sweep's graph is unsplit
     res = quantize_onnx(path, [{"x": calib[i:i + 4]} for i in range(0, 16, 4)], cfg, tmp_path / "m.int8.qdq.onnx",
                         progress=False)
     qdq = run_first_output(ort_session(onnx.load(res.qdq_onnx_path), optimize=False), [{"x": evals}])
@@ -252,7 +252,9 @@ def test_stage_writes_results_and_a_plan_quantize_takes(tmp_path):
     assert res["num_layers"] == 7 and res["fixed_sites"] == [] and res["samples"] == {"search": 30, "holdout": 10}
     assert res["search"]["met"] and plan["float_layers"] == res["search"]["plan"]["float_layers"]
     assert plan["float_layers"], "a 1e-6 cosine budget needs float layers on this model"
-    assert set(plan["calibration"]) == {"x", "r1", "r2", "p", "c3", "f"}  # every quantized activation
+    # every quantized activation; the Gemm's input under the name of its outlier split
+    assert [r["tensor"] for r in plan["splits"]] == ["f"] and plan["split_outliers"] == 0.99
+    assert set(plan["calibration"]) == {"x", "r1", "r2", "p", "c3", plan["splits"][0]["split_tensor"]}
     assert res["search"]["holdout"]["samples"] == 10
     # The quantize stage leaves the plan's layers float.
     q = quantize_onnx(path, [{"x": np.load(calib)["x"][:8]}], QuantConfig(plan=str(out.plan)),

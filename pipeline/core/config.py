@@ -272,6 +272,10 @@ class QuantConfig:
             recorded in ``quantization.kept_float``.
         plan: a mixed-precision plan file of the sensitivity stage (``<model>.precision_plan.json``): its
             float layers stay float and each activation takes the calibration method the plan chose.
+        split_outliers: outlier channel splitting before calibration (``pipeline/quantize/split.py``): in each
+            activation feeding a MatMul/Gemm with constant weights, channels whose calibration maximum exceeds
+            this quantile of the per-channel maxima are split into copies (exact in FP32; the per-tensor INT8
+            range shrinks to the largest remaining channel). null turns it off. A precision plan's own value wins.
         cache_all_tensors: also write every other float tensor to the TensorRT calibration cache. Off by default:
             the build stage builds INT8 from the Q/DQ ONNX (explicit path), which never reads the cache; only
             TensorRT's implicit path (deprecated in 10, gone in 11) does, and there a tensor missing from the cache
@@ -294,6 +298,7 @@ class QuantConfig:
     exclude_nodes: List[str] = field(default_factory=list)
     keep_float: List[str] = field(default_factory=list)
     plan: Optional[str] = None
+    split_outliers: Optional[float] = 0.99
     cache_all_tensors: bool = False
     trt_version: str = "8.6.1"
     cache_algorithm: str = "EntropyCalibration2"

@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
     from pipeline.core.config import QuantConfig
+    from pipeline.quantize.split import SplitRecord
 
 Feed = Dict[str, np.ndarray]
 
@@ -51,6 +52,8 @@ class QuantResult:
             Top level: Q/DQ simulated in float (what TensorRT computes); ``onnxruntime_int8_kernels``:
             the same model on ORT's fused integer CPU kernels (can differ: see README notes on U8S8).
         float_nodes: layers kept in float by the precision plan (``quant.plan``): ``{node, source}``.
+        splits: activations whose outlier channels were split before calibration
+            (:class:`pipeline.quantize.split.SplitRecord` as dicts: channels split and added, amax before/after).
         kept_float: compute nodes kept in float by the structural ``cfg.keep_float`` rules, in graph
             order: ``{node, op_type, rule, reason}`` (rule: ``ffn``, ``attention_scores``, ``first``,
             ``last``, ``+``-joined when several matched; reason: what was seen on the graph).
@@ -68,6 +71,7 @@ class QuantResult:
     metrics: Optional[Dict[str, object]] = None
     float_nodes: List[Dict[str, object]] = field(default_factory=list)
     kept_float: List[Dict[str, str]] = field(default_factory=list)
+    splits: List[Dict[str, object]] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, object]:
         """JSON-ready dict for the report's ``quantization`` section."""
@@ -185,6 +189,13 @@ def _check_cfg(cfg: "QuantConfig") -> None:
                             "use 2048 (TensorRT's value)")
 
 
+def split_quantile(cfg: "QuantConfig", mixed: Optional[Dict[str, object]] = None) -> Optional[float]:
+    """The outlier-split quantile in force: a precision plan's (its tensor names depend on it), else
+    ``cfg.split_outliers``; None or 0 splits nothing."""
+    q = mixed.get("split_outliers", cfg.split_outliers) if mixed is not None else cfg.split_outliers
+    return float(q) if q else None
+
+
 def _float_tensor_set(model: "onnx.ModelProto") -> set:
     return set(float_tensor_names(model))
 
@@ -272,6 +283,7 @@ def _settings(cfg: "QuantConfig") -> Dict[str, object]:
             "per_channel": cfg.per_channel, "num_bins": cfg.num_bins, "op_types": list(cfg.op_types),
             "quantize_bmm": cfg.quantize_bmm, "residual_add": cfg.residual_add, "pooling": cfg.pooling,
             "exclude_nodes": list(cfg.exclude_nodes), "keep_float": list(cfg.keep_float),
+            "split_outliers": cfg.split_outliers,
             "activation_dtype": "int8" if cfg.symmetric else "uint8",
             "weight_dtype": "int8", "weight_granularity": "per_channel" if cfg.per_channel else "per_tensor",
             "activation_granularity": "per_tensor"}
@@ -316,19 +328,34 @@ def quantize_onnx(
     model = _load(onnx_path)
     float_tensors = _float_tensor_set(model)
     mixed = read_precision_plan(cfg.plan, onnx_path) if cfg.plan else None
+    original = model
     full_plan = _initial_plan(model, cfg, float_tensors, onnx_path)
-    # Statistics cover the full placement, so that the file serves the sensitivity stage whatever the plan.
-    observe = _observed_tensors(model, full_plan, cfg)
+    quantile = split_quantile(cfg, mixed)
+    splits: List["SplitRecord"] = []
+    maxima: Dict[str, np.ndarray] = {}
+    t0 = time.perf_counter()
+    if quantile:
+        from pipeline.quantize.split import split_for_placement
+
+        calib_batches = list(calib_batches)
+        model, splits, maxima = split_for_placement(model, full_plan.activations, calib_batches, quantile)
+        if splits:
+            float_tensors = _float_tensor_set(model)
+            full_plan = _initial_plan(model, cfg, float_tensors, onnx_path)
+    split_seconds = time.perf_counter() - t0
+    # Statistics cover the full placement, so that the file serves the sensitivity stage whatever the plan;
+    # a split activation's original tensor too (TensorRT's implicit path builds from the unsplit ONNX).
+    observe = _observed_tensors(model, full_plan, cfg) + [r.tensor for r in splits]
     plan = full_plan if mixed is None else plan_for_config(
         model, cfg, extra_exclude=[glob.escape(n) for n in mixed["float_layers"]], float_tensors=float_tensors)
     rec = _Recorder(calib_batches, keep=0)
-    seconds: Dict[str, float] = {}
+    seconds: Dict[str, float] = {"split": split_seconds} if quantile else {}
     t0 = time.perf_counter()
     stats = collect_stats(model, rec, observe, num_bins=cfg.num_bins, progress=progress)
     if stats_path is not None:
         from pipeline.quantize.stats import save_stats
 
-        save_stats(Path(stats_path), stats)
+        save_stats(Path(stats_path), stats, channel_max=maxima)
     seconds["statistics"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     amaxes = _thresholds(model, plan, stats, cfg, (mixed or {}).get("calibration"))
@@ -345,11 +372,11 @@ def quantize_onnx(
     seconds["write"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    metrics = None if eval_batches is None else _evaluate(model, qmodel, eval_batches, eval_labels, task)
+    metrics = None if eval_batches is None else _evaluate(original, qmodel, eval_batches, eval_labels, task)
     seconds["evaluate"] = time.perf_counter() - t0 if eval_batches is not None else 0.0
     seconds["total"] = time.perf_counter() - t_start
     return QuantResult(
         qdq_onnx_path=out_path, calibration_cache_path=cache_written, algorithm=cfg.calib, settings=_settings(cfg),
         ranges=_ranges(plan, stats, amaxes, qparams), seconds=seconds, plan=plan.to_dict(),
         calib_batches=rec.count, calib_samples=rec.samples, metrics=metrics,
-        float_nodes=float_nodes, kept_float=list(plan.kept_float))
+        float_nodes=float_nodes, kept_float=list(plan.kept_float), splits=[r.to_dict() for r in splits])

@@ -347,7 +347,8 @@ STATS_VERSION = 1
 _STATS_KEYS = ("kind", "version", "names", "min", "max", "range_max", "count", "num_bins", "hist")
 
 
-def save_stats(path: "str | Path", stats: Dict[str, TensorStats]) -> Path:
+def save_stats(path: "str | Path", stats: Dict[str, TensorStats],
+               channel_max: Optional[Dict[str, np.ndarray]] = None) -> Path:
     """Write ``stats`` to one ``.npz`` (atomically): the ranges file later stages read.
 
     Arrays, one row per tensor in ``stats`` order: ``names`` (unicode), ``min``/``max``/``range_max``
@@ -380,6 +381,10 @@ def save_stats(path: "str | Path", stats: Dict[str, TensorStats]) -> Path:
         "count": np.array([s.count for s in items], dtype=np.int64),
         "num_bins": np.array([s.num_bins for s in items], dtype=np.int64), "hist": hist,
     }
+    if channel_max:
+        arrays["channel_max_names"] = np.array(list(channel_max), dtype=np.str_)
+        arrays["channel_max_sizes"] = np.array([len(v) for v in channel_max.values()], dtype=np.int64)
+        arrays["channel_max"] = np.concatenate([np.asarray(v, dtype=np.float32) for v in channel_max.values()])
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:  # a file object: numpy would append .npz to a name
             np.savez(f, **arrays)
@@ -446,3 +451,17 @@ def load_stats(path: "str | Path") -> Dict[str, TensorStats]:
                                count=int(a["count"][i]))
         for i, name in enumerate(a["names"])
     }
+
+
+def load_channel_maxima(path: "str | Path") -> Dict[str, np.ndarray]:
+    """The per-channel maxima a statistics file carries (``{}`` when it has none): what the quantize stage
+    split outlier channels by, so that the sensitivity stage rebuilds the same graph."""
+    a = _read_stats_arrays(Path(path))
+    if "channel_max_names" not in a:
+        return {}
+    names, sizes, values = a["channel_max_names"], a["channel_max_sizes"], a["channel_max"]
+    if names.ndim != 1 or sizes.shape != names.shape or int(sizes.sum()) != values.shape[0]:
+        raise PipelineError(f"statistics file {path} is corrupt: its channel maxima disagree in length",
+                            "re-run the quantize stage to write it again")
+    ends = np.cumsum(sizes)
+    return {str(n): values[e - k:e].copy() for n, k, e in zip(names, sizes, ends)}

@@ -52,7 +52,7 @@ class Analysis:
 
         cfg, qcfg = settings.sensitivity, settings.quant
         _check_cfg(qcfg)
-        model = _load(inputs.onnx)
+        model, splits = _split_model(inputs, qcfg, _load(inputs.onnx), settings.batch_size)
         plan = plan_for_config(model, qcfg, float_tensors=_float_tensor_set(model))
         sites = quantized_layers(model, plan)
         layers = [ly for ly in sites if ly.compute or cfg.layers == "all"]
@@ -70,6 +70,7 @@ class Analysis:
         search_idx, held_idx = split_samples(n, cfg.holdout)
         stats = _statistics(inputs, model, plan, qcfg, progress, settings.batch_size)
         return cls(inputs=inputs, settings=settings, cfg=cfg, qcfg=qcfg, model=model, plan=plan, layers=layers,
+                   splits=splits,
                    fixed=[ly for ly in sites if ly not in layers],
                    index=GraphIndex(model), stats=stats, evals=evals, search_idx=search_idx, held_idx=held_idx,
                    task=quantize_task(inputs.summary), progress=progress, seconds={})
@@ -222,6 +223,7 @@ class Analysis:
     def plan_file(self, stem: str) -> Dict[str, Any]:
         """The plan the quantize stage takes: float layers, per-tensor methods and thresholds, precisions."""
         from pipeline.core.store import content_hash
+        from pipeline.quantize.api import split_quantile
         from pipeline.quantize.mixed import PLAN_KIND
 
         res, cal = self.result, self.calibration
@@ -232,7 +234,8 @@ class Analysis:
                 "calibration": {t: cal.method(t) for t in cal.chosen},
                 "amax": {t: cal.amax(t) for t in cal.chosen},
                 "budget": self.budget.to_dict(), "met": res.met, "metrics": res.plan.to_dict()["metrics"],
-                "predicted_s": res.plan.predicted_s, "quant_settings": {
+                "predicted_s": res.plan.predicted_s, "split_outliers": split_quantile(self.qcfg) if self.splits else None,
+                "splits": [r.to_dict() for r in self.splits], "quant_settings": {
                     "per_channel": self.qcfg.per_channel, "symmetric": self.qcfg.symmetric,
                     "op_types": as_list(self.qcfg.op_types), "keep_float": as_list(self.qcfg.keep_float)}}
 
@@ -256,6 +259,40 @@ def _plain(cfg: Any) -> Dict[str, Any]:
     return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in d.items()}
 
 
+def _calib_batches(inputs: "SensitivityInputs", batch_size: int) -> List[Dict[str, np.ndarray]]:
+    from pipeline.core.datasets import load_dataset_file
+
+    if inputs.calib_data is None:
+        raise PipelineError("sensitivity needs the calibration statistics of the quantize stage",
+                            "add quantize before sensitivity in stages, or name inputs.stats=<model>.calib_stats.npz")
+    calib = load_dataset_file(inputs.calib_data)
+    if len(calib) == 0:
+        raise PipelineError("The calibration set is empty.", "Raise data.calib_samples or point data at real samples.")
+    return list(calib.batches(max(1, batch_size)))
+
+
+def _split_model(inputs: "SensitivityInputs", qcfg, model, batch_size: int):
+    """The model the quantize stage calibrated: with the same outlier channels split (from the per-channel
+    maxima its statistics file carries, or measured here on the calibration samples), and what was split."""
+    from pipeline.quantize.api import _float_tensor_set, plan_for_config, split_quantile
+    from pipeline.quantize.split import split_for_placement, split_outlier_channels
+
+    q = split_quantile(qcfg)
+    if not q:
+        return model, []
+    if inputs.stats is not None:
+        from pipeline.quantize.stats import load_channel_maxima
+
+        maxima = load_channel_maxima(inputs.stats)
+        if not maxima:  # nothing was splittable where quantize looked; the tensor check below says if it differs
+            return model, []
+        model, records = split_outlier_channels(model, maxima, q)
+        return model, records
+    placement = plan_for_config(model, qcfg, float_tensors=_float_tensor_set(model))
+    model, records, _ = split_for_placement(model, placement.activations, _calib_batches(inputs, batch_size), q)
+    return model, records
+
+
 def _statistics(inputs: "SensitivityInputs", model, plan, qcfg, progress: bool, batch_size: int = 1):
     """The quantize stage's statistics file, or a fresh pass over the calibration samples (in the pipeline's
     batches, as the quantize stage makes them)."""
@@ -271,12 +308,5 @@ def _statistics(inputs: "SensitivityInputs", model, plan, qcfg, progress: bool, 
                                 f"quantizes (e.g. {missing[0]!r})",
                                 "re-run quantize with the same quant.* settings as sensitivity")
         return stats
-    if inputs.calib_data is None:
-        raise PipelineError("sensitivity needs the calibration statistics of the quantize stage",
-                            "add quantize before sensitivity in stages, or name inputs.stats=<model>.calib_stats.npz")
-    from pipeline.core.datasets import load_dataset_file
-
-    calib = load_dataset_file(inputs.calib_data)
-    if len(calib) == 0:
-        raise PipelineError("The calibration set is empty.", "Raise data.calib_samples or point data at real samples.")
-    return collect_stats(model, calib.batches(max(1, batch_size)), list(plan.activations), num_bins=qcfg.num_bins, progress=progress)
+    return collect_stats(model, _calib_batches(inputs, batch_size), list(plan.activations), num_bins=qcfg.num_bins,
+                         progress=progress)
