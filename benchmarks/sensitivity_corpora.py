@@ -8,7 +8,7 @@ Usage (CPU, a few minutes; the plan from a run of the sensitivity stage on data.
 For each corpus, the evaluation sentences of ``data=text data.corpus=<corpus>`` (MiniLM's own tokenizer) are run
 through FP32 and through the Q/DQ model the quantize stage writes (same calibration samples as the run) for:
 the plan (``quant.plan``), the hand rule ``quant.keep_float=[ffn]`` with max calibration, and full INT8 with the
-plan's base calibration. Metrics are those of the quantize stage (ONNX Runtime, Q/DQ simulated in float): embedding
+plan's base calibration; the last two also without outlier channel splitting (``quant.split_outliers=null``). Metrics are those of the quantize stage (ONNX Runtime, Q/DQ simulated in float): embedding
 cosine and nearest-neighbour agreement with FP32. Writes ``benchmarks/results/sensitivity_minilm_corpora.json``.
 """
 
@@ -62,7 +62,10 @@ def main() -> None:
     calib = list(load_dataset_file(args.run / "data" / "calib.npz").batches(32))
     variants = {"plan": QuantConfig(plan=str(plan_path)),
                 "keep_float=[ffn], max": QuantConfig(calib="max", keep_float=["ffn"]),
-                f"full INT8, {'/'.join(base)}": QuantConfig(calib=base[0]) if len(base) == 1 else None}
+                f"full INT8, {'/'.join(base)}": QuantConfig(calib=base[0]) if len(base) == 1 else None,
+                # what outlier channel splitting (quant.split_outliers, on by default) changes
+                "full INT8, max, no split": QuantConfig(calib="max", split_outliers=None),
+                "keep_float=[ffn], max, no split": QuantConfig(calib="max", keep_float=["ffn"], split_outliers=None)}
     for item in args.extra_plans:
         name, _, path = item.partition("=")
         variants[f"plan {name}"] = QuantConfig(plan=path)
@@ -77,7 +80,9 @@ def main() -> None:
                                 eval_batches=list(ds.batches(32)), task="embedding", progress=False)
             m = res.metrics
             rows[corpus][name] = {"embedding_cosine": m["embedding_cosine"], "nn_agreement": m["nn_agreement"],
-                                  "samples": m["samples"], "float_layers": len(res.plan["skipped_nodes"])}
+                                  "samples": m["samples"], "float_layers": len(res.plan["skipped_nodes"]),
+                                  "split_tensors": len(res.splits),
+                                  "extra_channels": sum(int(r["extra_channels"]) for r in res.splits)}
             print(corpus, name, {k: round(v, 4) if isinstance(v, float) else v for k, v in rows[corpus][name].items()},
                   flush=True)
     write_json(args.out, {

@@ -14,7 +14,7 @@
 # the torch interpreter, then scripts/gpu_evidence.py profiles the same engine again and times it with
 # benchmarks/trt_execute_loop.py. Results go to outputs/gpu/ and, if $OUT is set, to $OUT.
 set -uo pipefail
-PHASE=${1:?phase: plan | small | fp16tf32 | int8 | qdq | qdq1 | probe | main | cache | tokens | bert-fp16 | bert-int8 | rn50}
+PHASE=${1:?phase: plan | plan2 | split | small | fp16tf32 | int8 | qdq | qdq1 | probe | main | cache | tokens | bert-fp16 | bert-int8 | rn50}
 G=outputs/gpu
 mkdir -p "$G/onnx" "$G/results" "$G/runs"
 OUTDIR=${OUT:-$G/out}
@@ -118,7 +118,10 @@ plan_runs() {
   for run in "minilm-fp16-bs32 precision=fp16 stages=[analyze,build,profile,report]" \
              "minilm-int8-bs32 precision=int8 stages=[analyze,quantize,build,profile,report]" \
              "minilm-int8plan-bs32 precision=int8 stages=[analyze,quantize,build,profile,report] quant.plan=$d/minilm.precision_plan.json" \
-             "minilm-int8plan-v3-bs32 precision=int8 stages=[analyze,quantize,build,profile,report] quant.plan=$d/minilm.precision_plan.json"; do
+             "minilm-int8plan-v3-bs32 precision=int8 stages=[analyze,quantize,build,profile,report] quant.plan=$d/minilm.precision_plan.json" \
+             "minilm-int8nosplit-bs32 precision=int8 stages=[analyze,quantize,build,profile,report] quant.split_outliers=null" \
+             "minilm-int8split-bs32 precision=int8 stages=[analyze,quantize,build,profile,report]" \
+             "minilm-int8plan-v5-bs32 precision=int8 stages=[analyze,quantize,build,profile,report] quant.plan=$d/minilm.precision_plan.json"; do
     set -- $run
     case " ${PLAN_RUNS:-minilm-fp16-bs32 minilm-int8-bs32 minilm-int8plan-bs32} " in *" $1 "*) ;; *) continue ;; esac
     local name=$1 t0=$SECONDS; shift
@@ -147,6 +150,12 @@ case "$PHASE" in
     echo "   polygraphy anchor rc=$?"
     cp benchmarks/results/sensitivity_anchor_polygraphy_minilm.json "$OUTDIR/" 2>/dev/null || true
     cp -r .gpukit/pgdp/run "$OUTDIR/pgdp-run" 2>/dev/null || true
+    ;;
+  split)
+    # Issue 11, third visit: outlier channel splitting (quant.split_outliers) on MiniLM: full INT8 without and with
+    # the split, the v5 plan (split + float layers) and FP16, one engine each.
+    cat /tmp/i11/minilm.onnx.part-* > /tmp/i11/minilm.onnx && sha256sum -c /tmp/i11/minilm.onnx.sha256 || exit 1
+    PLAN_RUNS="${PLAN_RUNS:-minilm-int8split-bs32 minilm-int8plan-v5-bs32 minilm-int8nosplit-bs32 minilm-fp16-bs32}" plan_runs /tmp/i11
     ;;
   tokens)
     # Issue 10: the transformers end to end (int64 token ids bound as the engine's int32), and tests/gpu.

@@ -119,3 +119,11 @@ def test_split_for_placement_measures_only_projection_inputs():
     _, records, maxima = split_for_placement(model, ["x", "r", "back"], [{"x": _data(8, 1)}], 0.9)
     assert set(maxima) == {"x", "r"}  # "back" feeds an Add, not a projection
     assert [r.tensor for r in records][0] == "x"
+
+
+def test_a_plan_decides_the_split():
+    from pipeline.quantize.api import split_quantile
+
+    assert split_quantile(QuantConfig()) == 0.99 and split_quantile(QuantConfig(split_outliers=None)) is None
+    assert split_quantile(QuantConfig(split_outliers=None), {"split_outliers": 0.95}) == 0.95
+    assert split_quantile(QuantConfig(), {"float_layers": []}) is None  # a plan made on the unsplit graph

@@ -325,3 +325,12 @@ def test_structural_groups_pair_ffn_and_attention():
     kinds = {g.kind: g.layers for g in groups}
     assert kinds["ffn"] == ["ffn_up", "ffn_down"]
     assert sorted(sum((g.layers for g in groups), [])) == sorted(ly.label for ly in layers)
+
+
+def test_samples_in_a_frontier_batch_ignore_scalars_and_shape_tensors():
+    from pipeline.sensitivity.sweep import _samples_in
+
+    chunk = {"dim": np.array(384, dtype=np.int64), "shape": np.array([7, 128], dtype=np.int64),
+             "h": np.zeros((7, 128, 384), np.float32)}
+    assert _samples_in(chunk, "h") == 7
+    assert _samples_in(chunk, "missing") == 7  # the largest array's leading axis

@@ -190,9 +190,10 @@ def _check_cfg(cfg: "QuantConfig") -> None:
 
 
 def split_quantile(cfg: "QuantConfig", mixed: Optional[Dict[str, object]] = None) -> Optional[float]:
-    """The outlier-split quantile in force: a precision plan's (its tensor names depend on it), else
-    ``cfg.split_outliers``; None or 0 splits nothing."""
-    q = mixed.get("split_outliers", cfg.split_outliers) if mixed is not None else cfg.split_outliers
+    """The outlier-split quantile in force: a precision plan's (its tensor names depend on it; a plan without
+    the key was made before splitting existed, on the unsplit graph), else ``cfg.split_outliers``; None or 0
+    splits nothing."""
+    q = mixed.get("split_outliers") if mixed is not None else cfg.split_outliers
     return float(q) if q else None
 
 

@@ -173,7 +173,7 @@ class Sweep:
             if n >= samples:
                 break
             sub.append(c)
-            n += len(next(iter(c.values())))
+            n += _samples_in(c, tensor)
         start, stop = layer.index, layer.index + 1
         ref = stacked(run_piece(piece_session(build_piece(self.index, start, stop, Quantization(), [layer.output]),
                                               self.threads), sub), layer.output).astype(np.float64)
@@ -242,3 +242,12 @@ def candidate_thresholds(stats: Mapping[str, "TensorStats"], tensors: Iterable[s
     observed = {t: stats[t] for t in tensors}
     by_method = {m: amaxes_from_stats(observed, m, percentile) for m in methods}
     return {t: {m: by_method[m][t] for m in methods} for t in observed}
+
+
+def _samples_in(chunk: Dict[str, np.ndarray], tensor: str) -> int:
+    """Samples in one batch of a frontier: the leading dimension of ``tensor`` (a batch-major activation), else
+    of the largest array (a frontier may also carry scalars and shape tensors)."""
+    value = chunk.get(tensor)
+    if value is None or np.ndim(value) == 0:
+        value = max(chunk.values(), key=np.size)
+    return int(np.shape(value)[0]) if np.ndim(value) else 1
