@@ -14,7 +14,7 @@
 # the torch interpreter, then scripts/gpu_evidence.py profiles the same engine again and times it with
 # benchmarks/trt_execute_loop.py. Results go to outputs/gpu/ and, if $OUT is set, to $OUT.
 set -uo pipefail
-PHASE=${1:?phase: plan | plan2 | split | small | fp16tf32 | int8 | qdq | qdq1 | probe | main | cache | tokens | bert-fp16 | bert-int8 | rn50}
+PHASE=${1:?phase: plan | plan2 | split | explain | small | fp16tf32 | int8 | qdq | qdq1 | probe | main | cache | tokens | bert-fp16 | bert-int8 | rn50}
 G=outputs/gpu
 mkdir -p "$G/onnx" "$G/results" "$G/runs"
 OUTDIR=${OUT:-$G/out}
@@ -156,6 +156,29 @@ case "$PHASE" in
     # the split, the v5 plan (split + float layers) and FP16, one engine each.
     cat /tmp/i11/minilm.onnx.part-* > /tmp/i11/minilm.onnx && sha256sum -c /tmp/i11/minilm.onnx.sha256 || exit 1
     PLAN_RUNS="${PLAN_RUNS:-minilm-int8split-bs32 minilm-int8plan-v5-bs32 minilm-int8nosplit-bs32 minilm-fp16-bs32}" plan_runs /tmp/i11
+    ;;
+  explain)
+    # Issue 12: engines explained per layer (python -m pipeline.explain): ResNet-50 FP16 vs INT8 (explicit Q/DQ from
+    # the quantize stage), batch 256; EXPLAIN_MODELS=mobilenet_v2 for MobileNetV2 INT8 alone.
+    export_models
+    for cfg in ${EXPLAIN_CONFIGS:-resnet50:fp16 resnet50:int8}; do
+      m=${cfg%%:*}; p=${cfg##*:}; name="$m-$p-bs256"; stages="[analyze,build,profile,report]"
+      [ "$p" = int8 ] && stages="[analyze,quantize,build,profile,report]"
+      echo "== $name"; t0=$SECONDS
+      timeout ${STEP_TIMEOUT:-280} gpukit-trt pipeline/run.py model=onnx model.onnx_path=$PWD/$G/onnx/$m.onnx precision=$p \
+        batch_size=256 backend=tensorrt stages=$stages data.calib_samples=64 data.num_samples=64 profile.warmup_s=2 \
+        profile.duration_s=5 hydra.run.dir=$G/runs/$name engines_dir=$PWD/engines
+      echo "   run.py rc=$? after $((SECONDS - t0)) s"
+    done
+    for pair in ${EXPLAIN_PAIRS:-resnet50:fp16:int8}; do
+      m=${pair%%:*}; rest=${pair#*:}; a=${rest%%:*}; b=${rest##*:}
+      gpukit-trt -m pipeline.explain $G/runs/$m-$a-bs256 $G/runs/$m-$b-bs256 --labels $a $b --out "$OUTDIR/explain-$m-$a-$b"
+      echo "   explain rc=$?"
+    done
+    for one in ${EXPLAIN_ONE:-}; do
+      gpukit-trt -m pipeline.explain $G/runs/$one-bs256 --out "$OUTDIR/explain-$one"
+      echo "   explain rc=$?"
+    done
     ;;
   tokens)
     # Issue 10: the transformers end to end (int64 token ids bound as the engine's int32), and tests/gpu.

@@ -486,4 +486,21 @@ def fusion_groups(
     return groups_from_costs(graph_costs(model, batch_size, precision, dims))
 
 
-__all__ = ["FusionGroup", "MAC_CATEGORIES", "POINTWISE_OPS", "fusion_groups", "groups_from_costs"]
+def group_of_nodes(costs: GraphCosts, names: Sequence[str], index: int = 0) -> FusionGroup:
+    """The :class:`FusionGroup` of a node set a real engine fused (an engine layer's ONNX nodes), with the same
+    boundary-bytes rule as the modelled groups: what the layer reads from and writes to DRAM, each once.
+    Unknown names are ignored; a costed graph without connectivity sums the nodes' own bytes."""
+    pos = {layer.name: i for i, layer in enumerate(costs.layers)}
+    members = sorted({pos[n] for n in names if n in pos})
+    if not members or len(costs.node_io) != len(costs.layers):
+        layers = [costs.layers[m] for m in members]
+        return FusionGroup(index, " + ".join(x.name for x in layers), tuple(x.name for x in layers), tuple(members),
+                           layers[0].name if layers else "", layers[0].op_type if layers else "",
+                           layers[0].category if layers else "", sum(x.flops for x in layers),
+                           sum(x.macs for x in layers), sum(x.weight_bytes for x in layers),
+                           sum(x.activation_bytes for x in layers))
+    st = _new_state(costs)
+    return _fusion_group(st, index, _Group(members, _OTHER, members[-1]))
+
+
+__all__ = ["FusionGroup", "MAC_CATEGORIES", "POINTWISE_OPS", "fusion_groups", "group_of_nodes", "groups_from_costs"]

@@ -1,0 +1,166 @@
+"""Each engine layer's gap to its roofline bound, and the whole gap broken down by cause.
+
+An engine layer (a fused TensorRT layer) covers a set of ONNX nodes (:mod:`pipeline.trt.layers`). Its bound is
+``max(FLOPs / compute peak, DRAM bytes / bandwidth)`` where
+
+* the FLOPs are the nodes' sum; the bytes are only the tensors the layer reads from and writes to DRAM, each once
+  (:func:`pipeline.analyze.fusion.group_of_nodes` on the engine's own grouping), plus the weights, at the byte
+  sizes of the engine's precision;
+* the compute peak is the precision's Tensor Core (or CUDA core) peak scaled from its rated clock to the SM clock
+  NVML recorded during the timed run, and the bandwidth the memory's (scaled the same way by the memory clock
+  when the hardware file names a rated memory clock; else as rated).
+
+Each layer gets a cause: ``compute`` / ``memory`` (whichever bound is larger), ``overhead`` (a reformat, a Q/DQ
+left standalone, a layer with nothing to compute or move, or one so small that its time is launch latency), or
+``unmapped`` (work the profile cannot tie to ONNX nodes). The breakdown sums measured time, bound and gap per cause
+and compares the sum of layer times with the end-to-end latency: IProfiler layer times include per-layer
+synchronisation, so they do not add up to the timed loop, and that difference is shown, not hidden.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+
+#: A layer whose whole time is below this and whose bound is under a tenth of it is launch overhead.
+LAUNCH_S = 5e-6
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
+_REFORMAT = re.compile(r"reformat|copynode", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Rates:
+    """The rates the bounds use: compute peak (ops/s) and DRAM bandwidth (bytes/s), already at run clocks."""
+
+    peak_ops_s: float
+    bandwidth_bytes_s: float
+    peak_key: str = ""
+    clock_note: str = ""
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def run_rates(peak_ops_s: float, peak_clock_mhz: Optional[float], bandwidth_bytes_s: float,
+              telemetry: Optional[Mapping[str, Any]], peak_key: str = "") -> Rates:
+    """Rates at the clocks of the run: the peak scaled by NVML's median SM clock over the unit's rated clock."""
+    note = "rated clocks (no NVML telemetry)"
+    peak = peak_ops_s
+    sm = ((telemetry or {}).get("sm_clock_mhz") or {}).get("median") if telemetry else None
+    if sm and peak_clock_mhz:
+        peak = peak_ops_s * float(sm) / float(peak_clock_mhz)
+        note = f"peak scaled to the run's median SM clock {float(sm):.0f} MHz (rated {float(peak_clock_mhz):.0f} MHz)"
+    return Rates(peak, bandwidth_bytes_s, peak_key, note)
+
+
+@dataclass
+class LayerGap:
+    """One engine layer against its bound."""
+
+    name: str
+    layer_type: str
+    measured_s: float
+    onnx_nodes: List[str]
+    flops: float = 0.0
+    bytes: float = 0.0
+    compute_s: float = 0.0
+    memory_s: float = 0.0
+    bound_s: float = 0.0
+    cause: str = "unmapped"
+    detail: str = ""
+    precision: Optional[str] = None
+    tactic: Optional[str] = None
+
+    @property
+    def gap_s(self) -> float:
+        return max(0.0, self.measured_s - self.bound_s)
+
+    @property
+    def efficiency(self) -> Optional[float]:
+        return self.bound_s / self.measured_s if self.measured_s > 0 and self.bound_s > 0 else None
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d.update(gap_s=self.gap_s, efficiency=self.efficiency)
+        return d
+
+
+def _cause(layer: LayerGap, ops: Mapping[str, str]) -> tuple:
+    if _REFORMAT.search(layer.layer_type or "") or (not layer.onnx_nodes and _REFORMAT.search(layer.name)):
+        return "overhead", "reformat (layout or precision conversion between layers)"
+    if layer.onnx_nodes and all(ops.get(n) in _QDQ for n in layer.onnx_nodes):
+        return "overhead", "standalone Q/DQ (not fused into a neighbour)"
+    if not layer.onnx_nodes:
+        return "unmapped", "no ONNX node found for this layer"
+    if layer.flops <= 0 and layer.bytes <= 0:
+        return "overhead", "no FLOPs and no DRAM traffic modelled (shape or copy work)"
+    if layer.measured_s < LAUNCH_S and layer.bound_s < 0.1 * layer.measured_s:
+        return "overhead", f"under {LAUNCH_S * 1e6:.0f} us with a bound under a tenth of it: launch latency"
+    if layer.compute_s >= layer.memory_s:
+        return "compute", "FLOPs / peak is the larger bound"
+    return "memory", "DRAM bytes / bandwidth is the larger bound"
+
+
+def layer_gaps(rows: Sequence[Mapping[str, Any]], costs: Any, rates: Rates,
+               inspector: Optional[Mapping[str, Mapping[str, Any]]] = None) -> List[LayerGap]:
+    """Gap rows for the profiled engine layers ``rows`` (``measurement.json``'s ``engine_layers``).
+
+    Args:
+        rows: ``{name, layer_type, measured_ms, onnx_nodes}`` per engine layer, execution order.
+        costs: the ONNX model's :class:`pipeline.analyze.flops.GraphCosts` at the engine's precision and batch.
+        rates: compute and memory rates at the run's clocks (:func:`run_rates`).
+        inspector: engine layer name -> inspector layer (``precision`` / ``tactic`` columns), optional.
+    """
+    from pipeline.analyze.fusion import group_of_nodes
+    from pipeline.trt.inspector import layer_precision
+
+    ops = {layer.name: layer.op_type for layer in costs.layers}
+    out: List[LayerGap] = []
+    for i, r in enumerate(rows):
+        nodes = [str(n) for n in (r.get("onnx_nodes") or [])]
+        g = LayerGap(name=str(r["name"]), layer_type=str(r.get("layer_type") or ""),
+                     measured_s=float(r.get("measured_ms") or 0.0) / 1e3, onnx_nodes=nodes)
+        known = [n for n in nodes if n in ops]
+        if known:
+            grp = group_of_nodes(costs, known, i)
+            g.flops = float(grp.flops)
+            g.bytes = float(grp.weight_bytes + grp.activation_bytes)
+            g.compute_s = g.flops / rates.peak_ops_s if rates.peak_ops_s > 0 else 0.0
+            g.memory_s = g.bytes / rates.bandwidth_bytes_s if rates.bandwidth_bytes_s > 0 else 0.0
+            g.bound_s = max(g.compute_s, g.memory_s)
+        info = (inspector or {}).get(g.name)
+        if info:
+            g.precision = layer_precision(info)
+            g.tactic = info.get("TacticName") or info.get("Tactic")
+        g.cause, g.detail = _cause(g, ops)
+        out.append(g)
+    return out
+
+
+def breakdown(gaps: Iterable[LayerGap], end_to_end_s: Optional[float]) -> Dict[str, Any]:
+    """Measured time, bound and gap per cause; the layer sum against the end-to-end latency."""
+    by: Dict[str, Dict[str, float]] = {}
+    gaps = list(gaps)
+    for g in gaps:
+        b = by.setdefault(g.cause, {"layers": 0, "measured_s": 0.0, "bound_s": 0.0, "gap_s": 0.0})
+        b["layers"] += 1
+        b["measured_s"] += g.measured_s
+        b["bound_s"] += g.bound_s
+        b["gap_s"] += g.gap_s
+    total = sum(g.measured_s for g in gaps)
+    bound = sum(g.bound_s for g in gaps)
+    out: Dict[str, Any] = {"by_cause": by, "layers_sum_s": total, "bound_sum_s": bound,
+                           "gap_sum_s": sum(g.gap_s for g in gaps),
+                           "share_of_gap": {k: (v["gap_s"] / max(1e-30, sum(x["gap_s"] for x in by.values())))
+                                            for k, v in by.items()}}
+    if end_to_end_s:
+        out["end_to_end_s"] = end_to_end_s
+        out["layers_minus_end_to_end_s"] = total - end_to_end_s
+        out["adds_up"] = abs(total - end_to_end_s) <= 0.05 * end_to_end_s
+        out["note"] = ("per-layer times (IProfiler, synchronised per layer) add up to the end-to-end latency within 5%"
+                       if out["adds_up"] else
+                       f"per-layer times sum to {total * 1e3:.3f} ms against {end_to_end_s * 1e3:.3f} ms end to end: "
+                       "the profiler synchronises after every layer, so overlap between layers is lost and launch "
+                       "gaps are added; the per-layer gap is relative, the end-to-end number is the truth")
+    return out

@@ -1,0 +1,58 @@
+"""``explain.md``: the gap breakdown of each engine, its slowest layers against their bounds, and the diff."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping
+
+
+def _ms(s: Any) -> str:
+    return "-" if s is None else f"{float(s) * 1e3:.3f}"
+
+
+def _engine(e: Mapping[str, Any], top: int) -> List[str]:
+    b = e["breakdown"]
+    lines = [f"## {e['label']}: {e['hardware']}, batch {e['batch_size']}, TensorRT {e.get('tensorrt') or '?'}", "",
+             f"End to end {e.get('end_to_end_ms') or 0:.3f} ms; per-layer sum {b['layers_sum_s'] * 1e3:.3f} ms; sum of "
+             f"roofline bounds {b['bound_sum_s'] * 1e3:.3f} ms. Rates: {e['rates']['peak_ops_s'] / 1e12:.1f} T ops/s "
+             f"({e['rates']['peak_key']}; {e['rates']['clock_note']}), "
+             f"{e['rates']['bandwidth_bytes_s'] / 1e12:.2f} TB/s.", ""]
+    if b.get("note"):
+        lines += [b["note"] + ".", ""]
+    lines += ["| cause | layers | measured ms | bound ms | gap ms | share of gap |", "|---|---:|---:|---:|---:|---:|"]
+    for cause, v in sorted(b["by_cause"].items(), key=lambda kv: -kv[1]["gap_s"]):
+        lines.append(f"| {cause} | {v['layers']} | {_ms(v['measured_s'])} | {_ms(v['bound_s'])} | {_ms(v['gap_s'])} | "
+                     f"{100 * b['share_of_gap'].get(cause, 0):.0f}% |")
+    lines += ["", f"Largest gaps (top {top}):", "",
+              "| layer | type | precision | cause | measured ms | bound ms | efficiency |", "|---|---|---|---|---:|---:|---:|"]
+    for ly in sorted(e["layers"], key=lambda x: -x["gap_s"])[:top]:
+        eff = "-" if ly["efficiency"] is None else f"{100 * ly['efficiency']:.0f}%"
+        lines.append(f"| {ly['name'][:70]} | {ly['layer_type']} | {ly.get('precision') or '-'} | {ly['cause']} | "
+                     f"{_ms(ly['measured_s'])} | {_ms(ly['bound_s'])} | {eff} |")
+    return lines + [""]
+
+
+def markdown(result: Dict[str, Any], top: int = 12) -> str:
+    """The whole document."""
+    lines = ["# Engine explained: measured layers against their roofline bounds", ""]
+    for e in result["engines"]:
+        lines += _engine(e, top)
+    d = result.get("diff")
+    if d:
+        a, b = d["labels"]
+        s = d["summary"]
+        lines += [f"## {b} against {a}", "",
+                  f"Total per-layer time {s['total_ms'][a]:.3f} ms ({a}) vs {s['total_ms'][b]:.3f} ms ({b}); reformats "
+                  f"{s['reformat_ms'][a]:.3f} vs {s['reformat_ms'][b]:.3f} ms; standalone Q/DQ layers "
+                  f"{s['standalone_qdq'][a]} vs {s['standalone_qdq'][b]}. {b} is slower in {s['rows_where_b_is_slower']} "
+                  f"of {s['rows']} pieces (losing {s['time_lost_where_b_is_slower_ms']:.3f} ms) and faster elsewhere "
+                  f"(winning {s['time_won_where_b_is_faster_ms']:.3f} ms).", "",
+                  f"| ONNX nodes | {a} ms | {b} ms | {b}/{a} | {a} precision | {b} precision | {b} reformats |",
+                  "|---|---:|---:|---:|---|---|---:|"]
+        for r in d["rows"][:top * 2]:
+            nodes = r["nodes"][0] + (f" (+{len(r['nodes']) - 1})" if len(r["nodes"]) > 1 else "") if r["nodes"] else "(reformats)"
+            ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
+            lines.append(f"| {nodes[:60]} | {r[a]['ms']:.3f} | {r[b]['ms']:.3f} | {ratio} | "
+                         f"{'/'.join(r[a]['precisions']) or '-'} | {'/'.join(r[b]['precisions']) or '-'} | "
+                         f"{r[b]['reformats']['count']} ({r[b]['reformats']['ms']:.3f} ms) |")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,141 @@
+"""Explain one engine (gap to the roofline per layer, by cause) or two (the engine diff), from files.
+
+Reads, per engine: the profile's ``measurement.json`` (or a ``report.json``: per-layer times mapped to ONNX
+nodes, NVML telemetry, end-to-end latency), the engine's sidecar ``<engine>.plan.json`` (inspector layers:
+precision and tactic per layer; the precision's byte sizes and peak; the hardware) and the ONNX it was built from
+(FLOPs and tensor sizes). Writes ``explain.json``, ``explain.md`` and, with two engines, ``explain_diff.png``.
+
+Usable without Hydra::
+
+    run(ExplainInputs(EngineRun(meas_a, sidecar_a, onnx_a, "fp16"), EngineRun(meas_b, sidecar_b, onnx_b, "int8")),
+        ExplainSettings(), out)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+from pipeline.core.artifacts import write_json, write_text
+from pipeline.core.errors import PipelineError
+
+#: Results file of this stage.
+RESULTS_NAME = "explain.json"
+
+
+@dataclass(frozen=True)
+class EngineRun:
+    """The files of one profiled engine."""
+
+    measurement: Path
+    sidecar: Path
+    onnx: Path
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class ExplainInputs:
+    """One engine, or two to compare (``b`` against ``a``)."""
+
+    a: EngineRun
+    b: Optional[EngineRun] = None
+
+
+@dataclass(frozen=True)
+class ExplainSettings:
+    """Symbolic dims of the ONNX (e.g. ``{"sequence": 128}``); hardware name overriding the sidecar's."""
+
+    dims: Dict[str, int] = field(default_factory=dict)
+    hardware: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ExplainOutputs:
+    results: Path
+    markdown: Path
+    figures: List[Path] = field(default_factory=list)
+
+
+def _read(path: Path, what: str) -> Dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"{what} not found: {path}", "profile the engine first (stages=[...,build,profile])") from None
+    except ValueError as err:
+        raise PipelineError(f"{what} {path} is not JSON: {err}", "re-run the stage that wrote it") from err
+
+
+def explain_engine(run: EngineRun, settings: ExplainSettings) -> Dict[str, Any]:
+    """Gap rows and their breakdown for one engine."""
+    from pipeline.analyze.flops import graph_costs
+    from pipeline.analyze.hardware import load_hardware, load_hardware_config
+    from pipeline.core.config import PrecisionConfig
+    from pipeline.explain.gap import breakdown, layer_gaps, run_rates
+
+    meas, side = _read(run.measurement, "measurement"), _read(run.sidecar, "engine sidecar")
+    rows = meas.get("engine_layers") or []
+    if not rows:
+        raise PipelineError(f"{run.measurement} has no per-layer engine times",
+                            "profile with per-layer times on (the profile stage records them on TensorRT)")
+    measured = meas.get("measured") or {}
+    prec = side.get("precision") or {}
+    precision = PrecisionConfig(name=prec.get("name", "fp32"), weight_bytes=float(prec.get("weight_bytes", 4.0)),
+                                activation_bytes=float(prec.get("activation_bytes", 4.0)),
+                                peak=prec.get("peak", "fp32_cuda"))
+    hw_name = settings.hardware or side.get("hardware_name")
+    if not hw_name:
+        raise PipelineError(f"{run.sidecar} names no hardware", "pass the hardware name (e.g. h200)")
+    spec, hcfg = load_hardware(hw_name), load_hardware_config(hw_name)
+    peak = spec.peak_for(precision)
+    unit = (hcfg.units or {}).get(peak.key)
+    clock = getattr(unit, "clock_mhz", None) if unit is not None and not isinstance(unit, Mapping) else \
+        (unit or {}).get("clock_mhz")
+    rates = run_rates(peak.ops_per_s_dense, clock, spec.memory_bandwidth_bytes_s, measured.get("gpu_telemetry"),
+                      peak.key)
+    batch = int(measured.get("batch_size") or (side.get("key") or {}).get("batch_size") or 1)
+    if not Path(run.onnx).is_file():
+        raise PipelineError(f"ONNX model not found: {run.onnx}", "pass the ONNX the engine was built from")
+    costs = graph_costs(run.onnx, batch, precision, settings.dims or None)
+    inspector = {str(ly.get("Name")): ly for ly in side.get("layers") or [] if isinstance(ly, Mapping)}
+    gaps = layer_gaps(rows, costs, rates, inspector)
+    e2e = (measured.get("latency_ms") or {}).get("median")
+    return {"label": run.label or prec.get("name", ""), "files": {k: str(getattr(run, k)) for k in
+                                                                  ("measurement", "sidecar", "onnx")},
+            "precision": prec, "hardware": hw_name, "batch_size": batch, "rates": rates.to_dict(),
+            "end_to_end_ms": e2e, "throughput_samples_s": measured.get("throughput_samples_s"),
+            "gpu_telemetry": measured.get("gpu_telemetry"),
+            "tensorrt": (side.get("tensorrt") or {}).get("library_version"),
+            "build": {"optimization_level": (side.get("build") or {}).get("optimization_level"),
+                      "route": (side.get("plan") or {}).get("notes"), "timing_cache": side.get("timing_cache")},
+            "layers": [g.to_dict() for g in gaps],
+            "breakdown": breakdown(gaps, e2e / 1e3 if e2e else None), "_gaps": gaps}
+
+
+def run(inputs: ExplainInputs, settings: ExplainSettings, out: Path) -> ExplainOutputs:
+    """Explain ``inputs.a`` (and diff it with ``inputs.b``); write the files into ``out``."""
+    from pipeline.explain.diff import diff_summary, engine_diff
+    from pipeline.explain.markdown import markdown
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    engines = [explain_engine(inputs.a, settings)] + ([explain_engine(inputs.b, settings)] if inputs.b else [])
+    result: Dict[str, Any] = {"engines": engines}
+    figures: List[Path] = []
+    if inputs.b is not None:
+        la, lb = engines[0]["label"], engines[1]["label"]
+        if la == lb:
+            la, lb = f"{la} (A)", f"{lb} (B)"
+        rows = engine_diff(engines[0]["_gaps"], engines[1]["_gaps"], (la, lb))
+        result["diff"] = {"labels": [la, lb], "summary": diff_summary(rows, (la, lb)), "rows": rows}
+        from pipeline.explain.plots import diff_chart
+
+        fig = diff_chart(result["diff"], out / "explain_diff.png")
+        if fig:
+            figures.append(fig)
+    for e in engines:
+        e.pop("_gaps", None)
+    path = write_json(out / RESULTS_NAME, result)
+    md = write_text(out / "explain.md", markdown(result))
+    return ExplainOutputs(results=path, markdown=md, figures=figures)
