@@ -38,7 +38,7 @@ PRODUCERS = {
     "onnx": "export", "summary": "export", "calib_data": "data", "eval_data": "data", "analysis": "analyze",
     "qdq_onnx": "quantize", "calib_cache": "quantize", "quantization": "quantize", "engine": "build",
     "engine_results": "build", "measurement": "profile", "calib_stats": "quantize", "sensitivity": "sensitivity",
-    "precision_plan": "sensitivity",
+    "precision_plan": "sensitivity", "explain": "profile",
 }
 
 
@@ -553,7 +553,27 @@ def stage_profile(run: Run) -> StageRecord:
     outputs = {"latency_ms_median": m["latency_ms"]["median"], "throughput_samples_s": m["throughput_samples_s"]}
     if not trt:
         outputs["measured_model"] = str(inputs.qdq_onnx or inputs.onnx)
+    else:
+        outputs["explain"] = _explain_engine(run, out.results, Path(inputs.engine))
     return _record(False, outputs)
+
+
+def _explain_engine(run: Run, measurement: Path, engine: Path) -> str:
+    """The engine's per-layer gap to the roofline (``explain.json`` / ``explain.md`` in the run folder); a note,
+    never a failure, when the files do not allow it (no per-layer times, no sidecar)."""
+    from pipeline.explain.stage import EngineRun, ExplainInputs, ExplainSettings
+    from pipeline.explain.stage import run as explain
+
+    sidecar = Path(str(engine) + ".json")
+    try:
+        built = json.loads(sidecar.read_text()).get("built_from") if sidecar.is_file() else None
+        onnx = Path(built) if built and Path(built).is_file() else run.need("onnx", "profile")
+        res = explain(ExplainInputs(EngineRun(measurement, sidecar, onnx, run.cfg.precision.name)),
+                      ExplainSettings(hardware=None), run.out)
+    except (PipelineError, OSError, ValueError, KeyError) as err:
+        return f"not explained: {err}"
+    run.add("explain", res.results)
+    return str(res.markdown)
 
 
 def _require_requested(run: Run, stage: str, what: str) -> None:

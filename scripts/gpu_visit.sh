@@ -165,7 +165,7 @@ case "$PHASE" in
       m=${cfg%%:*}; p=${cfg##*:}; name="$m-$p-bs256"; stages="[analyze,build,profile,report]"
       [ "$p" = int8 ] && stages="[analyze,quantize,build,profile,report]"
       echo "== $name"; t0=$SECONDS
-      timeout ${STEP_TIMEOUT:-280} gpukit-trt pipeline/run.py model=onnx model.onnx_path=$PWD/$G/onnx/$m.onnx precision=$p \
+      timeout ${STEP_TIMEOUT:-280} gpukit-trt pipeline/run.py model=$m inputs.onnx=$PWD/$G/onnx/$m.onnx inputs.summary=$PWD/$G/runs/export-$m/export.json precision=$p \
         batch_size=256 backend=tensorrt stages=$stages data.calib_samples=64 data.num_samples=64 profile.warmup_s=2 \
         profile.duration_s=5 hydra.run.dir=$G/runs/$name engines_dir=$PWD/engines
       echo "   run.py rc=$? after $((SECONDS - t0)) s"

@@ -60,7 +60,7 @@ def test_split_is_exact_and_narrows_the_range(trans_b):
     calib = [{"x": _data(16, s)} for s in range(3)]
     maxima = channel_maxima(model, ["x", "r"], calib)
     assert maxima["x"].shape == (K,) and np.isclose(maxima["x"][5], max(np.abs(b["x"][:, 5]).max() for b in calib))
-    split, records = split_outlier_channels(model, {"x": maxima["x"]}, quantile=0.9)
+    split, records = split_outlier_channels(model, {"x": maxima["x"]}, 0.9)
     onnx.checker.check_model(split)
     (rec,) = records
     k = split_counts(maxima["x"], 0.9)
@@ -108,7 +108,9 @@ def test_quantize_with_split_beats_without_and_saves_the_maxima(tmp_path):
             st = load_stats(stats)
             assert "x" + SPLIT_SUFFIX in st and "x" in st  # the split input and the original (implicit path)
             assert st["x" + SPLIT_SUFFIX].max <= res.splits[0]["amax_after"] * (1 + 1e-6)
-            rebuilt, _ = split_outlier_channels(onnx.load(path), back, q)
+            from pipeline.quantize.api import split_rule
+
+            rebuilt, _ = split_outlier_channels(onnx.load(path), back, split_rule(QuantConfig(split_outliers=q)))
             assert [n.op_type for n in rebuilt.graph.node] == [n.op_type for n in onnx.load(tmp_path / f"q{q}.onnx").graph.node
                                                                if n.op_type not in ("QuantizeLinear", "DequantizeLinear")]
     assert errs[0.95] < errs[None] / 2, errs
@@ -122,8 +124,24 @@ def test_split_for_placement_measures_only_projection_inputs():
 
 
 def test_a_plan_decides_the_split():
-    from pipeline.quantize.api import split_quantile
+    from pipeline.quantize.api import split_rule
+    from pipeline.quantize.split import SplitRule
 
-    assert split_quantile(QuantConfig()) == 0.99 and split_quantile(QuantConfig(split_outliers=None)) is None
-    assert split_quantile(QuantConfig(split_outliers=None), {"split_outliers": 0.95}) == 0.95
-    assert split_quantile(QuantConfig(), {"float_layers": []}) is None  # a plan made on the unsplit graph
+    assert split_rule(QuantConfig()) == SplitRule(0.99, 2.0) and split_rule(QuantConfig(split_outliers=None)) is None
+    assert split_rule(QuantConfig(split_outliers=None), {"split_outliers": 0.95, "split_min_gain": 3}) == SplitRule(0.95, 3.0)
+    assert split_rule(QuantConfig(), {"split_outliers": 0.95}) == SplitRule(0.95, 1.0)  # a plan from before min_gain
+    assert split_rule(QuantConfig(), {"float_layers": []}) is None  # a plan made on the unsplit graph
+
+
+def test_min_gain_leaves_activations_that_would_shrink_little():
+    from pipeline.quantize.split import SplitRule
+
+    model = _model()
+    m = np.ones(K, np.float32)
+    m[5] = 1.5  # the range would shrink 1.5x only
+    assert split_outlier_channels(model, {"x": m}, SplitRule(0.9, 2.0))[1] == []
+    (rec,) = split_outlier_channels(model, {"x": m}, SplitRule(0.9, 1.0))[1]
+    assert rec.amax_before == pytest.approx(1.5) and rec.amax_after == pytest.approx(1.0)
+    m[5] = 9.0  # 9x
+    (rec,) = split_outlier_channels(model, {"x": m}, SplitRule(0.9, 2.0))[1]
+    assert rec.amax_before / rec.amax_after == pytest.approx(9.0)

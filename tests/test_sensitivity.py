@@ -245,7 +245,8 @@ def _stage_files(tmp_path, model, n_eval=40, labels=False):
 def test_stage_writes_results_and_a_plan_quantize_takes(tmp_path):
     path, calib, ev = _stage_files(tmp_path, deep_cnn())
     cfg = SensitivityConfig(max_drop=1e-6, methods=["max", "entropy"], holdout=0.25, batch_size=8, layers="all")
-    out = run(SensitivityInputs(path, None, ev, calib_data=calib), SensitivitySettings(cfg, QuantConfig()),
+    # split_min_gain=1: the Gemm input's outlier channels are split whatever the gain (the path under test)
+    out = run(SensitivityInputs(path, None, ev, calib_data=calib), SensitivitySettings(cfg, QuantConfig(split_min_gain=1.0)),
               tmp_path, progress=False)
     res = json.loads(out.results.read_text())
     plan = json.loads(out.plan.read_text())
@@ -253,7 +254,7 @@ def test_stage_writes_results_and_a_plan_quantize_takes(tmp_path):
     assert res["search"]["met"] and plan["float_layers"] == res["search"]["plan"]["float_layers"]
     assert plan["float_layers"], "a 1e-6 cosine budget needs float layers on this model"
     # every quantized activation; the Gemm's input under the name of its outlier split
-    assert [r["tensor"] for r in plan["splits"]] == ["f"] and plan["split_outliers"] == 0.99
+    assert [r["tensor"] for r in plan["splits"]] == ["f"] and plan["split_outliers"] == 0.99 and plan["split_min_gain"] == 1.0
     assert set(plan["calibration"]) == {"x", "r1", "r2", "p", "c3", plan["splits"][0]["split_tensor"]}
     assert res["search"]["holdout"]["samples"] == 10
     # The quantize stage leaves the plan's layers float.
@@ -277,7 +278,8 @@ def test_stage_ranks_compute_layers_by_default(tmp_path):
 def test_stage_reports_a_budget_no_plan_meets(tmp_path):
     path, calib, ev = _stage_files(tmp_path, small_cnn())
     cfg = SensitivityConfig(max_drop=0.0, metric="output_cosine", max_float=1, methods=[], holdout=0.0, layers="all")
-    out = run(SensitivityInputs(path, None, ev, calib_data=calib), SensitivitySettings(cfg, QuantConfig()),
+    # split_min_gain=1: the Gemm input's outlier channels are split whatever the gain (the path under test)
+    out = run(SensitivityInputs(path, None, ev, calib_data=calib), SensitivitySettings(cfg, QuantConfig(split_min_gain=1.0)),
               tmp_path, progress=False)
     res = json.loads(out.results.read_text())
     assert res["search"]["met"] is False and "no plan met the budget" in res["search"]["message"]

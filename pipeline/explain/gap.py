@@ -6,9 +6,9 @@ An engine layer (a fused TensorRT layer) covers a set of ONNX nodes (:mod:`pipel
 * the FLOPs are the nodes' sum; the bytes are only the tensors the layer reads from and writes to DRAM, each once
   (:func:`pipeline.analyze.fusion.group_of_nodes` on the engine's own grouping), plus the weights, at the byte
   sizes of the engine's precision;
-* the compute peak is the precision's Tensor Core (or CUDA core) peak scaled from its rated clock to the SM clock
-  NVML recorded during the timed run, and the bandwidth the memory's (scaled the same way by the memory clock
-  when the hardware file names a rated memory clock; else as rated).
+* the compute time is the nodes' multiply-accumulate FLOPs at the precision's Tensor Core peak plus their other
+  FLOPs at the CUDA-core peak (elementwise, pooling and normalization work cannot use Tensor Cores), both scaled
+  from their rated clock to the SM clock NVML recorded during the timed run; the bandwidth is the rated one.
 
 Each layer gets a cause: ``compute`` / ``memory`` (whichever bound is larger), ``overhead`` (a reformat, a Q/DQ
 left standalone, a layer with nothing to compute or move, or one so small that its time is launch latency), or
@@ -37,21 +37,25 @@ class Rates:
     bandwidth_bytes_s: float
     peak_key: str = ""
     clock_note: str = ""
+    vector_ops_s: float = 0.0  # CUDA-core peak for non-MAC FLOPs (0: the same as peak_ops_s)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
 
 def run_rates(peak_ops_s: float, peak_clock_mhz: Optional[float], bandwidth_bytes_s: float,
-              telemetry: Optional[Mapping[str, Any]], peak_key: str = "") -> Rates:
-    """Rates at the clocks of the run: the peak scaled by NVML's median SM clock over the unit's rated clock."""
+              telemetry: Optional[Mapping[str, Any]], peak_key: str = "", vector_ops_s: float = 0.0,
+              vector_clock_mhz: Optional[float] = None) -> Rates:
+    """Rates at the clocks of the run: each peak scaled by NVML's median SM clock over its unit's rated clock."""
     note = "rated clocks (no NVML telemetry)"
-    peak = peak_ops_s
+    peak, vector = peak_ops_s, vector_ops_s
     sm = ((telemetry or {}).get("sm_clock_mhz") or {}).get("median") if telemetry else None
     if sm and peak_clock_mhz:
         peak = peak_ops_s * float(sm) / float(peak_clock_mhz)
+        if vector and vector_clock_mhz:
+            vector = vector_ops_s * float(sm) / float(vector_clock_mhz)
         note = f"peak scaled to the run's median SM clock {float(sm):.0f} MHz (rated {float(peak_clock_mhz):.0f} MHz)"
-    return Rates(peak, bandwidth_bytes_s, peak_key, note)
+    return Rates(peak, bandwidth_bytes_s, peak_key, note, vector)
 
 
 @dataclass
@@ -87,12 +91,16 @@ class LayerGap:
 
 
 def _cause(layer: LayerGap, ops: Mapping[str, str]) -> tuple:
+    if (_REFORMAT.search(layer.layer_type or "") or not layer.onnx_nodes) and re.search(r"(De)?QuantizeLinear",
+                                                                                          layer.name):
+        return "overhead", "standalone Q/DQ, run as a reformat (not fused into a neighbour)"
     if _REFORMAT.search(layer.layer_type or "") or (not layer.onnx_nodes and _REFORMAT.search(layer.name)):
         return "overhead", "reformat (layout or precision conversion between layers)"
-    if layer.onnx_nodes and all(ops.get(n) in _QDQ for n in layer.onnx_nodes):
+    if not any(n in ops for n in layer.onnx_nodes):
+        return "unmapped", ("no ONNX node found for this layer" if not layer.onnx_nodes else
+                            "its ONNX nodes are not in this model (built from another ONNX?)")
+    if all(ops.get(n) in _QDQ for n in layer.onnx_nodes):
         return "overhead", "standalone Q/DQ (not fused into a neighbour)"
-    if not layer.onnx_nodes:
-        return "unmapped", "no ONNX node found for this layer"
     if layer.flops <= 0 and layer.bytes <= 0:
         return "overhead", "no FLOPs and no DRAM traffic modelled (shape or copy work)"
     if layer.measured_s < LAUNCH_S and layer.bound_s < 0.1 * layer.measured_s:
@@ -126,7 +134,10 @@ def layer_gaps(rows: Sequence[Mapping[str, Any]], costs: Any, rates: Rates,
             grp = group_of_nodes(costs, known, i)
             g.flops = float(grp.flops)
             g.bytes = float(grp.weight_bytes + grp.activation_bytes)
-            g.compute_s = g.flops / rates.peak_ops_s if rates.peak_ops_s > 0 else 0.0
+            mac = sum(2.0 * layer.macs for layer in costs.layers if layer.name in set(known))
+            other = max(0.0, g.flops - mac)
+            vector = rates.vector_ops_s or rates.peak_ops_s
+            g.compute_s = (min(mac, g.flops) / rates.peak_ops_s + other / vector) if rates.peak_ops_s > 0 else 0.0
             g.memory_s = g.bytes / rates.bandwidth_bytes_s if rates.bandwidth_bytes_s > 0 else 0.0
             g.bound_s = max(g.compute_s, g.memory_s)
         info = (inspector or {}).get(g.name)

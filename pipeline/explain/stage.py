@@ -84,7 +84,9 @@ def explain_engine(run: EngineRun, settings: ExplainSettings) -> Dict[str, Any]:
     precision = PrecisionConfig(name=prec.get("name", "fp32"), weight_bytes=float(prec.get("weight_bytes", 4.0)),
                                 activation_bytes=float(prec.get("activation_bytes", 4.0)),
                                 peak=prec.get("peak", "fp32_cuda"))
-    hw_name = settings.hardware or side.get("hardware_name")
+    # The hardware the profile resolved (``auto`` in the sidecar means "detected on that machine").
+    hw_name = settings.hardware or measured.get("peak_hardware") or \
+        (side.get("hardware_name") if side.get("hardware_name") != "auto" else None)
     if not hw_name:
         raise PipelineError(f"{run.sidecar} names no hardware", "pass the hardware name (e.g. h200)")
     spec, hcfg = load_hardware(hw_name), load_hardware_config(hw_name)
@@ -92,8 +94,12 @@ def explain_engine(run: EngineRun, settings: ExplainSettings) -> Dict[str, Any]:
     unit = (hcfg.units or {}).get(peak.key)
     clock = getattr(unit, "clock_mhz", None) if unit is not None and not isinstance(unit, Mapping) else \
         (unit or {}).get("clock_mhz")
+    vec = spec.vector_peak_for(peak)
+    vunit = (hcfg.units or {}).get(vec.key)
+    vclock = getattr(vunit, "clock_mhz", None) if vunit is not None and not isinstance(vunit, Mapping) else \
+        (vunit or {}).get("clock_mhz")
     rates = run_rates(peak.ops_per_s_dense, clock, spec.memory_bandwidth_bytes_s, measured.get("gpu_telemetry"),
-                      peak.key)
+                      peak.key, vec.ops_per_s_dense, vclock)
     batch = int(measured.get("batch_size") or (side.get("key") or {}).get("batch_size") or 1)
     if not Path(run.onnx).is_file():
         raise PipelineError(f"ONNX model not found: {run.onnx}", "pass the ONNX the engine was built from")

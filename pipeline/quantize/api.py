@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
     from pipeline.core.config import QuantConfig
-    from pipeline.quantize.split import SplitRecord
+    from pipeline.quantize.split import SplitRecord, SplitRule
 
 Feed = Dict[str, np.ndarray]
 
@@ -189,12 +189,16 @@ def _check_cfg(cfg: "QuantConfig") -> None:
                             "use 2048 (TensorRT's value)")
 
 
-def split_quantile(cfg: "QuantConfig", mixed: Optional[Dict[str, object]] = None) -> Optional[float]:
-    """The outlier-split quantile in force: a precision plan's (its tensor names depend on it; a plan without
-    the key was made before splitting existed, on the unsplit graph), else ``cfg.split_outliers``; None or 0
-    splits nothing."""
-    q = mixed.get("split_outliers") if mixed is not None else cfg.split_outliers
-    return float(q) if q else None
+def split_rule(cfg: "QuantConfig", mixed: Optional[Dict[str, object]] = None) -> Optional["SplitRule"]:
+    """The outlier-split rule in force: a precision plan's (its tensor names depend on it; a plan without
+    ``split_outliers`` was made on the unsplit graph, one without ``split_min_gain`` with no minimum gain), else
+    ``cfg.split_outliers`` / ``cfg.split_min_gain``; None splits nothing."""
+    from pipeline.quantize.split import SplitRule
+
+    if mixed is not None:
+        q = mixed.get("split_outliers")
+        return SplitRule(float(q), float(mixed.get("split_min_gain") or 1.0)) if q else None
+    return SplitRule(float(cfg.split_outliers), float(cfg.split_min_gain)) if cfg.split_outliers else None
 
 
 def _float_tensor_set(model: "onnx.ModelProto") -> set:
@@ -284,7 +288,7 @@ def _settings(cfg: "QuantConfig") -> Dict[str, object]:
             "per_channel": cfg.per_channel, "num_bins": cfg.num_bins, "op_types": list(cfg.op_types),
             "quantize_bmm": cfg.quantize_bmm, "residual_add": cfg.residual_add, "pooling": cfg.pooling,
             "exclude_nodes": list(cfg.exclude_nodes), "keep_float": list(cfg.keep_float),
-            "split_outliers": cfg.split_outliers,
+            "split_outliers": cfg.split_outliers, "split_min_gain": cfg.split_min_gain,
             "activation_dtype": "int8" if cfg.symmetric else "uint8",
             "weight_dtype": "int8", "weight_granularity": "per_channel" if cfg.per_channel else "per_tensor",
             "activation_granularity": "per_tensor"}
@@ -331,15 +335,15 @@ def quantize_onnx(
     mixed = read_precision_plan(cfg.plan, onnx_path) if cfg.plan else None
     original = model
     full_plan = _initial_plan(model, cfg, float_tensors, onnx_path)
-    quantile = split_quantile(cfg, mixed)
+    rule = split_rule(cfg, mixed)
     splits: List["SplitRecord"] = []
     maxima: Dict[str, np.ndarray] = {}
     t0 = time.perf_counter()
-    if quantile:
+    if rule:
         from pipeline.quantize.split import split_for_placement
 
         calib_batches = list(calib_batches)
-        model, splits, maxima = split_for_placement(model, full_plan.activations, calib_batches, quantile)
+        model, splits, maxima = split_for_placement(model, full_plan.activations, calib_batches, rule)
         if splits:
             float_tensors = _float_tensor_set(model)
             full_plan = _initial_plan(model, cfg, float_tensors, onnx_path)
@@ -350,7 +354,7 @@ def quantize_onnx(
     plan = full_plan if mixed is None else plan_for_config(
         model, cfg, extra_exclude=[glob.escape(n) for n in mixed["float_layers"]], float_tensors=float_tensors)
     rec = _Recorder(calib_batches, keep=0)
-    seconds: Dict[str, float] = {"split": split_seconds} if quantile else {}
+    seconds: Dict[str, float] = {"split": split_seconds} if rule else {}
     t0 = time.perf_counter()
     stats = collect_stats(model, rec, observe, num_bins=cfg.num_bins, progress=progress)
     if stats_path is not None:

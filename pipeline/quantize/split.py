@@ -32,6 +32,16 @@ SPLIT_SUFFIX = "_split"
 
 
 @dataclass(frozen=True)
+class SplitRule:
+    """When to split: channels above the ``quantile`` of the per-channel maxima, and only in activations whose
+    INT8 range shrinks at least ``min_gain`` times (a narrower range that gains little is not worth the extra
+    Gather + Mul TensorRT runs in front of the projection: +0.09 ms on ResNet-50's classifier at batch 256)."""
+
+    quantile: float
+    min_gain: float = 1.0
+
+
+@dataclass(frozen=True)
 class SplitRecord:
     """One activation that was split: for ``quantization.json`` and the report."""
 
@@ -133,13 +143,15 @@ def _gather_plan(k: np.ndarray, align: int) -> Tuple[np.ndarray, np.ndarray]:
     return np.asarray(idx, dtype=np.int64), np.asarray(scale, dtype=np.float32)
 
 
-def split_outlier_channels(model: "onnx.ModelProto", maxima: Dict[str, np.ndarray], quantile: float,
+def split_outlier_channels(model: "onnx.ModelProto", maxima: Dict[str, np.ndarray], rule: "SplitRule | float",
                            align: int = 32) -> Tuple["onnx.ModelProto", List[SplitRecord]]:
     """The model with the outlier channels of each activation in ``maxima`` split (see the module doc).
 
     Returns the rewritten model (a new proto; ``model`` is untouched) and what was split. Activations whose
-    channels all fall under the threshold are left as they are. Exact in FP32 up to rounding.
+    channels all fall under the threshold, or whose range would shrink less than ``rule.min_gain`` times, are left
+    as they are. Exact in FP32 up to rounding. A bare float ``rule`` is a quantile with no minimum gain.
     """
+    rule = rule if isinstance(rule, SplitRule) else SplitRule(float(rule))
     import onnx_graphsurgeon as gs
 
     from pipeline.graph.edit import NameSource
@@ -156,8 +168,8 @@ def split_outlier_channels(model: "onnx.ModelProto", maxima: Dict[str, np.ndarra
         if any(w != len(m) for w in width):
             raise PipelineError(f"{tensor_name} has {len(m)} channels in the statistics but its weights expect "
                                 f"{width[0]}", "re-run the quantize stage on this model to measure it again")
-        k = split_counts(m, quantile)
-        if int(k.max()) <= 1:
+        k = split_counts(m, rule.quantile)
+        if int(k.max()) <= 1 or float(m.max()) < rule.min_gain * float(np.max(m / k)):
             continue
         idx, scale = _gather_plan(k, align)
         gathered = gs.Variable(names(f"{tensor_name}_gather"), dtype=np.float32)
@@ -191,7 +203,7 @@ def split_outlier_channels(model: "onnx.ModelProto", maxima: Dict[str, np.ndarra
 
 
 def split_for_placement(model: "onnx.ModelProto", activations: Sequence[str],
-                        batches: Sequence[Dict[str, np.ndarray]], quantile: float, align: int = 32
+                        batches: Sequence[Dict[str, np.ndarray]], rule: "SplitRule | float", align: int = 32
                         ) -> Tuple["onnx.ModelProto", List[SplitRecord], Dict[str, np.ndarray]]:
     """Measure the per-channel maxima of the quantized activations that feed constant-weight projections on
     ``batches`` and split their outlier channels; returns the model, what was split and the maxima (which
@@ -200,5 +212,5 @@ def split_for_placement(model: "onnx.ModelProto", activations: Sequence[str],
 
     tensors = list(splittable(to_graph(model), activations))
     maxima = channel_maxima(model, tensors, batches)
-    new_model, records = split_outlier_channels(model, maxima, quantile, align)
+    new_model, records = split_outlier_channels(model, maxima, rule, align)
     return new_model, records, maxima

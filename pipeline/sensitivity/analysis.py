@@ -223,7 +223,7 @@ class Analysis:
     def plan_file(self, stem: str) -> Dict[str, Any]:
         """The plan the quantize stage takes: float layers, per-tensor methods and thresholds, precisions."""
         from pipeline.core.store import content_hash
-        from pipeline.quantize.api import split_quantile
+        from pipeline.quantize.api import split_rule
         from pipeline.quantize.mixed import PLAN_KIND
 
         res, cal = self.result, self.calibration
@@ -234,7 +234,8 @@ class Analysis:
                 "calibration": {t: cal.method(t) for t in cal.chosen},
                 "amax": {t: cal.amax(t) for t in cal.chosen},
                 "budget": self.budget.to_dict(), "met": res.met, "metrics": res.plan.to_dict()["metrics"],
-                "predicted_s": res.plan.predicted_s, "split_outliers": split_quantile(self.qcfg) if self.splits else None,
+                "predicted_s": res.plan.predicted_s, "split_outliers": split_rule(self.qcfg).quantile if self.splits else None,
+                "split_min_gain": split_rule(self.qcfg).min_gain if self.splits else None,
                 "splits": [r.to_dict() for r in self.splits], "quant_settings": {
                     "per_channel": self.qcfg.per_channel, "symmetric": self.qcfg.symmetric,
                     "op_types": as_list(self.qcfg.op_types), "keep_float": as_list(self.qcfg.keep_float)}}
@@ -274,10 +275,10 @@ def _calib_batches(inputs: "SensitivityInputs", batch_size: int) -> List[Dict[st
 def _split_model(inputs: "SensitivityInputs", qcfg, model, batch_size: int):
     """The model the quantize stage calibrated: with the same outlier channels split (from the per-channel
     maxima its statistics file carries, or measured here on the calibration samples), and what was split."""
-    from pipeline.quantize.api import _float_tensor_set, plan_for_config, split_quantile
+    from pipeline.quantize.api import _float_tensor_set, plan_for_config, split_rule
     from pipeline.quantize.split import split_for_placement, split_outlier_channels
 
-    q = split_quantile(qcfg)
+    q = split_rule(qcfg)
     if not q:
         return model, []
     if inputs.stats is not None:
