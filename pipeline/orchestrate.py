@@ -553,21 +553,24 @@ def stage_profile(run: Run) -> StageRecord:
     outputs = {"latency_ms_median": m["latency_ms"]["median"], "throughput_samples_s": m["throughput_samples_s"]}
     if not trt:
         outputs["measured_model"] = str(inputs.qdq_onnx or inputs.onnx)
-    else:
-        outputs["explain"] = _explain_engine(run, out.results, Path(inputs.engine))
+    outputs["explain"] = _explain_engine(run, out.results, Path(inputs.engine) if trt else None,
+                                         None if trt else Path(inputs.qdq_onnx or inputs.onnx))
     return _record(False, outputs)
 
 
-def _explain_engine(run: Run, measurement: Path, engine: Path) -> str:
-    """The engine's per-layer gap to the roofline (``explain.json`` / ``explain.md`` in the run folder); a note,
-    never a failure, when the files do not allow it (no per-layer times, no sidecar)."""
+def _explain_engine(run: Run, measurement: Path, engine: Optional[Path], measured_onnx: Optional[Path]) -> str:
+    """The measured model's per-layer gap to the roofline (``explain.json`` / ``explain.md`` in the run folder):
+    a TensorRT engine (its sidecar names the ONNX it was built from) or the model ONNX Runtime ran. A note, never
+    a failure, when the files do not allow it."""
     from pipeline.explain.stage import EngineRun, ExplainInputs, ExplainSettings
     from pipeline.explain.stage import run as explain
 
-    sidecar = Path(str(engine) + ".json")
     try:
-        built = json.loads(sidecar.read_text()).get("built_from") if sidecar.is_file() else None
-        onnx = Path(built) if built and Path(built).is_file() else run.need("onnx", "profile")
+        sidecar, onnx = None, measured_onnx
+        if engine is not None:
+            sidecar = Path(str(engine) + ".json")
+            built = json.loads(sidecar.read_text()).get("built_from") if sidecar.is_file() else None
+            onnx = Path(built) if built and Path(built).is_file() else run.need("onnx", "profile")
         res = explain(ExplainInputs(EngineRun(measurement, sidecar, onnx, run.cfg.precision.name)),
                       ExplainSettings(hardware=None), run.out)
     except (PipelineError, OSError, ValueError, KeyError) as err:

@@ -577,7 +577,7 @@ def test_stage_measurement_without_engine_layers_raises(tmp_path):
     meas = json.loads(m.read_text())
     del meas["engine_layers"]
     m.write_text(json.dumps(meas))
-    with pytest.raises(PipelineError, match="no per-layer engine times"):
+    with pytest.raises(PipelineError, match="no per-layer times"):
         run(ExplainInputs(EngineRun(m, s, o)), ExplainSettings(), tmp_path / "out")
     m.write_text("{not json")
     with pytest.raises(PipelineError, match="not JSON"):
@@ -658,3 +658,16 @@ def test_qdq_run_as_a_reformat_is_a_standalone_qdq_and_counted_as_conversion():
     (row,) = engine_diff([relu], [q, relu], ("a", "b"))  # the Q/DQ joins the next mapped layer's piece
     assert row["b"]["reformats"] == {"count": 1, "ms": pytest.approx(0.004)} and row["b"]["standalone_qdq"] == 1
     assert row["delta_ms"] == pytest.approx(0.004)
+
+
+def test_precision_note_says_when_no_layer_ran_in_int8():
+    from pipeline.explain.markdown import _precision_note
+
+    conv = {"cause": "compute", "measured_s": 3e-3, "precision": "fp32", "detail": "FLOPs / peak"}
+    dq = {"cause": "overhead", "measured_s": 1e-3, "precision": "int8<->fp32",
+          "detail": "standalone Q/DQ (not fused into a neighbour)"}
+    (text, _) = _precision_note({"precision": {"name": "int8"}, "layers": [conv, dq]})
+    assert "0% of the compute" in text and "1.000 ms" in text and "No layer computed in INT8" in text
+    (text, _) = _precision_note({"precision": {"name": "int8"}, "layers": [dict(conv, precision="int8"), dq]})
+    assert "100% of the compute" in text and "No layer" not in text
+    assert _precision_note({"precision": {"name": "fp16"}, "layers": [conv]}) == []

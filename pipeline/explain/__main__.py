@@ -32,6 +32,10 @@ def engine_run(folder: Path, onnx: Optional[Path] = None, label: str = ""):
     meas = _first(folder, "measurement.json", "report.json")
     if meas is None:
         raise PipelineError(f"{folder} has no measurement.json or report.json", "point at a profiled run's folder")
+    measured = json.loads(meas.read_text()).get("measured") or {}
+    if measured.get("backend") == "onnxruntime":  # no engine: the model ONNX Runtime ran is in the folder
+        model = folder / str(measured.get("measured_model") or "")
+        return EngineRun(meas, None, Path(onnx) if onnx else model, label)
     side = _first(folder, "*.plan.json")
     if side is None and (folder / "engine.json").is_file():
         cand = Path(json.loads((folder / "engine.json").read_text()).get("engine", "") + ".json")

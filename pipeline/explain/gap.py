@@ -144,6 +144,8 @@ def layer_gaps(rows: Sequence[Mapping[str, Any]], costs: Any, rates: Rates,
         if info:
             g.precision = layer_precision(info)
             g.tactic = info.get("TacticName") or info.get("Tactic")
+        else:  # ONNX Runtime rows carry the precision their kernel computes in
+            g.precision = r.get("precision")
         g.cause, g.detail = _cause(g, ops)
         out.append(g)
     return out
@@ -169,9 +171,10 @@ def breakdown(gaps: Iterable[LayerGap], end_to_end_s: Optional[float]) -> Dict[s
         out["end_to_end_s"] = end_to_end_s
         out["layers_minus_end_to_end_s"] = total - end_to_end_s
         out["adds_up"] = abs(total - end_to_end_s) <= 0.05 * end_to_end_s
-        out["note"] = ("per-layer times (IProfiler, synchronised per layer) add up to the end-to-end latency within 5%"
+        out["note"] = ("per-layer times (the runtime's profiler) add up to the end-to-end latency within 5%"
                        if out["adds_up"] else
                        f"per-layer times sum to {total * 1e3:.3f} ms against {end_to_end_s * 1e3:.3f} ms end to end: "
-                       "the profiler synchronises after every layer, so overlap between layers is lost and launch "
-                       "gaps are added; the per-layer gap is relative, the end-to-end number is the truth")
+                       "a per-layer profiler synchronises after every layer (TensorRT's IProfiler) or leaves out the "
+                       "time between kernels, so overlap is lost or gaps are added; the per-layer gap is relative, "
+                       "the end-to-end number is the truth")
     return out

@@ -9,15 +9,34 @@ def _ms(s: Any) -> str:
     return "-" if s is None else f"{float(s) * 1e3:.3f}"
 
 
+def _precision_note(e: Mapping[str, Any]) -> List[str]:
+    """For a quantized model: how much of the time ran in integer kernels and how much went to Q/DQ conversions."""
+    layers = e["layers"]
+    if (e.get("precision") or {}).get("name") not in ("int8", "best"):
+        return []
+    work = [ly for ly in layers if ly["cause"] in ("compute", "memory")]
+    int8 = sum(ly["measured_s"] for ly in work if ly.get("precision") == "int8")
+    total = sum(ly["measured_s"] for ly in work) or 1e-30
+    qdq = sum(ly["measured_s"] for ly in layers if "Q/DQ" in (ly.get("detail") or ""))
+    text = (f"Integer kernels ran {100 * int8 / total:.0f}% of the compute and memory layers' time; standalone "
+            f"Q/DQ conversions took {qdq * 1e3:.3f} ms.")
+    if int8 == 0 and work:
+        text += (" No layer computed in INT8: the runtime kept every conv/matmul in float and ran the Q/DQ as "
+                 "separate kernels, so the quantized model can only be slower than the float one here.")
+    return [text, ""]
+
+
 def _engine(e: Mapping[str, Any], top: int) -> List[str]:
     b = e["breakdown"]
-    lines = [f"## {e['label']}: {e['hardware']}, batch {e['batch_size']}, TensorRT {e.get('tensorrt') or '?'}", "",
+    runtime = "ONNX Runtime (CPU)" if e.get("backend") == "onnxruntime" else f"TensorRT {e.get('tensorrt') or '?'}"
+    lines = [f"## {e['label']}: {e['hardware']}, batch {e['batch_size']}, {runtime}", "",
              f"End to end {e.get('end_to_end_ms') or 0:.3f} ms; per-layer sum {b['layers_sum_s'] * 1e3:.3f} ms; sum of "
              f"roofline bounds {b['bound_sum_s'] * 1e3:.3f} ms. Rates: {e['rates']['peak_ops_s'] / 1e12:.1f} T ops/s "
              f"({e['rates']['peak_key']}; {e['rates']['clock_note']}), "
              f"{e['rates']['bandwidth_bytes_s'] / 1e12:.2f} TB/s.", ""]
     if b.get("note"):
         lines += [b["note"] + ".", ""]
+    lines += _precision_note(e)
     lines += ["| cause | layers | measured ms | bound ms | gap ms | share of gap |", "|---|---:|---:|---:|---:|---:|"]
     for cause, v in sorted(b["by_cause"].items(), key=lambda kv: -kv[1]["gap_s"]):
         lines.append(f"| {cause} | {v['layers']} | {_ms(v['measured_s'])} | {_ms(v['bound_s'])} | {_ms(v['gap_s'])} | "

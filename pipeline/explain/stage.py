@@ -30,7 +30,7 @@ class EngineRun:
     """The files of one profiled engine."""
 
     measurement: Path
-    sidecar: Path
+    sidecar: Optional[Path]  # None for ONNX Runtime runs (no engine)
     onnx: Path
     label: str = ""
 
@@ -67,37 +67,52 @@ def _read(path: Path, what: str) -> Dict[str, Any]:
         raise PipelineError(f"{what} {path} is not JSON: {err}", "re-run the stage that wrote it") from err
 
 
+def _unit_clock(hcfg: Any, key: str) -> Optional[float]:
+    unit = (hcfg.units or {}).get(key)
+    if unit is None:
+        return None
+    return unit.get("clock_mhz") if isinstance(unit, Mapping) else getattr(unit, "clock_mhz", None)
+
+
 def explain_engine(run: EngineRun, settings: ExplainSettings) -> Dict[str, Any]:
     """Gap rows and their breakdown for one engine."""
     from pipeline.analyze.flops import graph_costs
     from pipeline.analyze.hardware import load_hardware, load_hardware_config
-    from pipeline.core.config import PrecisionConfig
+    from pipeline.core.config import PrecisionConfig, precision_config
     from pipeline.explain.gap import breakdown, layer_gaps, run_rates
 
-    meas, side = _read(run.measurement, "measurement"), _read(run.sidecar, "engine sidecar")
+    meas = _read(run.measurement, "measurement")
+    side = _read(run.sidecar, "engine sidecar") if run.sidecar is not None else {}
     rows = meas.get("engine_layers") or []
     if not rows:
-        raise PipelineError(f"{run.measurement} has no per-layer engine times",
-                            "profile with per-layer times on (the profile stage records them on TensorRT)")
+        raise PipelineError(f"{run.measurement} has no per-layer times",
+                            "profile again: the profile stage records them (TensorRT profiler / ONNX Runtime's)")
     measured = meas.get("measured") or {}
     prec = side.get("precision") or {}
-    precision = PrecisionConfig(name=prec.get("name", "fp32"), weight_bytes=float(prec.get("weight_bytes", 4.0)),
-                                activation_bytes=float(prec.get("activation_bytes", 4.0)),
-                                peak=prec.get("peak", "fp32_cuda"))
-    # The hardware the profile resolved (``auto`` in the sidecar means "detected on that machine").
-    hw_name = settings.hardware or measured.get("peak_hardware") or \
-        (side.get("hardware_name") if side.get("hardware_name") != "auto" else None)
-    if not hw_name:
-        raise PipelineError(f"{run.sidecar} names no hardware", "pass the hardware name (e.g. h200)")
-    spec, hcfg = load_hardware(hw_name), load_hardware_config(hw_name)
+    if prec:
+        precision = PrecisionConfig(name=prec.get("name", "fp32"), weight_bytes=float(prec.get("weight_bytes", 4.0)),
+                                    activation_bytes=float(prec.get("activation_bytes", 4.0)),
+                                    peak=prec.get("peak", "fp32_cuda"))
+    else:  # ONNX Runtime: the precision it really computed in
+        precision = precision_config(measured.get("precision_executed") or "fp32")
+        prec = {"name": precision.name, "weight_bytes": precision.weight_bytes,
+                "activation_bytes": precision.activation_bytes, "peak": precision.peak}
+    if measured.get("backend") == "onnxruntime" and not settings.hardware:
+        from pipeline.analyze import resolve_hardware
+        from pipeline.core.config import HardwareConfig
+
+        spec, clock, vclock, hw_name = resolve_hardware(HardwareConfig(name="cpu", kind="cpu")), None, None, "cpu"
+    else:
+        # The hardware the profile resolved (``auto`` in the sidecar means "detected on that machine").
+        hw_name = settings.hardware or measured.get("peak_hardware") or \
+            (side.get("hardware_name") if side.get("hardware_name") != "auto" else None)
+        if not hw_name:
+            raise PipelineError(f"{run.sidecar} names no hardware", "pass the hardware name (e.g. h200)")
+        spec, hcfg = load_hardware(hw_name), load_hardware_config(hw_name)
+        clock = _unit_clock(hcfg, spec.peak_for(precision).key)
+        vclock = _unit_clock(hcfg, spec.vector_peak_for(spec.peak_for(precision)).key)
     peak = spec.peak_for(precision)
-    unit = (hcfg.units or {}).get(peak.key)
-    clock = getattr(unit, "clock_mhz", None) if unit is not None and not isinstance(unit, Mapping) else \
-        (unit or {}).get("clock_mhz")
     vec = spec.vector_peak_for(peak)
-    vunit = (hcfg.units or {}).get(vec.key)
-    vclock = getattr(vunit, "clock_mhz", None) if vunit is not None and not isinstance(vunit, Mapping) else \
-        (vunit or {}).get("clock_mhz")
     rates = run_rates(peak.ops_per_s_dense, clock, spec.memory_bandwidth_bytes_s, measured.get("gpu_telemetry"),
                       peak.key, vec.ops_per_s_dense, vclock)
     batch = int(measured.get("batch_size") or (side.get("key") or {}).get("batch_size") or 1)
@@ -107,7 +122,7 @@ def explain_engine(run: EngineRun, settings: ExplainSettings) -> Dict[str, Any]:
     inspector = {str(ly.get("Name")): ly for ly in side.get("layers") or [] if isinstance(ly, Mapping)}
     gaps = layer_gaps(rows, costs, rates, inspector)
     e2e = (measured.get("latency_ms") or {}).get("median")
-    return {"label": run.label or prec.get("name", ""), "files": {k: str(getattr(run, k)) for k in
+    return {"label": run.label or prec.get("name", ""), "backend": measured.get("backend"), "files": {k: str(getattr(run, k)) for k in
                                                                   ("measurement", "sidecar", "onnx")},
             "precision": prec, "hardware": hw_name, "batch_size": batch, "rates": rates.to_dict(),
             "end_to_end_ms": e2e, "throughput_samples_s": measured.get("throughput_samples_s"),

@@ -125,6 +125,13 @@ def _profile_onnxruntime(inputs: ProfileInputs, settings: ProfileSettings, evals
     m.notes.extend(notes)
     result: Dict[str, Any] = {"measured": m.to_dict(), "layer_times": {}, "engine_layers": [], "accuracy": {}}
     result["measured"]["measured_model"] = Path(target).name
+    from pipeline.ort.nodes import profile_nodes
+
+    try:  # per-node times from ONNX Runtime's profiler, mapped to ONNX nodes (what explain.md reads)
+        result["engine_layers"] = profile_nodes(target, batches_of(evals.inputs, settings.batch_size)[0],
+                                                threads=settings.profile.threads)
+    except PipelineError as err:
+        result["measured"]["notes"].append(f"no per-node times: {err}")
     if target != inputs.onnx:
         from pipeline.core.accuracy import int8_verdict
 
