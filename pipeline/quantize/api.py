@@ -201,6 +201,29 @@ def split_rule(cfg: "QuantConfig", mixed: Optional[Dict[str, object]] = None) ->
     return SplitRule(float(cfg.split_outliers), float(cfg.split_min_gain)) if cfg.split_outliers else None
 
 
+def _split(model, cfg: "QuantConfig", rule: Optional["SplitRule"], full_plan: QdqPlan, float_tensors: set,
+           calib_batches: List[Feed], onnx_path):
+    """Split the outlier channels of the placement's activations (nothing when ``rule`` is None); the model,
+    placement and float tensors after it, what was split, the per-channel maxima (saved with the statistics)
+    and the seconds it took."""
+    if not rule:
+        return model, full_plan, float_tensors, [], {}, {}
+    from pipeline.quantize.split import split_for_placement
+
+    t0 = time.perf_counter()
+    model, splits, maxima = split_for_placement(model, full_plan.activations, calib_batches, rule)
+    if splits:
+        float_tensors = _float_tensor_set(model)
+        full_plan = _initial_plan(model, cfg, float_tensors, onnx_path)
+    return model, full_plan, float_tensors, splits, maxima, {"split": time.perf_counter() - t0}
+
+
+def _save_stats(path: Path, stats: Dict[str, TensorStats], maxima: Dict[str, np.ndarray]) -> None:
+    from pipeline.quantize.stats import save_stats
+
+    save_stats(path, stats, channel_max=maxima)
+
+
 def _float_tensor_set(model: "onnx.ModelProto") -> set:
     return set(float_tensor_names(model))
 
@@ -336,31 +359,20 @@ def quantize_onnx(
     original = model
     full_plan = _initial_plan(model, cfg, float_tensors, onnx_path)
     rule = split_rule(cfg, mixed)
-    splits: List["SplitRecord"] = []
-    maxima: Dict[str, np.ndarray] = {}
-    t0 = time.perf_counter()
     if rule:
-        from pipeline.quantize.split import split_for_placement
-
-        calib_batches = list(calib_batches)
-        model, splits, maxima = split_for_placement(model, full_plan.activations, calib_batches, rule)
-        if splits:
-            float_tensors = _float_tensor_set(model)
-            full_plan = _initial_plan(model, cfg, float_tensors, onnx_path)
-    split_seconds = time.perf_counter() - t0
+        calib_batches = list(calib_batches)  # read twice: channel maxima, then statistics
+    model, full_plan, float_tensors, splits, maxima, seconds = _split(model, cfg, rule, full_plan, float_tensors,
+                                                                      calib_batches, onnx_path)
     # Statistics cover the full placement, so that the file serves the sensitivity stage whatever the plan;
     # a split activation's original tensor too (TensorRT's implicit path builds from the unsplit ONNX).
     observe = _observed_tensors(model, full_plan, cfg) + [r.tensor for r in splits]
     plan = full_plan if mixed is None else plan_for_config(
         model, cfg, extra_exclude=[glob.escape(n) for n in mixed["float_layers"]], float_tensors=float_tensors)
     rec = _Recorder(calib_batches, keep=0)
-    seconds: Dict[str, float] = {"split": split_seconds} if rule else {}
     t0 = time.perf_counter()
     stats = collect_stats(model, rec, observe, num_bins=cfg.num_bins, progress=progress)
     if stats_path is not None:
-        from pipeline.quantize.stats import save_stats
-
-        save_stats(Path(stats_path), stats, channel_max=maxima)
+        _save_stats(Path(stats_path), stats, maxima)
     seconds["statistics"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     amaxes = _thresholds(model, plan, stats, cfg, (mixed or {}).get("calibration"))
