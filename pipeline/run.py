@@ -48,7 +48,7 @@ def main(cfg: DictConfig) -> None:
 
     try:
         typed: PipelineConfig = OmegaConf.to_object(cfg)  # validates types and fills interpolations
-        typed.command_line = command_line(sys.argv)
+        typed.command_line = command_line(sys.argv, _job_overrides())
         resolved = OmegaConf.to_container(cfg, resolve=True)
         run_pipeline(typed, resolved_config=resolved)
     except PipelineError as err:
@@ -67,11 +67,12 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
-def command_line(argv: list[str]) -> str:
+def command_line(argv: list[str], job_overrides: list[str] | None = None) -> str:
     """The command as the user typed it: ``trt-pipeline``, ``python -m pipeline.run`` or ``python pipeline/run.py ...``.
 
     Args:
         argv: ``sys.argv`` (its first entry is the console script, or this file's path).
+        job_overrides: in a multirun, this job's own overrides: the command then reruns this job alone.
     """
     prog = os.path.basename(argv[0]) if argv else ""
     main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)  # set by `python -m`, None for a file
@@ -81,7 +82,14 @@ def command_line(argv: list[str]) -> str:
         head = ["python", "-m", "pipeline.run"]
     else:
         head = ["python", argv[0] if argv else "pipeline/run.py"]
-    return " ".join([*head, *argv[1:]])
+    return " ".join([*head, *(argv[1:] if job_overrides is None else job_overrides)])
+
+
+def _job_overrides() -> list[str] | None:
+    """This job's overrides when it is one job of a multirun (sweep parameters resolved), else None."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if _is_multirun() else None
 
 
 def _is_multirun() -> bool:

@@ -81,6 +81,7 @@ def comparison_rows(reports: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]
             "throughput_samples_s": _num(m.get("throughput_samples_s")),
             "pct_of_peak": ach["pct_of_peak"],
             "accuracy": data.accuracy_verdict(r),
+            "command_line": data.section(r, "environment").get("command_line"),
         }
         stages = r.get("stages") or {}
         for s in stage_names:
@@ -122,6 +123,16 @@ def comparison_table(reports: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _label(row: Mapping[str, Any], rows: Sequence[Mapping[str, Any]] = ()) -> str:
+    """Model, precision, batch, backend, and the overrides of its command that not every run of the sweep shares."""
+    words = [set(str(r.get("command_line") or "").split()[1:]) for r in rows] or [set()]
+    common = set.intersection(*words)
+    own = [w for w in str(row.get("command_line") or "").split()[1:] if w not in common and "=" in w
+           and not w.startswith(("precision=", "batch_size="))]
+    return (f"{row.get('model')} {row.get('precision')} batch {row.get('batch')} ({row.get('backend')})"
+            + (f" [{' '.join(own)}]" if own else ""))
+
+
 def write_comparison(reports: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike) -> Dict[str, Path]:
     """Write ``comparison.md`` and ``comparison.json`` (one row per run) atomically.
 
@@ -135,14 +146,28 @@ def write_comparison(reports: Sequence[Mapping[str, Any]], out_dir: str | os.Pat
     Raises:
         PipelineError: no reports, or a malformed one (its index is named).
     """
+    from pipeline.optimize.pareto import pareto_front, pick
+
     rows = comparison_rows(reports)
     table = _formatted(rows)
     out = Path(out_dir)
     md = ["# Comparison of runs", "", f"{len(rows)} run(s); predicted = roofline lower bound, measured = median.", ""]
     md += md_table(table)
+    front, chosen = pareto_front(rows), pick(rows)
+    md += ["", "## Throughput / latency Pareto front", "",
+           "Runs no other run beats on both median latency and throughput (accuracy not failed):", ""]
+    md += [f"- {_label(rows[i], rows)}: {rows[i]['measured_median_ms']:.3f} ms, {rows[i]['throughput_samples_s']:.1f} samples/s"
+           for i in front] or ["- (none: no run was measured with its accuracy kept)"]
+    md += ["", "## Pick", ""]
+    md += [f"- throughput: {_label(rows[chosen['throughput']], rows)} ({chosen['why']})" if chosen["throughput"] is not None
+           else f"- throughput: none ({chosen['why']})"]
+    if chosen["latency"] is not None:
+        md.append(f"- latency at batch 1: {_label(rows[chosen['latency']], rows)}, "
+                  f"{rows[chosen['latency']]['measured_median_ms']:.3f} ms")
     return {
         "json": write_json(
-            out / "comparison.json", {"schema_version": 1, "columns": list(rows[0].keys()), "rows": rows}
+            out / "comparison.json", {"schema_version": 1, "columns": list(rows[0].keys()), "rows": rows,
+                                      "pareto_front": front, "pick": chosen}
         ),
         "md": write_text(out / "comparison.md", "\n".join(md).rstrip() + "\n"),
     }
