@@ -671,3 +671,30 @@ def test_precision_note_says_when_no_layer_ran_in_int8():
     (text, _) = _precision_note({"precision": {"name": "int8"}, "layers": [dict(conv, precision="int8"), dq]})
     assert "100% of the compute" in text and "No layer" not in text
     assert _precision_note({"precision": {"name": "fp16"}, "layers": [conv]}) == []
+
+
+def test_planned_int8_layers_that_ran_wider_are_flagged():
+    from pipeline.explain.gap import Rates, layer_gaps, planned_int8
+    from pipeline.explain.markdown import _precision_note
+
+    w = np.ones((4, 4), np.float32)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q"),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq"),
+             helper.make_node("MatMul", ["xd", "w"], ["h"], name="mm_int8"),
+             helper.make_node("MatMul", ["h", "w"], ["y"], name="mm_float")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+                               numpy_helper.from_array(np.array(0, np.int8), "z")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    costs = graph_costs(model, 2)
+    assert planned_int8(costs) == {"mm_int8"}
+    rows = [{"name": "L1", "layer_type": "Gemm", "measured_ms": 0.01, "onnx_nodes": ["dq", "mm_int8"]},
+            {"name": "L2", "layer_type": "Gemm", "measured_ms": 0.01, "onnx_nodes": ["mm_float"]}]
+    insp = {"L1": {"Inputs": [{"Format/Datatype": "Row major linear FP32"}]},
+            "L2": {"Inputs": [{"Format/Datatype": "Row major linear FP16 format"}]}}
+    l1, l2 = layer_gaps(rows, costs, Rates(1e12, 1e9), insp)
+    assert (l1.planned, l1.precision, l1.fell_back) == ("int8", "fp32", True)
+    assert (l2.planned, l2.fell_back) == (None, False)  # never planned INT8: FP16 is no fallback
+    text = _precision_note({"precision": {"name": "int8"}, "layers": [l1.to_dict(), l2.to_dict()]})[0]
+    assert text.startswith("Planned vs actual: 1 layer(s) planned INT8") and "1 ran wider: L1 (fp32" in text

@@ -75,6 +75,12 @@ class LayerGap:
     detail: str = ""
     precision: Optional[str] = None
     tactic: Optional[str] = None
+    planned: Optional[str] = None  # "int8" when the ONNX quantizes one of its compute nodes (Q/DQ before it)
+
+    @property
+    def fell_back(self) -> bool:
+        """Planned INT8 (explicit Q/DQ) but ran in a wider type."""
+        return self.planned == "int8" and self.precision not in (None, "int8")
 
     @property
     def gap_s(self) -> float:
@@ -86,8 +92,24 @@ class LayerGap:
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
-        d.update(gap_s=self.gap_s, efficiency=self.efficiency)
+        d.update(gap_s=self.gap_s, efficiency=self.efficiency, fell_back=self.fell_back)
         return d
+
+
+_COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def planned_int8(costs: Any) -> set:
+    """Compute nodes the ONNX plans in INT8: their data input comes out of a DequantizeLinear (explicit Q/DQ)."""
+    if len(costs.node_io) != len(costs.layers):
+        return set()
+    producer = {t: i for i, (_, outs) in enumerate(costs.node_io) for t in outs}
+    planned = set()
+    for layer, (ins, _) in zip(costs.layers, costs.node_io):
+        p = producer.get(ins[0]) if layer.op_type in _COMPUTE and ins else None
+        if p is not None and costs.layers[p].op_type == "DequantizeLinear":
+            planned.add(layer.name)
+    return planned
 
 
 def _cause(layer: LayerGap, ops: Mapping[str, str]) -> tuple:
@@ -124,6 +146,7 @@ def layer_gaps(rows: Sequence[Mapping[str, Any]], costs: Any, rates: Rates,
     from pipeline.trt.inspector import layer_precision
 
     ops = {layer.name: layer.op_type for layer in costs.layers}
+    int8_nodes = planned_int8(costs)
     out: List[LayerGap] = []
     for i, r in enumerate(rows):
         nodes = [str(n) for n in (r.get("onnx_nodes") or [])]
@@ -146,6 +169,7 @@ def layer_gaps(rows: Sequence[Mapping[str, Any]], costs: Any, rates: Rates,
             g.tactic = info.get("TacticName") or info.get("Tactic")
         else:  # ONNX Runtime rows carry the precision their kernel computes in
             g.precision = r.get("precision")
+        g.planned = "int8" if any(n in int8_nodes for n in nodes) else None
         g.cause, g.detail = _cause(g, ops)
         out.append(g)
     return out

@@ -14,6 +14,12 @@ def _precision_note(e: Mapping[str, Any]) -> List[str]:
     layers = e["layers"]
     if (e.get("precision") or {}).get("name") not in ("int8", "best"):
         return []
+    fell = [ly for ly in layers if ly.get("fell_back")]
+    planned = sum(1 for ly in layers if ly.get("planned") == "int8")
+    fallback = ([f"Planned vs actual: {planned} layer(s) planned INT8 by the Q/DQ in the ONNX; "
+                 + (f"{len(fell)} ran wider: " + "; ".join(f"{ly['name'][:60]} ({ly['precision']}, "
+                                                          f"{ly['measured_s'] * 1e3:.3f} ms)" for ly in fell[:6])
+                    if fell else "all ran in INT8") + ".", ""] if planned else [])
     work = [ly for ly in layers if ly["cause"] in ("compute", "memory")]
     int8 = sum(ly["measured_s"] for ly in work if ly.get("precision") == "int8")
     total = sum(ly["measured_s"] for ly in work) or 1e-30
@@ -23,7 +29,7 @@ def _precision_note(e: Mapping[str, Any]) -> List[str]:
     if int8 == 0 and work:
         text += (" No layer computed in INT8: the runtime kept every conv/matmul in float and ran the Q/DQ as "
                  "separate kernels, so the quantized model can only be slower than the float one here.")
-    return [text, ""]
+    return fallback + [text, ""]
 
 
 def _engine(e: Mapping[str, Any], top: int) -> List[str]:
