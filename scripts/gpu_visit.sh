@@ -14,7 +14,7 @@
 # the torch interpreter, then scripts/gpu_evidence.py profiles the same engine again and times it with
 # benchmarks/trt_execute_loop.py. Results go to outputs/gpu/ and, if $OUT is set, to $OUT.
 set -uo pipefail
-PHASE=${1:?phase: plan | plan2 | split | explain | small | fp16tf32 | int8 | qdq | qdq1 | probe | main | cache | tokens | bert-fp16 | bert-int8 | rn50}
+PHASE=${1:?phase: plan | plan2 | split | explain | streams | small | fp16tf32 | int8 | qdq | qdq1 | probe | main | cache | tokens | bert-fp16 | bert-int8 | rn50}
 G=outputs/gpu
 mkdir -p "$G/onnx" "$G/results" "$G/runs"
 OUTDIR=${OUT:-$G/out}
@@ -178,6 +178,22 @@ case "$PHASE" in
     for one in ${EXPLAIN_ONE:-}; do
       gpukit-trt -m pipeline.explain $G/runs/$one-bs256 --out "$OUTDIR/explain-$one"
       echo "   explain rc=$?"
+    done
+    ;;
+  streams)
+    # Issue 12: ResNet-50 INT8 (explicit Q/DQ) at batch 256 timed with 1, 2 and 4 execution contexts on parallel
+    # streams (profile.streams); one engine, built once (the store reuses it).
+    export_models
+    for n in ${STREAMS:-1 2 4}; do
+      name="resnet50-int8-bs256-streams$n"; t0=$SECONDS
+      echo "== $name"
+      timeout ${STEP_TIMEOUT:-250} gpukit-trt pipeline/run.py model=resnet50 inputs.onnx=$PWD/$G/onnx/resnet50.onnx \
+        inputs.summary=$PWD/$G/runs/export-resnet50/export.json precision=int8 batch_size=256 backend=tensorrt \
+        stages=[analyze,quantize,build,profile,report] data.calib_samples=64 data.num_samples=64 profile.warmup_s=2 \
+        profile.duration_s=5 profile.streams=$n profile.layer_times=false profile.with_copies=false \
+        hydra.run.dir=$G/runs/$name engines_dir=$PWD/engines
+      echo "   run.py rc=$? after $((SECONDS - t0)) s"
+      cp $G/runs/$name/measurement.json "$OUTDIR/$name.measurement.json" 2>/dev/null || true
     done
     ;;
   tokens)

@@ -42,7 +42,8 @@ def test_the_sweep_preset_defines_the_grid():
     with initialize_config_module(config_module="pipeline.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=["+sweep=engine"], return_hydra_config=True)
     params = dict(cfg.hydra.sweeper.params)
-    assert params == {"batch_size": "1,32,256", "precision": "fp16,int8", "profile.cuda_graph": "false,true"}
+    assert params == {"batch_size": "1,32,256", "precision": "fp16,int8", "profile.cuda_graph": "false,true",
+                      "profile.streams": "1,2"}
 
 
 def test_a_sweep_through_the_joblib_launcher_ends_in_the_front_and_the_pick(tmp_path):

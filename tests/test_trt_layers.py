@@ -135,3 +135,35 @@ def test_timed_loop_duration_iterations_and_in_flight_bound():
     assert cuda.waits == res["iterations"] - 3  # waits once per run beyond the first three in flight
     few = timed_loop(lambda: None, HostClockCuda(), 0, 0.0, 0.0, min_iterations=40)
     assert few["iterations"] == 40 and few["warmup_iterations"] >= 1
+
+
+class StreamClockCuda(HostClockCuda):
+    """Host-clock events that also remember their stream."""
+
+    def __init__(self):
+        super().__init__()
+        self.recorded = []
+
+    def record(self, ev, stream):
+        super().record(ev, stream)
+        self.recorded.append(stream)
+
+
+def test_timed_streams_round_robin_counts_every_stream():
+    from pipeline.trt.profiler import timed_streams
+
+    cuda = StreamClockCuda()
+    calls = {0: 0, 1: 0}
+
+    def run(i):
+        def enqueue():
+            calls[i] += 1
+            time.sleep(0.001)
+        return enqueue
+
+    res = timed_streams([run(0), run(1)], [10, 11], cuda, warmup_s=0.005, duration_s=0.03, min_iterations=6)
+    assert res["streams"] == 2 and res["iterations"] % 2 == 0 and res["iterations"] >= 6
+    assert cuda.recorded[0::2] == [10, 11] * (res["iterations"] // 2)  # start events alternate between streams
+    assert cuda.waits == 2 * (res["iterations"] // 2 - 3)  # three runs in flight per stream
+    assert res["gpu_span_ms"] >= max(res["latencies_ms"])
+    assert calls[0] == calls[1] == res["iterations"] // 2 + res["warmup_iterations"]

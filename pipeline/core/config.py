@@ -190,6 +190,8 @@ class ProfileConfig:
         min_iterations: minimum number of timed runs.
         threads: ONNX Runtime intra-op threads (0 = all cores).
         cuda_graph: replay the engine through a CUDA graph (TensorRT backend).
+        streams: execution contexts of the engine, each on its own stream, enqueued round-robin for the
+            throughput number (TensorRT backend; MLPerf's offline habit). 1 = one context, as trtexec.
         with_copies: also time host->device input and device->host output copies around each run
             (TensorRT backend; the headline number is GPU compute without copies, like trtexec
             ``--noDataTransfers``).
@@ -204,6 +206,7 @@ class ProfileConfig:
     min_iterations: int = 10
     threads: int = 0
     cuda_graph: bool = False
+    streams: int = 1
     with_copies: bool = True
     layer_times: bool = True
     layer_runs: int = 10

@@ -120,38 +120,56 @@ def timed_loop(enqueue: Callable[[], None], cuda: Any, stream: int, warmup_s: fl
         in_flight: runs queued ahead of the GPU (>= 2 keeps it busy while the host enqueues).
 
     Returns:
-        ``{latencies_ms, gpu_span_ms, wall_s, iterations, warmup_iterations, warmup_s}``.
+        ``{latencies_ms, gpu_span_ms, wall_s, iterations, warmup_iterations, warmup_s, streams}``.
+    """
+    return timed_streams([enqueue], [stream], cuda, warmup_s, duration_s, min_iterations, in_flight)
+
+
+def timed_streams(enqueues: Sequence[Callable[[], None]], streams: Sequence[int], cuda: Any, warmup_s: float,
+                  duration_s: float, min_iterations: int, in_flight: int = 3) -> Dict[str, Any]:
+    """:func:`timed_loop` over several execution contexts, each on its own stream, enqueued round-robin (MLPerf's
+    offline habit: the GPU overlaps one context's tail with the next one's head).
+
+    ``iterations`` counts every run on every stream; ``gpu_span_ms`` runs from the first start to the last end
+    (events of one device share its clock), so ``batch x iterations / span`` is the throughput of all streams
+    together. ``latencies_ms`` are per run and include the contention between streams.
     """
     t0, warm = time.perf_counter(), 0
     while True:
-        enqueue()
+        for enqueue in enqueues:
+            enqueue()
         warm += 1
         if warm % 8 == 0 or time.perf_counter() - t0 >= warmup_s:
-            cuda.synchronize(stream)
+            for st in streams:
+                cuda.synchronize(st)
             if time.perf_counter() - t0 >= warmup_s:
                 break
     warm_s = time.perf_counter() - t0
     starts, ends = [], []
+    last: List[List[Any]] = [[] for _ in enqueues]  # end events per stream
     t1 = time.perf_counter()
     while True:
-        if len(ends) >= in_flight:
-            # Keep `in_flight` runs queued: the GPU never idles, and the host cannot run seconds
-            # ahead of it (which would stretch the timed span far past duration_s).
-            cuda.wait(ends[-in_flight])
-        s, e = cuda.create_event(), cuda.create_event()
-        cuda.record(s, stream)
-        enqueue()
-        cuda.record(e, stream)
-        starts.append(s)
-        ends.append(e)
+        for i, (enqueue, st) in enumerate(zip(enqueues, streams)):
+            if len(last[i]) >= in_flight:
+                # Keep `in_flight` runs queued per stream: the GPU never idles, and the host cannot run seconds
+                # ahead of it (which would stretch the timed span far past duration_s).
+                cuda.wait(last[i][-in_flight])
+            s, e = cuda.create_event(), cuda.create_event()
+            cuda.record(s, st)
+            enqueue()
+            cuda.record(e, st)
+            starts.append(s)
+            ends.append(e)
+            last[i].append(e)
         if len(starts) >= min_iterations and time.perf_counter() - t1 >= duration_s:
             break
-    cuda.synchronize(stream)
+    for st in streams:
+        cuda.synchronize(st)
     wall = time.perf_counter() - t1
     lat = [cuda.elapsed_ms(a, b) for a, b in zip(starts, ends)]
-    span = cuda.elapsed_ms(starts[0], ends[-1])
+    span = max(cuda.elapsed_ms(starts[0], per[-1]) for per in last)
     return {"latencies_ms": lat, "gpu_span_ms": span, "wall_s": wall, "iterations": len(lat),
-            "warmup_iterations": warm, "warmup_s": warm_s}
+            "warmup_iterations": warm, "warmup_s": warm_s, "streams": len(enqueues)}
 
 
 def _measurement(loop: Mapping[str, Any], batch: int, device: str, precision: str, copies: bool,
@@ -225,15 +243,28 @@ def per_layer(trt: ModuleType, sess: Any, cuda: Any, engine: Any, plan_path: Pat
 
 
 def time_session(sess: Any, cuda: Any, profile: ProfileConfig, batch: int, device: str, precision: str,
-                 notes: List[str]) -> Dict[str, Any]:
-    """The timed loops (GPU compute, then with copies), each inside an NVML sampler.
+                 notes: List[str], more: Sequence[Any] = ()) -> Dict[str, Any]:
+    """The timed loops (GPU compute, then with copies), each inside an NVML sampler; with ``more`` sessions (extra
+    execution contexts of the same engine, ``profile.streams``), the compute loop runs them all round-robin.
 
     Returns:
         ``{measurement, with_copies, telemetry, telemetry_with_copies}``.
     """
-    enqueue = graph_enqueue(sess, cuda, notes) if profile.cuda_graph else sess.execute
-    loop, telemetry = timed_with_telemetry(enqueue, cuda, sess.stream, profile.warmup_s, profile.duration_s,
-                                           profile.min_iterations)
+    sessions = [sess, *more]
+    enqueues = [graph_enqueue(x, cuda, notes) if profile.cuda_graph else x.execute for x in sessions]
+    enqueue = enqueues[0]
+    if len(sessions) > 1:
+        from pipeline.core.gpu import NvmlSampler  # noqa: PLC0415
+
+        notes.append(f"{len(sessions)} execution contexts on {len(sessions)} streams, enqueued round-robin; "
+                     "throughput counts all of them, latency is per run under that contention")
+        with NvmlSampler() as sampler:
+            loop = timed_streams(enqueues, [x.stream for x in sessions], cuda, profile.warmup_s, profile.duration_s,
+                                 profile.min_iterations)
+        telemetry = sampler.result()
+    else:
+        loop, telemetry = timed_with_telemetry(enqueue, cuda, sess.stream, profile.warmup_s, profile.duration_s,
+                                               profile.min_iterations)
     if telemetry.get("available"):
         notes.append(f"NVML sampled clocks, power, temperature and utilization every {telemetry['period_ms']:g} ms "
                      "in a background thread during the timed runs (gpu_telemetry)")
@@ -337,8 +368,14 @@ def profile_engine(
             accuracy = compare_with_onnxruntime(runner, checked, onnx_path, prec)
             accuracy["runner"] = "pipeline.trt engine runner (inputs in the engine dtypes) via Polygraphy Comparator"
         sess = EngineSession(trt, engine, inputs, cuda)
-        log(f"[profile] timing {plan_path.name}: warm-up {profile.warmup_s} s, >= {profile.duration_s} s")
-        timed = time_session(sess, cuda, profile, batch, gpu.name, prec, notes)
+        more = [EngineSession(trt, engine, inputs, cuda) for _ in range(max(1, profile.streams) - 1)]
+        log(f"[profile] timing {plan_path.name}: warm-up {profile.warmup_s} s, >= {profile.duration_s} s"
+            + (f", {len(more) + 1} streams" if more else ""))
+        try:
+            timed = time_session(sess, cuda, profile, batch, gpu.name, prec, notes, more)
+        finally:
+            for extra in more:
+                extra.close()
         rows: List[Dict[str, Any]] = []
         node_times: Dict[str, float] = {}
         if profile.layer_times:
