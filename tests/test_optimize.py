@@ -64,3 +64,21 @@ def test_a_sweep_through_the_joblib_launcher_ends_in_the_front_and_the_pick(tmp_
         assert " -m " not in r["command_line"] and f"batch_size={r['batch']}" in r["command_line"]
     md = (tmp_path / "sweep" / "comparison.md").read_text()
     assert "Pareto front" in md and "## Pick" in md
+
+
+def test_with_several_streams_the_achieved_rate_comes_from_the_throughput():
+    from pipeline.analyze.hardware import load_hardware
+    from pipeline.core.config import HardwareConfig, ProfileConfig, precision_config
+    from pipeline.profile.stage import ProfileSettings, achieved_vs_peak
+
+    hw = load_hardware("h200")
+    settings = ProfileSettings("tensorrt", ProfileConfig(streams=2), precision_config("int8"), HardwareConfig(name="h200"),
+                               256)
+    analysis = {"analysis": {"totals": {"flops": 1e12}}}
+    peak = hw.peak_for(precision_config("int8")).ops_per_s_dense
+    for streams, expected_s in ((2, 256 / 80000.0), (1, 6.0e-3)):
+        m = {"batch_size": 256, "throughput_samples_s": 80000.0, "latency_ms": {"median": 6.0}, "streams": streams,
+             "precision_executed": "int8"}
+        achieved_vs_peak(m, analysis, settings, hw)
+        assert m["achieved_ops_per_s"] == pytest.approx(1e12 / expected_s)
+        assert m["pct_of_peak"] == pytest.approx(100 * 1e12 / expected_s / peak)
