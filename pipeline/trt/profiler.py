@@ -285,6 +285,30 @@ def time_session(sess: Any, cuda: Any, profile: ProfileConfig, batch: int, devic
     return out
 
 
+def _check_accuracy(trt: ModuleType, engine: Any, cuda: Any, checked: List[Mapping[str, np.ndarray]], onnx_path: Any,
+                    precision: str, log: Callable[[str], None]) -> Dict[str, Any]:
+    """The engine's outputs against ONNX Runtime's on ``checked`` (Polygraphy's Comparator)."""
+    from pipeline.core.accuracy import compare_with_onnxruntime  # noqa: PLC0415
+    from pipeline.trt.runtime import engine_runner  # noqa: PLC0415
+
+    log(f"[profile] accuracy: engine vs ONNX Runtime on {len(checked)} batch(es) (Polygraphy Comparator)")
+    runner = engine_runner(trt, engine, cuda, {n: np.asarray(a).dtype for n, a in checked[0].items()})
+    accuracy = compare_with_onnxruntime(runner, checked, onnx_path, precision)
+    accuracy["runner"] = "pipeline.trt engine runner (inputs in the engine dtypes) via Polygraphy Comparator"
+    return accuracy
+
+
+def _time_with_contexts(new_session: Callable[[], Any], sess: Any, cuda: Any, profile: ProfileConfig, batch: int,
+                        device: str, precision: str, notes: List[str]) -> Dict[str, Any]:
+    """:func:`time_session` with ``profile.streams - 1`` more execution contexts, freed afterwards."""
+    more = [new_session() for _ in range(max(1, profile.streams) - 1)]
+    try:
+        return time_session(sess, cuda, profile, batch, device, precision, notes, more)
+    finally:
+        for extra in more:
+            extra.close()
+
+
 def _tensorrt(trt: Optional[ModuleType]) -> tuple:
     """``(trt, features)``; StageSkipped without TensorRT, PipelineError without name-based I/O."""
     from pipeline.trt.features import detect_features, import_tensorrt  # noqa: PLC0415
@@ -342,7 +366,7 @@ def profile_engine(
     """
     from pipeline.trt.cuda import cuda_api  # noqa: PLC0415
     from pipeline.trt.features import gpu_info  # noqa: PLC0415
-    from pipeline.trt.runtime import EngineSession, engine_runner, load_engine  # noqa: PLC0415
+    from pipeline.trt.runtime import EngineSession, load_engine  # noqa: PLC0415
 
     trt, features = _tensorrt(trt)
     plan_path = Path(plan_path)
@@ -360,22 +384,13 @@ def profile_engine(
     sess = None
     try:
         if profile.accuracy_check and onnx_path is not None:
-            from pipeline.core.accuracy import compare_with_onnxruntime  # noqa: PLC0415
-
-            checked = list(accuracy_batches) if accuracy_batches else [inputs]
-            log(f"[profile] accuracy: engine vs ONNX Runtime on {len(checked)} batch(es) (Polygraphy Comparator)")
-            runner = engine_runner(trt, engine, cuda, {n: np.asarray(a).dtype for n, a in checked[0].items()})
-            accuracy = compare_with_onnxruntime(runner, checked, onnx_path, prec)
-            accuracy["runner"] = "pipeline.trt engine runner (inputs in the engine dtypes) via Polygraphy Comparator"
+            accuracy = _check_accuracy(trt, engine, cuda, list(accuracy_batches) if accuracy_batches else [inputs],
+                                       onnx_path, prec, log)
         sess = EngineSession(trt, engine, inputs, cuda)
-        more = [EngineSession(trt, engine, inputs, cuda) for _ in range(max(1, profile.streams) - 1)]
         log(f"[profile] timing {plan_path.name}: warm-up {profile.warmup_s} s, >= {profile.duration_s} s"
-            + (f", {len(more) + 1} streams" if more else ""))
-        try:
-            timed = time_session(sess, cuda, profile, batch, gpu.name, prec, notes, more)
-        finally:
-            for extra in more:
-                extra.close()
+            + (f", {profile.streams} streams" if profile.streams > 1 else ""))
+        timed = _time_with_contexts(lambda: EngineSession(trt, engine, inputs, cuda), sess, cuda, profile, batch,
+                                    gpu.name, prec, notes)
         rows: List[Dict[str, Any]] = []
         node_times: Dict[str, float] = {}
         if profile.layer_times:
