@@ -47,6 +47,12 @@ def _engine(e: Mapping[str, Any], top: int) -> List[str]:
     for cause, v in sorted(b["by_cause"].items(), key=lambda kv: -kv[1]["gap_s"]):
         lines.append(f"| {cause} | {v['layers']} | {_ms(v['measured_s'])} | {_ms(v['bound_s'])} | {_ms(v['gap_s'])} | "
                      f"{100 * b['share_of_gap'].get(cause, 0):.0f}% |")
+    sp = e.get("sparsity")
+    if sp and sp["layers"]:
+        lines += ["", f"2:4 sparsity payoff, predicted from the shapes and these measurements: {sp['eligible']} of "
+                  f"{len(sp['layers'])} conv/matmul layers eligible, {sp['likely']} wide enough that TensorRT likely "
+                  f"picks a sparse tactic; predicted saving {sp['predicted_saving_ms']:.3f} ms "
+                  f"({sp['predicted_speedup']:.2f}x end to end, {sp['model']})."]
     lines += ["", f"Largest gaps (top {top}):", "",
               "| layer | type | precision | cause | measured ms | bound ms | efficiency |", "|---|---|---|---|---:|---:|---:|"]
     for ly in sorted(e["layers"], key=lambda x: -x["gap_s"])[:top]:

@@ -122,6 +122,12 @@ def explain_engine(run: EngineRun, settings: ExplainSettings) -> Dict[str, Any]:
     inspector = {str(ly.get("Name")): ly for ly in side.get("layers") or [] if isinstance(ly, Mapping)}
     gaps = layer_gaps(rows, costs, rates, inspector)
     e2e = (measured.get("latency_ms") or {}).get("median")
+    import onnx
+
+    from pipeline.explain.sparsity import sparsity_payoff, weight_shapes
+
+    sparse = sparsity_payoff(gaps, weight_shapes(onnx.load(str(run.onnx), load_external_data=False)),
+                             e2e / 1e3 if e2e else None)
     return {"label": run.label or prec.get("name", ""), "backend": measured.get("backend"), "files": {k: str(getattr(run, k)) for k in
                                                                   ("measurement", "sidecar", "onnx")},
             "precision": prec, "hardware": hw_name, "batch_size": batch, "rates": rates.to_dict(),
@@ -131,7 +137,7 @@ def explain_engine(run: EngineRun, settings: ExplainSettings) -> Dict[str, Any]:
             "build": {"optimization_level": (side.get("build") or {}).get("optimization_level"),
                       "route": (side.get("plan") or {}).get("notes"), "timing_cache": side.get("timing_cache")},
             "layers": [g.to_dict() for g in gaps],
-            "breakdown": breakdown(gaps, e2e / 1e3 if e2e else None), "_gaps": gaps}
+            "breakdown": breakdown(gaps, e2e / 1e3 if e2e else None), "sparsity": sparse, "_gaps": gaps}
 
 
 def run(inputs: ExplainInputs, settings: ExplainSettings, out: Path) -> ExplainOutputs:
