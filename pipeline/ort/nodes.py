@@ -152,6 +152,7 @@ def profile_nodes(onnx_path: "str | os.PathLike", feed: Mapping[str, Any], runs:
         so.enable_profiling = True
         so.profile_file_prefix = str(Path(tmp) / "trace")
         so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        so.log_severity_level = 3  # the saved graph is only read back here: ORT's NCHWc portability warning is noise
         if threads:
             so.intra_op_num_threads = threads
         try:
