@@ -698,3 +698,20 @@ def test_planned_int8_layers_that_ran_wider_are_flagged():
     assert (l2.planned, l2.fell_back) == (None, False)  # never planned INT8: FP16 is no fallback
     text = _precision_note({"precision": {"name": "int8"}, "layers": [l1.to_dict(), l2.to_dict()]})[0]
     assert text.startswith("Planned vs actual: 1 layer(s) planned INT8") and "1 ran wider: L1 (fp32" in text
+
+
+def test_the_main_command_explains_its_measured_layers_in_the_report(tmp_path):
+    from tests.test_pipeline_e2e import FAST, _run
+
+    res = _run(["precision=int8", "model=digits_cnn", "data=digits", "backend=onnxruntime", *FAST], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp_path / "run"
+    ex = json.loads((run / "explain.json").read_text())["engines"][0]
+    assert ex["backend"] == "onnxruntime" and ex["sparsity"] is None  # sparse Tensor Cores are a GPU matter
+    covered = {n for ly in ex["layers"] for n in ly["onnx_nodes"]}
+    qdq = onnx.load(str(next(run.glob("*.int8.qdq.onnx"))))
+    convs = {n.name for n in qdq.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")}
+    assert convs <= covered  # every compute node of the measured model is tied to a measured row
+    report = json.loads((run / "report.json").read_text())
+    assert report["explain"]["engines"][0]["planned_int8"] == len(convs)
+    assert "Per-layer gap to the roofline" in (run / "report.md").read_text()

@@ -526,6 +526,16 @@ def _sensitivity(report: Mapping[str, Any]) -> List[Section]:
     return [sensitivity_section(s)]
 
 
+def _explain(report: Mapping[str, Any]) -> List[Section]:
+    """Per-layer gap to the roofline (see :mod:`pipeline.report.explain`); none when the run was not explained."""
+    ex = report.get("explain")
+    if not isinstance(ex, Mapping):
+        return []
+    from pipeline.report.explain import explain_section
+
+    return [explain_section(ex)]
+
+
 def _model_io(report: Mapping[str, Any]) -> Section:
     model = data.section(report, "model")
     blocks: List[Block] = []
@@ -567,6 +577,7 @@ def build_document(report: Mapping[str, Any]) -> Document:
         _model_totals(report),
         _measured(report),
         _where_time_goes(report),
+        *_explain(report),
         _categories(report),
         _generic(report, "accuracy", "Accuracy", ("export", "profile")),
         _quantization(report),

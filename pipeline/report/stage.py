@@ -97,6 +97,11 @@ def assemble_report(run_dir: str | Path) -> Dict[str, Any]:
     }
     if sensitivity is not None:  # only runs with the sensitivity stage get the key (older reports unchanged)
         report["sensitivity"] = sensitivity
+    explained = _artifact(folder, manifest, "explain", "explain.json")
+    if explained is not None:  # runs profiled since the explain step exists
+        from pipeline.report.explain import compact_explain
+
+        report["explain"] = compact_explain(explained)
     return report
 
 
