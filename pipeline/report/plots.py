@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import re
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from pipeline.report import data
 from pipeline.report.fmt import _num, fmt_ops_per_s
@@ -57,36 +57,12 @@ def _same_ceiling(peaks: List[data.Peak], rel: float = 0.005) -> List[List[data.
     return groups
 
 
-def roofline_svg(report: Mapping[str, Any]) -> Optional[str]:
-    """Log-log roofline: one ceiling per hardware peak, the bandwidth slope, layers as points.
-
-    x = arithmetic intensity (FLOP/byte), y = attainable ops/s. Predicted points sit at
-    ``flops / bound_s``; measured layers (``measured_s``) get a second, hollow marker at
-    ``flops / measured_s``. Returns None when the hardware has neither peaks nor bandwidth.
-    """
-    peaks = [p for p in data.peaks(report) if p.dense and p.dense > 0]
-    bw = data.bandwidth(report).bytes_per_s
-    if not peaks and not bw:
-        return None
-    layers = [
-        layer
-        for layer in data.layers(report)
-        if (_num(layer.get("intensity")) or 0) > 0 and (_num(layer.get("flops")) or 0) > 0
-    ]
-    xs = [float(layer["intensity"]) for layer in layers]
-    ridges = [p.dense / bw for p in peaks] if bw else []
-    lo = min(xs + ridges + [1.0]) / 4
-    hi = max(xs + ridges + [1.0]) * 4
-
-    fig = _figure(8.0, 5.2)
-    ax = fig.add_subplot()
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+def _roofline_ceilings(ax: Any, peaks: Sequence[Any], bw: float, lo: float, hi: float, used: Optional[str]) -> None:
+    """The bandwidth slope and one ceiling per distinct peak (the precision's own drawn bold)."""
     top = max((p.dense for p in peaks), default=bw * hi if bw else 1.0)
     if bw:
         x_end = (top / bw) if peaks else hi
         ax.plot([lo, x_end], [bw * lo, bw * x_end], color="black", lw=1.8, label=f"memory {bw / 1e9:.0f} GB/s")
-    used = data.peak_key(report)
     for group in _same_ceiling(peaks):
         value, is_used = group[0].dense, any(p.key == used for p in group)
         x0 = value / bw if bw else lo
@@ -104,6 +80,9 @@ def roofline_svg(report: Mapping[str, Any]) -> Optional[str]:
             fontweight="bold" if is_used else "normal",
         )
 
+
+def _roofline_layers(ax: Any, layers: Sequence[Mapping[str, Any]]) -> None:
+    """Layers by category: predicted points at flops / bound, measured ones hollow at flops / measured time."""
     cats = sorted({str(layer.get("category") or layer.get("op_type") or "other") for layer in layers})
     color = {c: _COLORS[i % len(_COLORS)] for i, c in enumerate(cats)}
     any_measured = False
@@ -126,6 +105,10 @@ def roofline_svg(report: Mapping[str, Any]) -> Optional[str]:
             ax.scatter(*zip(*meas, strict=True), s=30, facecolors="none", edgecolors=color[cat], marker="D", zorder=3)
     if any_measured:
         ax.scatter([], [], s=30, facecolors="none", edgecolors="black", marker="D", label="measured (per layer)")
+
+
+def _roofline_model(ax: Any, report: Mapping[str, Any]) -> None:
+    """The whole model as a star: predicted (gold) and measured (hollow red)."""
     t = data.totals(report)
     pred_lat = data.predicted_latency_s(report)
     if t["intensity"] and t["flops"] and pred_lat:
@@ -151,6 +134,36 @@ def roofline_svg(report: Mapping[str, Any]) -> Optional[str]:
             zorder=4,
             label="model (measured)",
         )
+
+
+def roofline_svg(report: Mapping[str, Any]) -> Optional[str]:
+    """Log-log roofline: one ceiling per hardware peak, the bandwidth slope, layers as points.
+
+    x = arithmetic intensity (FLOP/byte), y = attainable ops/s. Predicted points sit at
+    ``flops / bound_s``; measured layers (``measured_s``) get a second, hollow marker at
+    ``flops / measured_s``. Returns None when the hardware has neither peaks nor bandwidth.
+    """
+    peaks = [p for p in data.peaks(report) if p.dense and p.dense > 0]
+    bw = data.bandwidth(report).bytes_per_s
+    if not peaks and not bw:
+        return None
+    layers = [
+        layer
+        for layer in data.layers(report)
+        if (_num(layer.get("intensity")) or 0) > 0 and (_num(layer.get("flops")) or 0) > 0
+    ]
+    xs = [float(layer["intensity"]) for layer in layers]
+    ridges = [p.dense / bw for p in peaks] if bw else []
+    lo = min(xs + ridges + [1.0]) / 4
+    hi = max(xs + ridges + [1.0]) * 4
+
+    fig = _figure(8.0, 5.2)
+    ax = fig.add_subplot()
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _roofline_ceilings(ax, peaks, bw, lo, hi, data.peak_key(report))
+    _roofline_layers(ax, layers)
+    _roofline_model(ax, report)
 
     ax.set_xlim(lo, hi)
     ax.set_xlabel("arithmetic intensity (FLOP/byte)")
