@@ -14,7 +14,7 @@
 # the torch interpreter, then scripts/gpu_evidence.py profiles the same engine again and times it with
 # benchmarks/trt_execute_loop.py. Results go to outputs/gpu/ and, if $OUT is set, to $OUT.
 set -uo pipefail
-PHASE=${1:?phase: plan | plan2 | split | explain | streams | small | fp16tf32 | int8 | qdq | qdq1 | probe | main | cache | tokens | bert-fp16 | bert-int8 | rn50}
+PHASE=${1:?phase: plan | plan2 | split | explain | streams | sweep1 | small | fp16tf32 | int8 | qdq | qdq1 | probe | main | cache | tokens | bert-fp16 | bert-int8 | rn50}
 G=outputs/gpu
 mkdir -p "$G/onnx" "$G/results" "$G/runs"
 OUTDIR=${OUT:-$G/out}
@@ -195,6 +195,20 @@ case "$PHASE" in
       echo "   run.py rc=$? after $((SECONDS - t0)) s"
       cp $G/runs/$name/measurement.json "$OUTDIR/$name.measurement.json" 2>/dev/null || true
     done
+    ;;
+  sweep1)
+    # Issue 12: the engine search as a Hydra multirun on the GPU (batch-1 ResNet-50 INT8, CUDA graphs off/on), ending
+    # in comparison.md with the Pareto front and the pick.
+    [ -s "$G/onnx/resnet50.onnx" ] || { gpukit-torch pipeline/run.py model=resnet50 batch_size=8 stages=[export] \
+      backend=onnxruntime hydra.run.dir=$G/runs/export-resnet50 && mkdir -p $G/onnx && \
+      cp $G/runs/export-resnet50/resnet50.onnx $G/onnx/resnet50.onnx; }
+    timeout ${STEP_TIMEOUT:-400} gpukit-trt pipeline/run.py -m model=resnet50 inputs.onnx=$PWD/$G/onnx/resnet50.onnx \
+      inputs.summary=$PWD/$G/runs/export-resnet50/export.json precision=int8 batch_size=1 'profile.cuda_graph=false,true' \
+      backend=tensorrt stages=[analyze,quantize,build,profile,report] data.calib_samples=16 data.num_samples=16 \
+      profile.warmup_s=1 profile.duration_s=3 profile.layer_times=false profile.with_copies=false \
+      hydra.sweep.dir=$G/sweep1 engines_dir=$PWD/engines
+    echo "   sweep rc=$?"
+    cp $G/sweep1/comparison.md $G/sweep1/comparison.json "$OUTDIR/" 2>/dev/null || true
     ;;
   tokens)
     # Issue 10: the transformers end to end (int64 token ids bound as the engine's int32), and tests/gpu.
