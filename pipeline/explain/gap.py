@@ -157,7 +157,7 @@ def layer_gaps(rows: Sequence[Mapping[str, Any]], costs: Any, rates: Rates,
             grp = group_of_nodes(costs, known, i)
             g.flops = float(grp.flops)
             g.bytes = float(grp.weight_bytes + grp.activation_bytes)
-            mac = sum(2.0 * layer.macs for layer in costs.layers if layer.name in set(known))
+            mac = 2.0 * float(grp.macs)  # the group already sums its members' multiply-accumulates
             other = max(0.0, g.flops - mac)
             vector = rates.vector_ops_s or rates.peak_ops_s
             g.compute_s = (min(mac, g.flops) / rates.peak_ops_s + other / vector) if rates.peak_ops_s > 0 else 0.0

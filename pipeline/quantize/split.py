@@ -164,7 +164,7 @@ def split_outlier_channels(model: "onnx.ModelProto", maxima: Dict[str, np.ndarra
     for tensor_name, consumers in groups.items():
         m = np.asarray(maxima[tensor_name])
         x = consumers[0].inputs[0]
-        width = [_weight_rows(n)[0].shape[_weight_rows(n)[1]] for n in consumers]
+        width = [w.shape[axis] for w, axis in map(_weight_rows, consumers)]
         if any(w != len(m) for w in width):
             raise PipelineError(f"{tensor_name} has {len(m)} channels in the statistics but its weights expect "
                                 f"{width[0]}", "re-run the quantize stage on this model to measure it again")

@@ -227,6 +227,7 @@ class Analysis:
         from pipeline.quantize.mixed import PLAN_KIND
 
         res, cal = self.result, self.calibration
+        rule = split_rule(self.qcfg) if self.splits else None
         floats = list(res.plan.float_layers)
         return {"kind": PLAN_KIND, "schema_version": 1, "model": stem, "onnx_sha256": content_hash(self.inputs.onnx),
                 "float_layers": floats,
@@ -234,8 +235,8 @@ class Analysis:
                 "calibration": {t: cal.method(t) for t in cal.chosen},
                 "amax": {t: cal.amax(t) for t in cal.chosen},
                 "budget": self.budget.to_dict(), "met": res.met, "metrics": res.plan.to_dict()["metrics"],
-                "predicted_s": res.plan.predicted_s, "split_outliers": split_rule(self.qcfg).quantile if self.splits else None,
-                "split_min_gain": split_rule(self.qcfg).min_gain if self.splits else None,
+                "predicted_s": res.plan.predicted_s, "split_outliers": rule.quantile if rule else None,
+                "split_min_gain": rule.min_gain if rule else None,
                 "splits": [r.to_dict() for r in self.splits], "quant_settings": {
                     "per_channel": self.qcfg.per_channel, "symmetric": self.qcfg.symmetric,
                     "op_types": as_list(self.qcfg.op_types), "keep_float": as_list(self.qcfg.keep_float)}}
