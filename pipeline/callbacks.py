@@ -29,7 +29,8 @@ class ComparisonCallback(Callback):
         if not reports:
             print(f"No report.json under {sweep_dir}: every job failed before its report stage.")
         else:
-            paths = write_comparison(reports, sweep_dir)
+            optimize = config.get("optimize") if hasattr(config, "get") else None
+            paths = write_comparison(reports, sweep_dir, dict(optimize) if optimize is not None else None)
             print("\n" + comparison_table(reports))
             print(f"\nComparison of {len(reports)} runs: {paths.get('md', sweep_dir)}")
         if FAILED_JOBS:

@@ -14,7 +14,7 @@
 # the torch interpreter, then scripts/gpu_evidence.py profiles the same engine again and times it with
 # benchmarks/trt_execute_loop.py. Results go to outputs/gpu/ and, if $OUT is set, to $OUT.
 set -uo pipefail
-PHASE=${1:?phase: plan | plan2 | split | explain | streams | sweep1 | small | fp16tf32 | int8 | qdq | qdq1 | probe | main | cache | tokens | bert-fp16 | bert-int8 | rn50}
+PHASE=${1:?phase: plan | plan2 | split | explain | streams | sweep1 | tput | lat | small | fp16tf32 | int8 | qdq | qdq1 | probe | main | cache | tokens | bert-fp16 | bert-int8 | rn50}
 G=outputs/gpu
 mkdir -p "$G/onnx" "$G/results" "$G/runs"
 OUTDIR=${OUT:-$G/out}
@@ -209,6 +209,28 @@ case "$PHASE" in
       hydra.sweep.dir=$G/sweep1 engines_dir=$PWD/engines
     echo "   sweep rc=$?"
     cp $G/sweep1/comparison.md $G/sweep1/comparison.json "$OUTDIR/" 2>/dev/null || true
+    ;;
+  tput|lat)
+    # Issue 12: the target searches as Hydra multiruns on the GPU (presets pipeline/conf/sweep/{throughput,latency}.yaml):
+    # tput = ResNet-50 INT8 at batch 2048 (of the preset's 256/1024/2048: one device call holds two engines), FP32 or
+    # FP16 inputs, 1 or 2 streams, target 85,000 img/s; lat = batch 1 INT8 with CUDA graphs (the preset also sweeps
+    # FP16 and graphs off), optimization level 3 or 5, FP32 or FP16 inputs, target 0.25 ms.
+    [ -s "$G/onnx/resnet50.onnx" ] || { gpukit-torch pipeline/run.py model=resnet50 batch_size=8 stages=[export] \
+      backend=onnxruntime hydra.run.dir=$G/runs/export-resnet50 && mkdir -p $G/onnx && \
+      cp $G/runs/export-resnet50/resnet50.onnx $G/onnx/resnet50.onnx; }
+    if [ "$PHASE" = tput ]; then
+      args="+sweep=throughput ${TPUT_ARGS:-batch_size=2048} optimize.target_throughput=85000"
+    else
+      args="+sweep=latency precision=int8 ${LAT_ARGS:-profile.cuda_graph=true} optimize.target_latency_ms=0.25"
+    fi
+    timeout ${STEP_TIMEOUT:-560} gpukit-trt pipeline/run.py -m $args model=resnet50 inputs.onnx=$PWD/$G/onnx/resnet50.onnx \
+      inputs.summary=$PWD/$G/runs/export-resnet50/export.json backend=tensorrt \
+      stages=[analyze,quantize,build,profile,report] data.calib_samples=32 data.num_samples=32 profile.warmup_s=2 \
+      profile.duration_s=4 profile.with_copies=false hydra.sweep.dir=$G/sweep-$PHASE engines_dir=$PWD/engines
+    echo "   sweep rc=$?"
+    cp $G/sweep-$PHASE/comparison.md "$OUTDIR/comparison-$PHASE.md" 2>/dev/null || true
+    (cd $G && tar -cf "$OUTDIR/sweep-$PHASE.tar" sweep-$PHASE/comparison.* sweep-$PHASE/*/report.* \
+      sweep-$PHASE/*/explain.* sweep-$PHASE/*/measurement.json sweep-$PHASE/*/*.log sweep-$PHASE/*/.hydra 2>/dev/null)
     ;;
   tokens)
     # Issue 10: the transformers end to end (int64 token ids bound as the engine's int32), and tests/gpu.

@@ -46,12 +46,35 @@ def test_the_sweep_preset_defines_the_grid():
                       "profile.streams": "1,2"}
 
 
+@pytest.mark.parametrize("preset, fixed, grid", [
+    ("throughput", {"precision": "int8"},
+     {"batch_size": "256,1024,2048", "build.input_format": "null,fp16", "profile.streams": "1,2"}),
+    ("latency", {"batch_size": 1},
+     {"precision": "fp16,int8", "build.optimization_level": "3,5", "build.input_format": "null,fp16",
+      "profile.cuda_graph": "false,true"}),
+])
+def test_the_target_presets_define_their_grids(preset, fixed, grid):
+    from hydra import compose, initialize_config_module
+
+    from pipeline.core.config import register_configs
+
+    register_configs()
+    with initialize_config_module(config_module="pipeline.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"+sweep={preset}", "optimize.target_throughput=85000"],
+                      return_hydra_config=True)
+    assert dict(cfg.hydra.sweeper.params) == grid
+    for key, value in fixed.items():
+        assert cfg[key] == value if key == "batch_size" else cfg[key].name == value
+    assert cfg.optimize.target_throughput == 85000 and cfg.optimize.target_latency_ms is None
+
+
 def test_a_sweep_through_the_joblib_launcher_ends_in_the_front_and_the_pick(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="pip install hydra-joblib-launcher")
     from tests.test_pipeline_e2e import FAST, _run
 
     res = _run(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "batch_size=1,8", "model=digits_cnn",
-                "data=digits", "backend=onnxruntime", "precision=fp32", *FAST], tmp_path)
+                "data=digits", "backend=onnxruntime", "precision=fp32", "optimize.target_throughput=1e12", *FAST],
+               tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     comp = json.loads((tmp_path / "sweep" / "comparison.json").read_text())
     rows = comp["rows"]
@@ -64,6 +87,9 @@ def test_a_sweep_through_the_joblib_launcher_ends_in_the_front_and_the_pick(tmp_
         assert " -m " not in r["command_line"] and f"batch_size={r['batch']}" in r["command_line"]
     md = (tmp_path / "sweep" / "comparison.md").read_text()
     assert "Pareto front" in md and "## Pick" in md
+    (verdict,) = comp["targets"]  # an unreachable target: missed, about the best run, with its evidence
+    assert verdict["target"] == "throughput_samples_s" and not verdict["met"] and verdict["run"] == best
+    assert verdict["evidence"] and "**missed**" in md
 
 
 def test_with_several_streams_the_achieved_rate_comes_from_the_throughput():
@@ -82,3 +108,52 @@ def test_with_several_streams_the_achieved_rate_comes_from_the_throughput():
         achieved_vs_peak(m, analysis, settings, hw)
         assert m["achieved_ops_per_s"] == pytest.approx(1e12 / expected_s)
         assert m["pct_of_peak"] == pytest.approx(100 * 1e12 / expected_s / peak)
+
+
+def _tel(power=695.0, limit=700.0, clock=1860.0, max_clock=1980.0, capped=0.8):
+    return {"available": True, "power_w": {"median": power}, "power_limit_w": limit, "sm_clock_mhz": {"median": clock},
+            "max_sm_clock_mhz": max_clock, "clock_limited": {"power_cap": capped, "sw_thermal": 0.0}}
+
+
+def test_a_missed_throughput_target_names_the_power_limit_and_the_clock():
+    from pipeline.optimize.targets import check_targets, targets_markdown
+
+    rows = [dict(_row(25.0, 80000.0, 2048), gpu_telemetry=_tel(), pct_of_peak=31.0,
+                 explain_breakdown={"share_of_gap": {"memory": 0.6, "compute": 0.3, "overhead": 0.1},
+                                    "gap_sum_s": 0.008, "bound_sum_s": 0.016}),
+            dict(_row(0.26, 3800.0, 1), gpu_telemetry=_tel(power=300.0, capped=0.0)),
+            _row(20.0, 99000.0, 2048, acc="FAIL (1 of 1 checks)")]
+    thr, lat = check_targets(rows, target_throughput=85000, target_latency_ms=0.25)
+    assert thr["run"] == 0 and not thr["met"] and thr["value"] == 80000.0  # the failed faster run does not count
+    ev = " | ".join(thr["evidence"])
+    assert "695 W of the 700 W limit (99%), at the power limit" in ev and "in 80% of NVML samples" in ev
+    assert "1860 MHz, 94% of the 1980 MHz" in ev
+    assert "31.0% of the dense peak" in ev and "33.0% of it at the measured 1860 MHz" in ev
+    assert "memory 60%, compute 30%, overhead 10%" in ev and "128,000 samples/s" in ev
+    assert lat["run"] == 1 and not lat["met"] and "below the power limit" in " ".join(lat["evidence"])
+    md = "\n".join(targets_markdown([thr, lat], lambda i: f"run{i}"))
+    assert "throughput_samples_s >= 85,000 samples/s: **missed**, best 80,000 samples/s (run0)" in md
+    assert "batch1_latency_ms <= 0.25 ms: **missed**, best 0.260 ms (run1)" in md
+
+
+def test_met_targets_carry_no_evidence_and_no_eligible_run_says_so():
+    from pipeline.optimize.targets import check_targets
+
+    (met,) = check_targets([dict(_row(0.2, 5000.0, 1), gpu_telemetry=_tel())], target_latency_ms=0.25)
+    assert met["met"] and met["evidence"] == []
+    (none,) = check_targets([_row(1.0, 10.0, 8)], target_latency_ms=0.25)
+    assert none["run"] is None and not none["met"] and "none at batch 1" in none["evidence"][0]
+    assert check_targets([_row(1.0, 10.0)]) == []
+
+
+def test_nvml_summary_counts_the_samples_each_clock_reason_held_the_clock_down():
+    from pipeline.core.gpu import CLOCK_EVENT_BITS, summarize
+
+    samples = [{"power_w": 690.0, "clock_event_reasons": CLOCK_EVENT_BITS["power_cap"]},
+               {"power_w": 700.0, "clock_event_reasons": CLOCK_EVENT_BITS["power_cap"] | CLOCK_EVENT_BITS["sw_thermal"]},
+               {"power_w": 200.0, "clock_event_reasons": 0}, {"power_w": 650.0}]
+    out = summarize(samples)
+    assert out["power_w"] == {"min": 200.0, "median": 670.0, "max": 700.0}
+    assert out["clock_limited"]["power_cap"] == pytest.approx(2 / 3)
+    assert out["clock_limited"]["sw_thermal"] == pytest.approx(1 / 3) and out["clock_limited"]["hw_thermal"] == 0.0
+    assert "clock_limited" not in summarize([{"power_w": 1.0}])

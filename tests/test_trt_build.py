@@ -251,6 +251,31 @@ def test_trt11_int8_only_from_qdq(model, tmp_path):
     assert art.sidecar["plan"]["strongly_typed"] and not called(trt, "set_flag")
 
 
+def test_input_format_fp16_sets_float_inputs_and_names_the_engine(model, tmp_path):
+    trt = make_fake_trt("8.6")
+    plain = build(trt, model, tmp_path, precision="int8", calib_batches=[{"input": np.zeros((2, 3, 8, 8), np.float32)}],
+                  cuda=FakeCuda())
+    assert not called(trt, "tensor.dtype")
+    trt.calls.clear()
+    half = build(trt, model, tmp_path, precision="int8", input_format="fp16",
+                 calib_batches=[{"input": np.zeros((2, 3, 8, 8), np.float32)}], cuda=FakeCuda())
+    assert called(trt, "tensor.dtype") == [("input", "HALF")]
+    assert called(trt, "tensor.allowed_formats") == [("input", 1 << int(trt.TensorFormat.LINEAR))]
+    assert half.plan_path != plain.plan_path and half.sidecar["plan"]["input_format"] == "fp16"
+    assert half.sidecar["key"]["input_format"] == "fp16" and "input_format" not in plain.sidecar["key"]
+
+
+def test_input_format_refused_where_it_cannot_apply(model, tmp_path):
+    with pytest.raises(PipelineError, match="strongly typed") as err:
+        build(make_fake_trt("11"), model, tmp_path, precision="fp16", input_format="fp16")
+    assert "float16 inputs" in err.value.hint
+    with pytest.raises(PipelineError, match="not offered") as err:
+        build(make_fake_trt("8.6"), model, tmp_path, precision="fp16", input_format="int8")
+    assert "input_format=fp16" in err.value.hint
+    with pytest.raises(PipelineError, match="Unknown build.input_format"):
+        build(make_fake_trt("8.6"), model, tmp_path, precision="fp16", input_format="bf8")
+
+
 def test_tactic_sources_mask_and_unknown(model, tmp_path):
     trt = make_fake_trt("8.6")
     build(trt, model, tmp_path, tactic_sources=["cublas_lt", "edge_mask_convolutions"])

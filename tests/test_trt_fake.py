@@ -74,9 +74,17 @@ def make_fake_trt(version: str) -> types.ModuleType:
                                                                trt.DataType.INT8, trt.DataType.INT32,
                                                                trt.DataType.BOOL)
 
+    trt.TensorFormat = enum.IntEnum("TensorFormat", ["LINEAR", "CHW2", "HWC8", "CHW4"], start=0)
+
     class Tensor:
         def __init__(self, name, shape, dtype=trt.DataType.FLOAT):
             self.name, self.shape, self.dtype = name, shape, dtype
+            self._ready = True
+
+        def __setattr__(self, key, value):
+            if getattr(self, "_ready", False) and key in ("dtype", "allowed_formats"):
+                calls.append((f"tensor.{key}", (self.name, value.name if hasattr(value, "name") else value)))
+            object.__setattr__(self, key, value)
 
     class ILayer:
         """A network layer; 8.6/10 have per-layer precision (``precision``, ``set_output_type``), 11 not."""

@@ -223,6 +223,9 @@ class BuildConfig:
         workspace_mb: builder workspace memory-pool limit, MiB.
         optimization_level: builder optimization level (0-5) where the version has it.
         sparse_weights: allow 2:4 structured-sparse tactics (BuilderFlag.SPARSE_WEIGHTS).
+        input_format: ``fp16`` makes the engine's float inputs FP16 (linear layout), like trtexec
+            ``--inputIOFormats=fp16:chw``: the host sends half the bytes and the engine has no FP32 input
+            reformat; the runtime converts FP32 data with a range check. null keeps the ONNX's input types.
         timing_cache: keep and reuse a timing cache in ``engines_dir``.
         qdq_onnx: an explicit-quantization (Q/DQ) ONNX to build instead of calibrating (the older name of
             ``inputs.qdq_onnx``, which every stage uses).
@@ -241,6 +244,7 @@ class BuildConfig:
     workspace_mb: int = 4096
     optimization_level: int = 3
     sparse_weights: bool = False
+    input_format: Optional[str] = None
     timing_cache: bool = True
     qdq_onnx: Optional[str] = None
     calibrator: str = "entropy"
@@ -386,6 +390,22 @@ class InputsConfig:
 
 
 @dataclass
+class OptimizeConfig:
+    """What the engine search (a multirun, e.g. ``-m +sweep=engine``) aims at; read when the sweep ends.
+
+    Attributes:
+        max_latency_ms: the throughput pick only considers runs whose median latency stays within this.
+        target_throughput: samples/s the best run should reach; a miss is reported with the measured evidence
+            (power, clocks, share of peak, roofline gap) of what holds it back.
+        target_latency_ms: median batch-1 latency the fastest batch-1 run should stay under, reported the same way.
+    """
+
+    max_latency_ms: Optional[float] = None
+    target_throughput: Optional[float] = None
+    target_latency_ms: Optional[float] = None
+
+
+@dataclass
 class PipelineConfig:
     """The whole run. See ``conf/config.yaml`` for defaults and ``README.md`` for examples."""
 
@@ -399,6 +419,7 @@ class PipelineConfig:
     quant: QuantConfig = field(default_factory=QuantConfig)
     sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
     inputs: InputsConfig = field(default_factory=InputsConfig)
+    optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
     stages: List[str] = field(default_factory=lambda: list(DEFAULT_STAGES))
     batch_size: int = 1
     opset: int = 17

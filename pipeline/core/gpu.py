@@ -17,6 +17,15 @@ from typing import Any, Dict, List, Optional, Tuple
 #: Quantities :class:`NvmlSampler` records, with their units in the key.
 TELEMETRY_KEYS = ("sm_clock_mhz", "mem_clock_mhz", "power_w", "temperature_c", "gpu_util_pct")
 
+#: NVML clock-event ("throttle") reason bits (nvml.h ``nvmlClocksEventReason*``), by what holds the clock down.
+CLOCK_EVENT_BITS = {
+    "power_cap": 0x4,            # SwPowerCap: the board's power limit
+    "hw_slowdown": 0x8,          # HwSlowdown (power brake or thermal, by the hardware)
+    "sw_thermal": 0x20,          # SwThermalSlowdown
+    "hw_thermal": 0x40,          # HwThermalSlowdown
+    "hw_power_brake": 0x80,      # HwPowerBrakeSlowdown
+}
+
 
 def _text(value: Any) -> str:
     """NVML strings are ``bytes`` in older pynvml releases and ``str`` in newer ones."""
@@ -122,6 +131,7 @@ def read_sample(pynvml: ModuleType, handle: Any) -> Dict[str, float]:
         "power_w": lambda: pynvml.nvmlDeviceGetPowerUsage(handle) / 1000.0,  # NVML reports milliwatts
         "temperature_c": lambda: float(pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU)),
         "gpu_util_pct": lambda: float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu),
+        "clock_event_reasons": lambda: int(_clock_reasons(pynvml)(handle)),
     }
     out: Dict[str, float] = {}
     for key, read in reads.items():
@@ -132,13 +142,24 @@ def read_sample(pynvml: ModuleType, handle: Any) -> Dict[str, float]:
     return out
 
 
-def summarize(samples: List[Dict[str, float]]) -> Dict[str, Dict[str, float]]:
-    """Per quantity ``{min, median, max}`` over the samples that report it."""
-    out: Dict[str, Dict[str, float]] = {}
+def _clock_reasons(pynvml: ModuleType) -> Any:
+    """NVML's current clock-event reasons call (renamed from ``...ClocksThrottleReasons`` in newer drivers)."""
+    return getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
+        pynvml.nvmlDeviceGetCurrentClocksThrottleReasons
+
+
+def summarize(samples: List[Dict[str, float]]) -> Dict[str, Any]:
+    """Per quantity ``{min, median, max}`` over the samples that report it, and ``clock_limited``: for each
+    :data:`CLOCK_EVENT_BITS` reason, the fraction of samples in which it held the SM clock down."""
+    out: Dict[str, Any] = {}
     for key in TELEMETRY_KEYS:
         xs = [s[key] for s in samples if key in s]
         if xs:
             out[key] = {"min": min(xs), "median": float(statistics.median(xs)), "max": max(xs)}
+    reasons = [int(s["clock_event_reasons"]) for s in samples if "clock_event_reasons" in s]
+    if reasons:
+        out["clock_limited"] = {name: sum(1 for r in reasons if r & bit) / len(reasons)
+                                for name, bit in CLOCK_EVENT_BITS.items()}
     return out
 
 
@@ -207,7 +228,9 @@ class NvmlSampler:
             return {"available": False, "reason": self._reason or "the sampler did not run"}
         out: Dict[str, Any] = {"available": True, "device": self._facts.get("name"),
                                "driver": self._facts.get("driver"), "samples": len(self.samples),
-                               "period_ms": self.period_s * 1e3}
+                               "period_ms": self.period_s * 1e3,
+                               "max_sm_clock_mhz": self._facts.get("max_sm_clock_mhz"),
+                               "power_limit_w": self._facts.get("power_limit_w")}
         out.update(summarize(self.samples))
         return out
 

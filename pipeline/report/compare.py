@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from pipeline.core.artifacts import write_json, write_text
 from pipeline.core.config import KNOWN_STAGES
@@ -82,6 +82,8 @@ def comparison_rows(reports: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]
             "pct_of_peak": ach["pct_of_peak"],
             "accuracy": data.accuracy_verdict(r),
             "command_line": data.section(r, "environment").get("command_line"),
+            "gpu_telemetry": m.get("gpu_telemetry"),
+            "explain_breakdown": ((data.section(r, "explain").get("engines") or [{}])[0] or {}).get("breakdown"),
         }
         stages = r.get("stages") or {}
         for s in stage_names:
@@ -133,12 +135,15 @@ def _label(row: Mapping[str, Any], rows: Sequence[Mapping[str, Any]] = ()) -> st
             + (f" [{' '.join(own)}]" if own else ""))
 
 
-def write_comparison(reports: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike) -> Dict[str, Path]:
+def write_comparison(reports: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike,
+                     optimize: Optional[Mapping[str, Any]] = None) -> Dict[str, Path]:
     """Write ``comparison.md`` and ``comparison.json`` (one row per run) atomically.
 
     Args:
         reports: report dicts of the runs (e.g. each job's report.json, loaded).
         out_dir: directory to write into, typically the multirun's sweep directory.
+        optimize: the sweep's ``optimize`` settings (:class:`pipeline.core.config.OptimizeConfig`): a latency
+            limit for the pick and targets, checked with the measured evidence of what holds a missed one back.
 
     Returns:
         ``{"md": path, "json": path}``.
@@ -147,13 +152,16 @@ def write_comparison(reports: Sequence[Mapping[str, Any]], out_dir: str | os.Pat
         PipelineError: no reports, or a malformed one (its index is named).
     """
     from pipeline.optimize.pareto import pareto_front, pick
+    from pipeline.optimize.targets import check_targets, targets_markdown
 
+    opt = dict(optimize or {})
     rows = comparison_rows(reports)
     table = _formatted(rows)
     out = Path(out_dir)
     md = ["# Comparison of runs", "", f"{len(rows)} run(s); predicted = roofline lower bound, measured = median.", ""]
     md += md_table(table)
-    front, chosen = pareto_front(rows), pick(rows)
+    front, chosen = pareto_front(rows), pick(rows, opt.get("max_latency_ms"))
+    verdicts = check_targets(rows, opt.get("target_throughput"), opt.get("target_latency_ms"))
     md += ["", "## Throughput / latency Pareto front", "",
            "Runs no other run beats on both median latency and throughput (accuracy not failed):", ""]
     md += [f"- {_label(rows[i], rows)}: {rows[i]['measured_median_ms']:.3f} ms, {rows[i]['throughput_samples_s']:.1f} samples/s"
@@ -164,10 +172,12 @@ def write_comparison(reports: Sequence[Mapping[str, Any]], out_dir: str | os.Pat
     if chosen["latency"] is not None:
         md.append(f"- latency at batch 1: {_label(rows[chosen['latency']], rows)}, "
                   f"{rows[chosen['latency']]['measured_median_ms']:.3f} ms")
+    md += targets_markdown(verdicts, lambda i: _label(rows[i], rows))
     return {
         "json": write_json(
             out / "comparison.json", {"schema_version": 1, "columns": list(rows[0].keys()), "rows": rows,
-                                      "pareto_front": front, "pick": chosen}
+                                      "pareto_front": front, "pick": chosen,
+                                      "targets": verdicts}
         ),
         "md": write_text(out / "comparison.md", "\n".join(md).rstrip() + "\n"),
     }

@@ -20,7 +20,7 @@ import numpy as np
 from pipeline.core.artifacts import file_sha256, short_hash, write_bytes, write_json
 from pipeline.core.config import BuildConfig, PrecisionConfig
 from pipeline.core.errors import PipelineError
-from pipeline.trt.builder_config import add_optimization_profile, attach_calibrator, builder_config
+from pipeline.trt.builder_config import add_optimization_profile, attach_calibrator, builder_config, set_input_format
 from pipeline.trt.engine_cache import (SIDECAR_VERSION, EngineArtifact, cached_engine_problem, engine_key,
                                        read_sidecar)
 from pipeline.trt.features import GpuInfo, TrtFeatures, detect_features, gpu_info, import_tensorrt
@@ -126,6 +126,7 @@ def build_serialized(trt: ModuleType, req: BuildRequest, build: BuildConfig, fea
     t0 = time.perf_counter()
     builder = trt.Builder(logger)
     network, parser = network_from_onnx(trt, builder, req.plan, req.source, logger, features)
+    set_input_format(trt, network, req.plan, log)
     lp = req.layer_plan
     layer_record = apply_layer_precisions(trt, network, lp, log) if lp is not None and lp.path == PATH_IMPLICIT \
         else None

@@ -107,6 +107,25 @@ def add_optimization_profile(builder: Any, network: Any, config: Any,
     return profile
 
 
+def set_input_format(trt: ModuleType, network: Any, plan: BuildPlan, log: Callable[[str], None]) -> List[str]:
+    """Give the network's float inputs the plan's ``input_format`` dtype in the linear layout; returns their names."""
+    if not plan.input_format:
+        return []
+    from pipeline.trt.plan import INPUT_FORMATS  # noqa: PLC0415
+
+    dtype = getattr(trt, INPUT_FORMATS[plan.input_format])
+    changed = []
+    for t in network_inputs(network):
+        if t.dtype not in (trt.float32, trt.float16):
+            continue  # token ids, masks: their types are not a format choice
+        t.dtype = dtype
+        if hasattr(trt, "TensorFormat"):
+            t.allowed_formats = 1 << int(trt.TensorFormat.LINEAR)
+        changed.append(t.name)
+    log(f"[build] inputs in {plan.input_format.upper()}: {', '.join(changed) or 'none (no float input)'}")
+    return changed
+
+
 def network_input_dtypes(trt: ModuleType, network: Any) -> Dict[str, np.dtype]:
     """Numpy dtype of each network input TensorRT reports (int64 ids become int32 on 8.6)."""
     out = {}

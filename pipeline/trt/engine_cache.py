@@ -76,6 +76,8 @@ def engine_key(onnx_sha: str, precision: PrecisionConfig, batch_size: int, shape
         "preview_features": {k.lower(): bool(v) for k, v in sorted(build.preview_features.items())} or None,
         "calibrator": plan.calibrator,
         "calibration": (calib_digest(batches) if batches else None) if plan.calibrator else None,
+        # Only when set, so engines built before the option existed keep their names.
+        **({"input_format": plan.input_format} if plan.input_format else {}),
     }
 
 

@@ -47,6 +47,7 @@ class BuildPlan:
         calibrator: ``entropy``/``minmax`` for implicit INT8, else None.
         typed_conversion: ``fp16``/``bf16`` when the ONNX must be converted first (TensorRT 11).
         explicit_quantization: the ONNX carries Q/DQ nodes.
+        input_format: ``fp16`` when the network's float inputs become FP16 (``build.input_format``), else None.
         notes: decisions a reader of the report should know.
     """
 
@@ -58,6 +59,7 @@ class BuildPlan:
     calibrator: Optional[str] = None
     typed_conversion: Optional[str] = None
     explicit_quantization: bool = False
+    input_format: Optional[str] = None
     notes: List[str] = field(default_factory=list)
 
 
@@ -104,6 +106,7 @@ def plan_build(
         d.p.network_flags.append("EXPLICIT_BATCH")
     _PATHS[precision](d)
     _sparsity(d)
+    _input_format(d)
     return d.p
 
 
@@ -251,6 +254,29 @@ def _sparsity(d: _Decision) -> None:
                             "Set build.sparse_weights=false.")
     d.p.set_flags.append("SPARSE_WEIGHTS")
     d.p.notes.append("2:4 sparse tactics allowed: TensorRT uses them only on layers whose weights are 2:4 sparse")
+
+
+#: ``build.input_format`` values: the TensorRT dtype each sets on the network's float inputs.
+INPUT_FORMATS = {"fp16": "float16"}
+
+
+def _input_format(d: _Decision) -> None:
+    fmt = d.build.input_format
+    if fmt is None or str(fmt).lower() in ("", "fp32", "none"):
+        return
+    fmt = str(fmt).lower()
+    if fmt == "int8":
+        raise PipelineError("build.input_format=int8 is not offered: an INT8 input needs the host to quantize every "
+                            "batch with the first Q node's scale, which the runtime and the accuracy check do not do.",
+                            "Use build.input_format=fp16 (half the input bytes, no FP32 input reformat).")
+    if fmt not in INPUT_FORMATS:
+        raise PipelineError(f"Unknown build.input_format {fmt!r}.", f"Use one of {sorted(INPUT_FORMATS)} or null.")
+    if d.p.strongly_typed:
+        raise PipelineError(f"build.input_format={fmt} on TensorRT {d.ver}: the network is strongly typed, so its "
+                            "input types come from the ONNX and cannot be set at build time.",
+                            "Export the ONNX with float16 inputs, or leave build.input_format=null.")
+    d.p.input_format = fmt
+    d.p.notes.append(f"network float inputs in {fmt.upper()} (linear): no FP32 input reformat, half the input bytes")
 
 
 #: Precision name -> the path that fills in the plan.
