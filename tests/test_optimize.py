@@ -91,6 +91,15 @@ def test_a_sweep_through_the_joblib_launcher_ends_in_the_front_and_the_pick(tmp_
     assert verdict["target"] == "throughput_samples_s" and not verdict["met"] and verdict["run"] == best
     assert verdict["evidence"] and "**missed**" in md
 
+    # The same sweep aggregated again from its folder, against another target (python -m pipeline.optimize).
+    from pipeline.optimize.__main__ import main
+
+    assert main([str(tmp_path / "sweep"), "--target-latency-ms", "1e6", "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "comparison.json").read_text())
+    (lat,) = again["targets"]
+    assert lat["met"] and again["rows"][lat["run"]]["batch"] == 1 and len(again["rows"]) == 2
+    assert main([str(tmp_path / "nothing-here")]) == 2
+
 
 def test_with_several_streams_the_achieved_rate_comes_from_the_throughput():
     from pipeline.analyze.hardware import load_hardware
@@ -121,7 +130,8 @@ def test_a_missed_throughput_target_names_the_power_limit_and_the_clock():
     rows = [dict(_row(25.0, 80000.0, 2048), gpu_telemetry=_tel(), pct_of_peak=31.0,
                  explain_breakdown={"share_of_gap": {"memory": 0.6, "compute": 0.3, "overhead": 0.1},
                                     "gap_sum_s": 0.008, "bound_sum_s": 0.016}),
-            dict(_row(0.26, 3800.0, 1), gpu_telemetry=_tel(power=300.0, capped=0.0)),
+            dict(_row(0.26, 3800.0, 1), gpu_telemetry=_tel(power=300.0, capped=0.0), explain_layers=57,
+                 kernel_floor={"layers": 55, "fastest_s": 4.9e-6, "median_bound_s": 2.0e-7}),
             _row(20.0, 99000.0, 2048, acc="FAIL (1 of 1 checks)")]
     thr, lat = check_targets(rows, target_throughput=85000, target_latency_ms=0.25)
     assert thr["run"] == 0 and not thr["met"] and thr["value"] == 80000.0  # the failed faster run does not count
@@ -131,6 +141,9 @@ def test_a_missed_throughput_target_names_the_power_limit_and_the_clock():
     assert "31.0% of the dense peak" in ev and "33.0% of it at the measured 1860 MHz" in ev
     assert "memory 60%, compute 30%, overhead 10%" in ev and "128,000 samples/s" in ev
     assert lat["run"] == 1 and not lat["met"] and "below the power limit" in " ".join(lat["evidence"])
+    assert "57 engine layers share 0.260 ms end to end, 4.6 us each, 23x the median layer's roofline bound of 0.20 us" \
+        in lat["evidence"][-1] and "fastest compute/memory layer takes 4.9 us" in lat["evidence"][-1]
+    assert not any("per kernel" in e for e in thr["evidence"])
     md = "\n".join(targets_markdown([thr, lat], lambda i: f"run{i}"))
     assert "throughput_samples_s >= 85,000 samples/s: **missed**, best 80,000 samples/s (run0)" in md
     assert "batch1_latency_ms <= 0.25 ms: **missed**, best 0.260 ms (run1)" in md

@@ -9,7 +9,9 @@ measurement, never from assumptions:
 - **clock**: the median SM clock against the board's maximum (every peak scales with it);
 - **peak**: the achieved share of the precision's dense peak, and the same share at the clock the run really had;
 - **roofline gap**: where the explain stage ran (per-layer times), how much of the time above the roofline bound
-  sits in memory-bound, compute-bound and overhead layers, and what the bound alone would allow.
+  sits in memory-bound, compute-bound and overhead layers, and what the bound alone would allow;
+- **per-kernel floor** (batch-1 latency): the number of engine layers times the fastest layer's time against the
+  layers' roofline bounds, which shows a fixed cost per kernel rather than FLOPs or bytes.
 """
 
 from __future__ import annotations
@@ -78,6 +80,20 @@ def gap_evidence(row: Mapping[str, Any]) -> List[str]:
     return out
 
 
+def kernel_floor_evidence(row: Mapping[str, Any]) -> List[str]:
+    """At small batches: how many layers run back to back and what the fastest one costs against its bound."""
+    floor, n, ms = row.get("kernel_floor") or {}, row.get("explain_layers"), row.get("measured_median_ms")
+    if not floor or not n or not ms:
+        return []
+    fastest, bound = floor["fastest_s"] * 1e6, floor["median_bound_s"] * 1e6
+    each = ms * 1e3 / n
+    return [f"per kernel: {n} engine layers share {ms:.3f} ms end to end, {each:.1f} us each, "
+            + (f"{each / bound:.0f}x" if bound > 0 else "far above")
+            + f" the median layer's roofline bound of {bound:.2f} us; even the fastest compute/memory layer takes "
+            f"{fastest:.1f} us under the per-layer profiler: a fixed cost per kernel (launch, ramp-up, tail), not FLOPs "
+            f"or bytes, sets this latency, so only fewer or fused layers move it"]
+
+
 def check_targets(rows: Sequence[Mapping[str, Any]], target_throughput: Optional[float] = None,
                   target_latency_ms: Optional[float] = None) -> List[Dict[str, Any]]:
     """One verdict per target given: ``{target, goal, run, value, met, evidence}``.
@@ -110,6 +126,8 @@ def _verdict(target: str, goal: float, best: Optional[int], value: Optional[floa
     elif not met:
         row = rows[best]
         evidence = telemetry_evidence(row.get("gpu_telemetry")) + peak_evidence(row) + gap_evidence(row)
+        if target.startswith("batch1"):
+            evidence += kernel_floor_evidence(row)
         if not evidence:
             evidence.append("the run recorded no GPU telemetry or per-layer times to explain the miss")
     return {"target": target, "goal": goal, "run": best, "value": value, "met": bool(met), "evidence": evidence}

@@ -61,6 +61,11 @@ def _check(reports: Sequence[Mapping[str, Any]]) -> None:
             )
 
 
+def _first_engine(report: Mapping[str, Any]) -> Dict[str, Any]:
+    """The first engine of the report's explain section ({} without one)."""
+    return dict((data.section(report, "explain").get("engines") or [{}])[0] or {})
+
+
 def comparison_rows(reports: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
     """Raw (unformatted) values per run: the :data:`COLUMNS` plus ``stage:<name>`` statuses."""
     _check(reports)
@@ -83,7 +88,9 @@ def comparison_rows(reports: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]
             "accuracy": data.accuracy_verdict(r),
             "command_line": data.section(r, "environment").get("command_line"),
             "gpu_telemetry": m.get("gpu_telemetry"),
-            "explain_breakdown": ((data.section(r, "explain").get("engines") or [{}])[0] or {}).get("breakdown"),
+            "explain_breakdown": _first_engine(r).get("breakdown"),
+            "explain_layers": _first_engine(r).get("layers"),
+            "kernel_floor": _first_engine(r).get("kernel_floor"),
         }
         stages = r.get("stages") or {}
         for s in stage_names:

@@ -7,7 +7,7 @@ the layers with the largest gaps, the planned-INT8 layers that ran wider, and th
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Optional
 
 from pipeline.report.blocks import Block, Para, Section, Table
 
@@ -32,9 +32,21 @@ def compact_explain(raw: Mapping[str, Any]) -> Dict[str, Any]:
             "fell_back": [{k: ly.get(k) for k in ("name", "precision", "measured_s")} for ly in layers
                           if ly.get("fell_back")],
             "planned_int8": sum(1 for ly in layers if ly.get("planned") == "int8"),
+            "kernel_floor": _kernel_floor(layers),
             "sparsity": sp or None,
         })
     return {"engines": engines}
+
+
+def _kernel_floor(layers: List[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The shortest measured compute/memory layer and the median roofline bound of those layers: when the first is
+    many times the second, a fixed per-kernel cost (launch, ramp-up, tail) rather than FLOPs or bytes sets the time."""
+    work = [ly for ly in layers if ly.get("cause") in ("compute", "memory") and (ly.get("measured_s") or 0) > 0]
+    if not work:
+        return None
+    bounds = sorted(float(ly.get("bound_s") or 0.0) for ly in work)
+    return {"layers": len(work), "fastest_s": min(float(ly["measured_s"]) for ly in work),
+            "median_bound_s": bounds[len(bounds) // 2]}
 
 
 def _ms(s: Any) -> str:
