@@ -55,3 +55,36 @@ def test_payoff_halves_the_compute_bound_of_eligible_layers_only():
     q = sparsity_payoff([mem], shapes, None)
     assert q["layers"][0]["eligible"] and q["predicted_saving_ms"] == pytest.approx(0.0)
     assert q["predicted_speedup"] == 1.0 and "memory-bound" in q["layers"][0]["why"]
+
+
+def test_what_the_builder_logged_marks_the_layers_that_got_sparse_tactics():
+    from pipeline.trt.logger import sparsity_from_log
+
+    log = [("WARNING", "unrelated"),
+           ("INFO", "(Sparsity) Layers eligible for sparse math: wide, fc + relu"),
+           ("INFO", "(Sparsity) TRT inference plan picked sparse implementation for layers: wide")]
+    built = sparsity_from_log(log)
+    assert built == {"eligible": ["wide", "fc + relu"], "picked": ["wide"]}
+    assert sparsity_from_log([("INFO", "(Sparsity) TRT inference plan picked sparse implementation for layers:")]) \
+        == {"picked": []}
+    gaps = [LayerGap("wide", "Conv", 1e-3, ["wd", "wide"], compute_s=4e-4, memory_s=1e-4, bound_s=4e-4, cause="compute"),
+            LayerGap("fc + relu", "Gemm", 1e-4, ["fc"], compute_s=5e-5, memory_s=1e-5, bound_s=5e-5, cause="compute")]
+    p = sparsity_payoff(gaps, weight_shapes(_model()), None, built)
+    rows = {r["layer"]: r for r in p["layers"]}
+    assert rows["wide"]["picked"] and rows["wide"]["trt_eligible"]
+    assert rows["fc + relu"]["trt_eligible"] and not rows["fc + relu"]["picked"]
+    assert p["built"] == {"eligible": 2, "picked": ["wide"], "picked_ms": pytest.approx(1.0)}
+    assert sparsity_payoff(gaps, weight_shapes(_model()), None)["built"] is None
+
+
+def test_the_recording_logger_keeps_the_sparsity_lines_but_no_other_info():
+    from tests.test_trt_fake import make_fake_trt
+
+    from pipeline.trt.logger import recording_logger
+
+    trt = make_fake_trt("8.6")
+    logger = recording_logger(trt, lambda m: None)
+    logger.log(trt.ILogger.Severity.INFO, "(Sparsity) Layers eligible for sparse math: conv1")
+    logger.log(trt.ILogger.Severity.INFO, "Total Activation Memory: 7864832")
+    logger.log(trt.ILogger.Severity.WARNING, "a warning")
+    assert [m for _, m in logger.messages] == ["(Sparsity) Layers eligible for sparse math: conv1", "a warning"]

@@ -58,7 +58,7 @@ def conv_fc_macs(module: torch.nn.Module, x: torch.Tensor) -> int:
 
 def test_model_names_lists_every_zoo_entry_and_unknown_name_lists_them():
     names = model_names()
-    for n in ("resnet18", "resnet50", "mobilenet_v2", "bert", "digits_cnn", "custom", "onnx", "minilm"):
+    for n in ("resnet18", "resnet50", "mobilenet_v2", "bert", "digits_cnn", "digits_resnet", "custom", "onnx", "minilm"):
         assert n in names
     with pytest.raises(PipelineError) as err:
         build_model(ModelConfig(name="resnet9000"))
@@ -67,7 +67,7 @@ def test_model_names_lists_every_zoo_entry_and_unknown_name_lists_them():
 
 def test_every_model_yaml_matches_the_schema():
     files = sorted((CONF_DIR / "model").glob("*.yaml"))
-    assert {f.stem for f in files} >= {"resnet18", "resnet50", "mobilenet_v2", "bert", "digits_cnn", "custom", "onnx", "minilm"}
+    assert {f.stem for f in files} >= {"resnet18", "resnet50", "mobilenet_v2", "bert", "digits_cnn", "digits_resnet", "custom", "onnx", "minilm"}
     for f in files:
         assert f.read_text().startswith("#"), f
         cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(f))  # unknown key -> raises
@@ -168,8 +168,9 @@ def test_bert_config_errors(overrides, hint_word):
     assert hint_word in str(err.value)
 
 
-def test_digits_cnn_trains_caches_and_matches_the_digits_data(digits_cache):
-    bundle = build_model(zoo_cfg("digits_cnn"))
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_resnet"])
+def test_digits_models_train_cache_and_match_the_digits_data(digits_cache, name):
+    bundle = build_model(zoo_cfg(name))
     assert bundle.metrics["test_accuracy"] > 0.9 and bundle.metrics["cached"] is False
     cache_file = Path(bundle.metrics["cache_file"])
     assert cache_file.parent == digits_cache and cache_file.exists()
@@ -183,7 +184,7 @@ def test_digits_cnn_trains_caches_and_matches_the_digits_data(digits_cache):
         logits = bundle.module(torch.from_numpy(ds.inputs["input"]))
     assert float((logits.argmax(1).numpy() == ds.labels).mean()) == pytest.approx(bundle.metrics["test_accuracy"])
     # Second build: loaded from the cache, identical weights.
-    again = build_model(zoo_cfg("digits_cnn"))
+    again = build_model(zoo_cfg(name))
     assert again.metrics["cached"] is True
     for k, v in bundle.module.state_dict().items():
         assert torch.equal(v, again.module.state_dict()[k])

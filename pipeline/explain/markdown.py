@@ -53,6 +53,12 @@ def _engine(e: Mapping[str, Any], top: int) -> List[str]:
                   f"{len(sp['layers'])} conv/matmul layers eligible, {sp['likely']} wide enough that TensorRT likely "
                   f"picks a sparse tactic; predicted saving {sp['predicted_saving_ms']:.3f} ms "
                   f"({sp['predicted_speedup']:.2f}x end to end, {sp['model']})."]
+        bt = sp.get("built")
+        if bt:
+            lines += ["", f"Built with 2:4 sparse weights allowed: TensorRT found {bt['eligible']} layer(s) eligible for "
+                      f"sparse math and kept a sparse tactic in {len(bt['picked'])}, which run {bt['picked_ms']:.3f} ms"
+                      + (f": {', '.join(n[:40] for n in bt['picked'][:8])}" if bt["picked"] else
+                         " (every sparse tactic timed slower than the dense one)") + "."]
     lines += ["", f"Largest gaps (top {top}):", "",
               "| layer | type | precision | cause | measured ms | bound ms | efficiency |", "|---|---|---|---|---:|---:|---:|"]
     for ly in sorted(e["layers"], key=lambda x: -x["gap_s"])[:top]:

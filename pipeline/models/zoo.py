@@ -152,25 +152,34 @@ def build_bert(cfg: "ModelConfig") -> ModelBundle:
 
 def build_digits_cnn(cfg: "ModelConfig") -> ModelBundle:
     """Small CNN for scikit-learn's 8x8 digits, trained (and cached) when ``cfg.pretrained``."""
+    return _build_digits(cfg, "cnn", "DigitsCNN")
+
+
+def build_digits_resnet(cfg: "ModelConfig") -> ModelBundle:
+    """Small ResNet (residual adds, projection shortcuts, BatchNorm) for the same digits, trained when pretrained."""
+    return _build_digits(cfg, "resnet", "DigitsResNet")
+
+
+def _build_digits(cfg: "ModelConfig", arch: str, cls_name: str) -> ModelBundle:
     if [int(d) for d in cfg.input_shape] != [1, 8, 8] or cfg.num_classes != 10:
         raise PipelineError(
-            f"digits_cnn takes 1x8x8 images and has 10 classes, got input_shape="
+            f"{cfg.name} takes 1x8x8 images and has 10 classes, got input_shape="
             f"{list(cfg.input_shape)}, num_classes={cfg.num_classes}",
-            "use model=digits_cnn as configured in conf/model/digits_cnn.yaml (input_shape=[1,8,8], num_classes=10)",
+            f"use model={cfg.name} as configured in conf/model/{cfg.name}.yaml (input_shape=[1,8,8], num_classes=10)",
         )
     from pipeline.models import digits
 
     if cfg.pretrained:
-        module, metrics = digits.load_or_train(cfg.seed)
+        module, metrics = digits.load_or_train(cfg.seed, arch)
         how = "loaded from cache" if metrics["cached"] else f"trained in {metrics['train_seconds']:.1f} s"
         notes = (
-            f"DigitsCNN trained on scikit-learn digits (1400 train / 397 test, {how}); "
+            f"{cls_name} trained on scikit-learn digits (1400 train / 397 test, {how}); "
             f"test accuracy {metrics['test_accuracy']:.4f}"
         )
     else:
         _seeded(cfg.seed)
-        module, metrics = digits.DigitsCNN().eval(), {}
-        notes = f"DigitsCNN, random weights (seed {cfg.seed}); pretrained=false"
+        module, metrics = digits.ARCHS[arch][0]().eval(), {}
+        notes = f"{cls_name}, random weights (seed {cfg.seed}); pretrained=false"
     return ModelBundle(
         name=cfg.name,
         module=module,

@@ -27,7 +27,7 @@ from pipeline.trt.features import GpuInfo, TrtFeatures, detect_features, gpu_inf
 from pipeline.trt.inspector import io_tensors, layer_info_from_engine
 from pipeline.trt.layer_precision import (PATH_IMPLICIT, LayerPlan, apply_layer_precisions, engine_check,
                                           layer_plan_for, refuse_without_constraints)
-from pipeline.trt.logger import recording_logger
+from pipeline.trt.logger import recording_logger, sparsity_from_log
 from pipeline.trt.network import network_from_onnx, onnx_summary, profile_shapes
 from pipeline.trt.plan import BuildPlan, plan_build
 from pipeline.trt.timing_cache import TimingCacheUse, keep_timing_cache, timing_cache_path, use_timing_cache
@@ -200,6 +200,7 @@ def sidecar_of(req: BuildRequest, out: BuildOutcome, precision: PrecisionConfig,
         "layer_info_error": info.get("error"),
         "layer_precision_plan": plan_record(req.layer_plan, out.layer_record, info.get("Layers", [])),
         "warnings": [m for s, m in out.logger.messages if s == "WARNING"][:20],
+        "sparsity": sparsity_from_log(out.logger.messages) or None,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
