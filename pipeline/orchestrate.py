@@ -38,7 +38,7 @@ PRODUCERS = {
     "onnx": "export", "summary": "export", "calib_data": "data", "eval_data": "data", "analysis": "analyze",
     "qdq_onnx": "quantize", "calib_cache": "quantize", "quantization": "quantize", "engine": "build",
     "engine_results": "build", "measurement": "profile", "calib_stats": "quantize", "sensitivity": "sensitivity",
-    "precision_plan": "sensitivity", "explain": "profile",
+    "precision_plan": "sensitivity", "explain": "profile", "pruned_module": "prune", "prune_results": "prune",
 }
 
 
@@ -255,6 +255,10 @@ class Run:
             self.artifacts[kind] = str(found.resolve())
         return found
 
+    def out_artifact(self, kind: str) -> Optional[Path]:
+        """A file of ``kind`` this run already made (None if none): for inputs no user option names."""
+        return self.out / self.artifacts[kind] if kind in self.artifacts else None
+
     def note(self, text: str) -> None:
         """A line for the console, run.log and run.json's ``notes`` (said once)."""
         if text not in self.notes:
@@ -302,10 +306,16 @@ def _summary(run: Run) -> Path:
     return path
 
 
-def _dataset(run: Run, split: str) -> Path:
-    """``data/<split>.npz``: named by the user / earlier run, else drawn from ``cfg.data`` for this model."""
-    kind = f"{split}_data"
-    found = run.find(kind)
+def _dataset(run: Run, split: str, specs: Optional[list] = None, n: Optional[int] = None,
+             name: Optional[str] = None) -> Path:
+    """``data/<name or split>.npz``: named by the user / earlier run, else drawn from ``cfg.data`` for this model.
+
+    ``specs`` (the model's inputs) when no export summary exists yet (the prune stage runs on the torch model),
+    ``n`` samples instead of the data config's count, ``name`` for a dataset of its own (``train``: fine-tuning
+    samples, drawn from the calibration pool, never from the eval split).
+    """
+    kind = f"{name or split}_data"
+    found = run.find(kind) if name is None else run.out_artifact(kind)
     if found is not None:
         return found
     from pipeline.core.datasets import save_dataset
@@ -314,19 +324,22 @@ def _dataset(run: Run, split: str) -> Path:
     from pipeline.export.stage import input_specs, read_summary
 
     cfg = run.cfg
-    summary_path = _summary(run)
-    specs = input_specs(read_summary(summary_path))
-    n = cfg.data.calib_samples if split == "calib" else cfg.data.num_samples
+    summary_path = _summary(run) if specs is None else None
+    if specs is None:
+        specs = input_specs(read_summary(summary_path))
+    if n is None:
+        n = cfg.data.calib_samples if split == "calib" else cfg.data.num_samples
     if "tokenizer" not in run.memo:
-        run.memo["tokenizer"] = _tokenizer(cfg, specs, read_summary(summary_path))
+        run.memo["tokenizer"] = _tokenizer(cfg, specs, read_summary(summary_path)) if summary_path else None
     ds = load_dataset(cfg.data, specs, split=split, num_samples=n, tokenizer=run.memo["tokenizer"])
-    path = save_dataset(ds, run.out / "data" / f"{split}.npz")
-    write_sidecar(path, kind="dataset", producer="data", inputs={"summary": input_record(summary_path)},
-                  config={"data": asdict(cfg.data), "split": split}, extra={"summary": ds.summary()})
+    path = save_dataset(ds, run.out / "data" / f"{name or split}.npz")
+    write_sidecar(path, kind="dataset", producer="data",
+                  inputs={"summary": input_record(summary_path)} if summary_path else {},
+                  config={"data": asdict(cfg.data), "split": split, "samples": n}, extra={"summary": ds.summary()})
     for note in ds.notes:
-        print(f"  data ({split}): {note}")
-        LOG.info("data %s: %s", split, note)
-        run.data_notes.append(f"{split}: {note}")
+        print(f"  data ({name or split}): {note}")
+        LOG.info("data %s: %s", name or split, note)
+        run.data_notes.append(f"{name or split}: {note}")
     run.add(kind, path)
     return path
 
@@ -414,6 +427,64 @@ def stage_export(run: Run) -> StageRecord:
     summary = json.loads((run.out / SUMMARY_NAME).read_text())
     return _record(reused, {"onnx": str(onnx), "opset": summary.get("opset"), "check": summary.get("check"),
                             "warnings": summary.get("warnings", [])}, run.reused_from.get("export", ""))
+
+
+def _train_samples(cfg: PipelineConfig, asked: Optional[int]) -> int:
+    """Fine-tuning samples: as asked, else the whole digits train split, else ``data.calib_samples``."""
+    if asked is not None:
+        return int(asked)
+    if cfg.data.name == "digits":
+        from pipeline.data.digits import DIGITS_TRAIN
+
+        return DIGITS_TRAIN
+    return cfg.data.calib_samples
+
+
+def _model_specs(run: Run) -> list:
+    """The model's input specs from the zoo/custom builder (before any export exists)."""
+    if "specs" not in run.memo:
+        from pipeline.models import build_model
+
+        run.memo["specs"] = list(build_model(run.cfg.model).inputs)
+    return run.memo["specs"]
+
+
+def stage_prune(run: Run) -> StageRecord:
+    from pipeline.prune.stage import RESULTS_NAME, SUMMARY_NAME, PruneInputs, PruneSettings
+    from pipeline.prune.stage import run as prune
+
+    cfg = run.cfg
+    specs = _model_specs(run)
+    train = _dataset(run, "calib", specs, _train_samples(cfg, cfg.prune.train_samples), name="train") \
+        if cfg.prune.finetune_epochs > 0 else None
+    evals = _dataset(run, "eval", specs)
+    times = Path(cfg.prune.layer_times) if cfg.prune.layer_times else None
+    inputs = PruneInputs(cfg.model, train, evals, times)
+    settings = PruneSettings(cfg.prune, cfg.precision, cfg.hardware, cfg.batch_size, cfg.opset)
+    files = {f"source{i}": Path(p) for i, p in enumerate(_model_sources(cfg))}
+    used = {**files, "eval_data": evals, **({"train_data": train} if train else {}), **({"layer_times": times} if times else {})}
+    config = {"model": asdict(cfg.model), "prune": asdict(cfg.prune), "precision": cfg.precision.name,
+              "hardware": asdict(cfg.hardware), "batch_size": cfg.batch_size, "opset": cfg.opset}
+    _, reused = _in_store(run, "prune", used, config, ("prune", "export", "models", "analyze", "core"),
+                          lambda out: prune(inputs, settings, out))
+    res = json.loads((run.out / RESULTS_NAME).read_text())
+    run.add("onnx", run.out / res["pruned"]["onnx"])
+    run.add("summary", run.out / SUMMARY_NAME)
+    run.add("pruned_module", run.out / res["module"])
+    run.add("prune_results", run.out / RESULTS_NAME)
+    d, p = res["dense"], res["pruned"]
+    acc = {k: (v.get("accuracy") or {}).get("value") for k, v in (("dense", d), ("pruned", p))}
+    lat = {k: (v.get("roofline") or {}).get("predicted_latency_s") for k, v in (("dense", d), ("pruned", p))}
+    return _record(reused, {"onnx": str(run.out / p["onnx"]), "parameters": [d["parameters"], p["parameters"]],
+                            "accuracy": [acc["dense"], acc["pruned"]], "predicted_latency_s": [lat["dense"], lat["pruned"]],
+                            "finetuned": (res.get("finetune") or {}).get("ran", False)},
+                   run.reused_from.get("prune", ""))
+
+
+def _model_sources(cfg: PipelineConfig) -> List[Path]:
+    from pipeline.models import model_source_files
+
+    return [Path(p) for p in model_source_files(cfg.model)]
 
 
 def stage_analyze(run: Run) -> StageRecord:
@@ -595,6 +666,7 @@ def _record(reused: bool, outputs: Dict[str, Any], source: str = "") -> StageRec
 
 STAGE_FUNCS: Dict[str, Callable[[Run], StageRecord]] = {
     "export": stage_export,
+    "prune": stage_prune,
     "analyze": stage_analyze,
     "quantize": stage_quantize,
     "sensitivity": stage_sensitivity,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 #: Every stage the pipeline knows, in execution order. Stages not yet implemented are not listed.
-KNOWN_STAGES = ("export", "analyze", "quantize", "sensitivity", "build", "profile", "report")
+KNOWN_STAGES = ("export", "prune", "analyze", "quantize", "qat", "sensitivity", "build", "profile", "report")
 #: Stages a run does when ``stages`` is not given (sensitivity is asked for by name: it costs many evaluations).
 DEFAULT_STAGES = ("export", "analyze", "quantize", "build", "profile", "report")
 
@@ -390,6 +390,62 @@ class InputsConfig:
 
 
 @dataclass
+class PruneConfig:
+    """The prune stage (``pipeline/prune/``): L1-norm channel pruning and 2:4 structured sparsity of the torch model,
+    a fine-tune on labelled data, and the pruned ONNX that the stages after it use.
+
+    Attributes:
+        channels: share of each conv/linear layer's output channels to remove by L1 norm (0 = none), for real: the
+            next layers' inputs, BatchNorm, residual adds, concatenations and depthwise convs stay consistent.
+        global_ranking: rank filters across all layers (one threshold) instead of the same share per layer.
+        round_to: keep channel counts multiples of this (Tensor Cores: 8 for FP16, 32 for INT8); null picks 32 for
+            ``precision=int8`` and 8 otherwise.
+        layer_times: a profile's ``measurement.json`` (per-layer times): layers that take longer are pruned more,
+            toward measured latency rather than FLOPs.
+        max_layer_ratio: the most any one layer loses with ``layer_times``.
+        sparse24: zero 2 of every 4 weights along the input channels (TensorRT's 2:4 pattern) in every eligible
+            Conv/Linear, kept fixed through the fine-tune; build with ``build.sparse_weights=true`` to use it.
+        finetune_epochs: epochs of fine-tuning after pruning (needs labels: ``data=digits`` or a folder dataset).
+        lr: fine-tune learning rate (Adam).
+        batch_size: fine-tune batch size.
+        train_samples: labelled samples to fine-tune on, drawn from the data's calibration pool (never the eval
+            split); null takes all of it for ``data=digits`` (1400) or ``data.calib_samples`` otherwise.
+        seed: fine-tune seed.
+    """
+
+    channels: float = 0.0
+    global_ranking: bool = False
+    round_to: Optional[int] = None
+    layer_times: Optional[str] = None
+    max_layer_ratio: float = 0.8
+    sparse24: bool = False
+    finetune_epochs: int = 5
+    lr: float = 1e-3
+    batch_size: int = 64
+    train_samples: Optional[int] = None
+    seed: int = 0
+
+
+@dataclass
+class QatConfig:
+    """The qat stage (``pipeline/qat/``): quantization-aware training from the PTQ ranges, exported as Q/DQ ONNX.
+
+    Attributes:
+        epochs: fine-tune epochs with fake quantization (per-channel weights, per-tensor activations, STE).
+        lr: learning rate (Adam); small, the weights start trained.
+        batch_size: batch size.
+        train_samples: labelled samples (as ``prune.train_samples``).
+        seed: seed.
+    """
+
+    epochs: int = 2
+    lr: float = 1e-4
+    batch_size: int = 64
+    train_samples: Optional[int] = None
+    seed: int = 0
+
+
+@dataclass
 class OptimizeConfig:
     """What the engine search (a multirun, e.g. ``-m +sweep=engine``) aims at; read when the sweep ends.
 
@@ -420,6 +476,8 @@ class PipelineConfig:
     sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
     inputs: InputsConfig = field(default_factory=InputsConfig)
     optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    qat: QatConfig = field(default_factory=QatConfig)
     stages: List[str] = field(default_factory=lambda: list(DEFAULT_STAGES))
     batch_size: int = 1
     opset: int = 17

@@ -66,12 +66,21 @@ def model_name(model: "ModelConfig") -> str:
 
 def run(inputs: ExportInputs, settings: ExportSettings, out: Path) -> ExportOutputs:
     """Export (or import) the model into ``out``; see the module docstring."""
-    from pipeline.export import export_onnx, onnx_from_file
     from pipeline.models import build_model
 
-    name = model_name(inputs.model)
-    onnx_path = Path(out) / f"{name}.onnx"
-    bundle = build_model(inputs.model)
+    return export_bundle(build_model(inputs.model), model_name(inputs.model), settings, out)
+
+
+def export_bundle(bundle: Any, name: str, settings: ExportSettings, out: Path, stem: str = "",
+                  summary_name: str = SUMMARY_NAME, producer: str = "export") -> ExportOutputs:
+    """Export a built model (:class:`pipeline.models.ModelBundle`) to ``out/<stem or name>.onnx`` and its summary.
+
+    The prune and qat stages export their changed torch modules through this same path (same exporter, same
+    checks, same summary), under their own ``stem`` (``resnet18.pruned``) and ``summary_name``.
+    """
+    from pipeline.export import export_onnx, onnx_from_file
+
+    onnx_path = Path(out) / f"{stem or name}.onnx"
     if bundle.module is None:  # model=onnx: validate and import the file
         res = onnx_from_file(bundle.onnx_path, onnx_path)
     else:
@@ -91,8 +100,8 @@ def run(inputs: ExportInputs, settings: ExportSettings, out: Path) -> ExportOutp
         "check": dict(res.check),
         "warnings": list(res.warnings or []),
     }
-    summary_path = write_json(Path(out) / SUMMARY_NAME, summary)
-    write_sidecar(onnx_path, kind="onnx", producer="export", config={"opset": settings.opset},
+    summary_path = write_json(Path(out) / summary_name, summary)
+    write_sidecar(onnx_path, kind="onnx", producer=producer, config={"opset": settings.opset},
                   extra={"model": summary})
     return ExportOutputs(onnx=onnx_path, summary=summary_path)
 

@@ -536,6 +536,18 @@ def _explain(report: Mapping[str, Any]) -> List[Section]:
     return [explain_section(ex)]
 
 
+def _prune_qat(report: Mapping[str, Any]) -> List[Section]:
+    """Pruning and QAT (see :mod:`pipeline.report.prune`); none when the run had neither stage."""
+    from pipeline.report.prune import prune_section, qat_section
+
+    out = []
+    if isinstance(report.get("prune"), Mapping):
+        out.append(prune_section(report["prune"]))
+    if isinstance(report.get("qat"), Mapping):
+        out.append(qat_section(report["qat"]))
+    return out
+
+
 def _model_io(report: Mapping[str, Any]) -> Section:
     model = data.section(report, "model")
     blocks: List[Block] = []
@@ -580,6 +592,7 @@ def build_document(report: Mapping[str, Any]) -> Document:
         *_explain(report),
         _categories(report),
         _generic(report, "accuracy", "Accuracy", ("export", "profile")),
+        *_prune_qat(report),
         _quantization(report),
         *_sensitivity(report),
         _model_io(report),

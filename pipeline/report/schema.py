@@ -30,7 +30,7 @@ REQUIRED_SECTIONS = (
 _ALWAYS_DICT = ("model", "precision", "stages", "environment")
 #: Sections that are a dict, or null when the stage producing them did not run (``sensitivity`` is optional:
 #: only runs with the sensitivity stage have it).
-_DICT_OR_NULL = ("hardware", "analysis", "measured", "accuracy", "quantization", "sensitivity", "explain")
+_DICT_OR_NULL = ("hardware", "analysis", "measured", "accuracy", "quantization", "sensitivity", "explain", "prune", "qat")
 
 STAGE_STATUSES = ("ran", "reused", "skipped", "failed", "not requested")
 

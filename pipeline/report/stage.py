@@ -97,6 +97,12 @@ def assemble_report(run_dir: str | Path) -> Dict[str, Any]:
     }
     if sensitivity is not None:  # only runs with the sensitivity stage get the key (older reports unchanged)
         report["sensitivity"] = sensitivity
+    for key, name in (("prune", "prune.json"), ("qat", "qat.json")):
+        raw = _artifact(folder, manifest, f"{key}_results", name)
+        if raw is not None:  # only runs with the prune / qat stage get the key
+            from pipeline.report import prune as prune_report
+
+            report[key] = getattr(prune_report, f"compact_{key}")(raw)
     explained = _artifact(folder, manifest, "explain", "explain.json")
     if explained is not None:  # runs profiled since the explain step exists
         from pipeline.report.explain import compact_explain
