@@ -39,6 +39,7 @@ PRODUCERS = {
     "qdq_onnx": "quantize", "calib_cache": "quantize", "quantization": "quantize", "engine": "build",
     "engine_results": "build", "measurement": "profile", "calib_stats": "quantize", "sensitivity": "sensitivity",
     "precision_plan": "sensitivity", "explain": "profile", "pruned_module": "prune", "prune_results": "prune",
+    "qat_results": "qat",
 }
 
 
@@ -529,6 +530,34 @@ def stage_quantize(run: Run) -> StageRecord:
                    run.reused_from.get("quantize", ""))
 
 
+def stage_qat(run: Run) -> StageRecord:
+    from pipeline.qat.stage import RESULTS_NAME, QatInputs, QatSettings
+    from pipeline.qat.stage import run as qat
+    from pipeline.quantize.stage import check_precision
+
+    cfg = run.cfg
+    check_precision(cfg.precision.name)
+    onnx, summary, stats = run.need("onnx", "qat"), _summary(run), run.need("calib_stats", "qat")
+    from pipeline.export.stage import input_specs, read_summary
+
+    specs = input_specs(read_summary(summary))
+    train = _dataset(run, "calib", specs, _train_samples(cfg, cfg.qat.train_samples), name="train")
+    inputs = QatInputs(cfg.model, onnx, stats, train, _dataset(run, "eval"), run.find("qdq_onnx"),
+                       run.find("pruned_module"), summary)
+    settings = QatSettings(cfg.qat, cfg.quant)
+    used = {k: v for k, v in (("onnx", onnx), ("calib_stats", stats), ("train_data", train), ("eval_data",
+            inputs.eval_data), ("ptq_qdq", inputs.ptq_qdq), ("module", inputs.module)) if v is not None}
+    config = {"qat": asdict(cfg.qat), "quant": asdict(cfg.quant), "model": asdict(cfg.model)}
+    _, reused = _in_store(run, "qat", used, config, ("qat", "quantize", "prune", "export", "graph", "core"),
+                          lambda out: qat(inputs, settings, out))
+    res = json.loads((run.out / RESULTS_NAME).read_text())
+    run.add("qdq_onnx", run.out / res["qdq_onnx"])  # the build stage builds the QAT engine
+    run.add("qat_results", run.out / RESULTS_NAME)
+    acc = {k: (res.get(k) or {}).get("value") for k in ("fp32", "ptq", "qat")}
+    return _record(reused, {"qdq_onnx": str(run.out / res["qdq_onnx"]), "top1": acc,
+                            "same_placement": res.get("same_placement")}, run.reused_from.get("qat", ""))
+
+
 def stage_sensitivity(run: Run) -> StageRecord:
     from pipeline.analyze.stage import symbolic_dims
     from pipeline.export.stage import read_summary
@@ -667,6 +696,7 @@ def _record(reused: bool, outputs: Dict[str, Any], source: str = "") -> StageRec
 STAGE_FUNCS: Dict[str, Callable[[Run], StageRecord]] = {
     "export": stage_export,
     "prune": stage_prune,
+    "qat": stage_qat,
     "analyze": stage_analyze,
     "quantize": stage_quantize,
     "sensitivity": stage_sensitivity,

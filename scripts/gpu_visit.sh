@@ -14,7 +14,7 @@
 # the torch interpreter, then scripts/gpu_evidence.py profiles the same engine again and times it with
 # benchmarks/trt_execute_loop.py. Results go to outputs/gpu/ and, if $OUT is set, to $OUT.
 set -uo pipefail
-PHASE=${1:?phase: plan | plan2 | split | explain | streams | sweep1 | tput | lat | small | fp16tf32 | int8 | qdq | qdq1 | probe | main | cache | tokens | bert-fp16 | bert-int8 | rn50}
+PHASE=${1:?phase: plan | plan2 | split | explain | streams | sweep1 | tput | lat | i13prune | i13build | small | fp16tf32 | int8 | qdq | qdq1 | probe | main | cache | tokens | bert-fp16 | bert-int8 | rn50}
 G=outputs/gpu
 mkdir -p "$G/onnx" "$G/results" "$G/runs"
 OUTDIR=${OUT:-$G/out}
@@ -231,6 +231,45 @@ case "$PHASE" in
     cp $G/sweep-$PHASE/comparison.md "$OUTDIR/comparison-$PHASE.md" 2>/dev/null || true
     (cd $G && tar -cf "$OUTDIR/sweep-$PHASE.tar" sweep-$PHASE/comparison.* sweep-$PHASE/*/report.* \
       sweep-$PHASE/*/explain.* sweep-$PHASE/*/measurement.json sweep-$PHASE/*/*.log sweep-$PHASE/*/.hydra 2>/dev/null)
+    ;;
+  i13prune)
+    # Issue 13, part 1 (torch interpreter): pruned models made by the prune stage on this machine: ResNet-50 with 2:4
+    # weights, ResNet-50 with half its channels (multiples of 32), and a stack of eight wide 3x3 convs with 2:4 weights.
+    # Torch-Pruning travels as a wheel in .whl/ (pure Python), unpacked onto the torch launcher's path.
+    python3 -m zipfile -e .whl/torch_pruning-*.whl /opt/gpukit/purepy >/dev/null && echo "torch_pruning unpacked"
+    [ -s "$G/onnx/resnet50.onnx" ] || { gpukit-torch pipeline/run.py model=resnet50 batch_size=8 stages=[export] \
+      backend=onnxruntime hydra.run.dir=$G/runs/export-resnet50 && mkdir -p $G/onnx && \
+      cp $G/runs/export-resnet50/resnet50.onnx $G/onnx/resnet50.onnx; }
+    WIDE="model=custom model.path=$PWD/benchmarks/models/wide_convs.py model.class_name=WideConvs model.input_kind=image model.input_shape=[512,28,28]"
+    for job in "r50-24:model=resnet50 prune.sparse24=true" "r50-c50:model=resnet50 prune.channels=0.5" \
+               "wide-24:$WIDE prune.sparse24=true"; do
+      name=${job%%:*}; t0=$SECONDS
+      timeout 200 gpukit-torch pipeline/run.py ${job#*:} data=random stages=[prune] prune.finetune_epochs=0 precision=int8 \
+        hardware=h200 backend=onnxruntime hydra.run.dir=$G/prune/$name engines_dir=$PWD/engines
+      echo "   prune $name rc=$? after $((SECONDS - t0)) s"
+      cp $G/prune/$name/prune.json "$OUTDIR/prune-$name.json" 2>/dev/null || true
+    done
+    ;;
+  i13build)
+    # Issue 13, part 2 (TensorRT interpreter): INT8 engines with 2:4 sparse tactics allowed, one multirun per model
+    # (one process: the timing cache stays warm between its builds): ResNet-50 dense / 2:4 / half channels at batch
+    # 256, the wide 3x3 stack dense / 2:4 at batch 64.
+    common="precision=int8 backend=tensorrt stages=[analyze,quantize,build,profile,report] build.sparse_weights=true \
+      data.calib_samples=16 data.num_samples=16 profile.warmup_s=2 profile.duration_s=4 profile.with_copies=false engines_dir=$PWD/engines"
+    timeout 330 gpukit-trt pipeline/run.py -m model=resnet50 batch_size=256 \
+      "inputs.run=$PWD/$G/runs/export-resnet50,$PWD/$G/prune/r50-24,$PWD/$G/prune/r50-c50" $common hydra.sweep.dir=$G/sweep-r50sparse
+    echo "   r50 sweep rc=$?"
+    W=$PWD/$G/prune/wide-24
+    timeout 230 gpukit-trt pipeline/run.py -m model=custom model.path=$PWD/benchmarks/models/wide_convs.py \
+      model.class_name=WideConvs model.input_kind=image 'model.input_shape=[512,28,28]' batch_size=64 \
+      "inputs.onnx=$W/custom.dense.onnx,$W/custom.pruned.onnx" inputs.summary=$W/prune.export.json $common \
+      hydra.sweep.dir=$G/sweep-widesparse
+    echo "   wide sweep rc=$?"
+    for s in r50sparse widesparse; do
+      cp $G/sweep-$s/comparison.md "$OUTDIR/comparison-$s.md" 2>/dev/null || true
+      (cd $G && tar -cf "$OUTDIR/sweep-$s.tar" sweep-$s/comparison.* sweep-$s/*/report.* sweep-$s/*/explain.* \
+        sweep-$s/*/measurement.json sweep-$s/*/*.log sweep-$s/*/.hydra 2>/dev/null)
+    done
     ;;
   tokens)
     # Issue 10: the transformers end to end (int64 token ids bound as the engine's int32), and tests/gpu.

@@ -129,8 +129,9 @@ def _score(model: Any, x: np.ndarray, labels: Optional[np.ndarray], reference: n
     return {"metric": "top1_agreement_with_unpruned", "value": top1_agreement(out, reference), "samples": len(x)}
 
 
-def _predicted(onnx: Path, summary: Path, settings: PruneSettings) -> Optional[Dict[str, Any]]:
-    """Roofline of an ONNX on the configured hardware (None where the hardware has no peak for the precision)."""
+def _predicted(onnx: Path, summary: Path, settings: PruneSettings, sparse: bool = False) -> Optional[Dict[str, Any]]:
+    """Roofline of an ONNX on the configured hardware (None where the hardware has no peak for the precision);
+    ``sparse``: at the 2:4 sparse Tensor Core peaks (the pruned model with ``prune.sparse24``)."""
     if settings.hardware is None or settings.precision is None:
         return None
     import json
@@ -142,12 +143,12 @@ def _predicted(onnx: Path, summary: Path, settings: PruneSettings) -> Optional[D
     with tempfile.TemporaryDirectory() as tmp:
         try:
             res = analyze(AnalyzeInputs(onnx, summary), AnalyzeSettings(settings.hardware, settings.precision,
-                                                                         settings.batch_size), Path(tmp))
+                                                                         settings.batch_size, sparse), Path(tmp))
         except StageSkipped:
             return None
         d = json.loads(res.results.read_text())
     a = d["analysis"]
-    return {"hardware": d["hardware"].get("name"), "precision": settings.precision.name,
+    return {"hardware": d["hardware"].get("name"), "precision": settings.precision.name, "sparse_peaks": sparse,
             "batch_size": settings.batch_size, "flops": (a.get("totals") or {}).get("flops"),
             "bytes": (a.get("totals") or {}).get("bytes"), "predicted_latency_s": a.get("predicted_latency_s")}
 
@@ -183,7 +184,8 @@ def _measure(model: Any, bundle: Any, name: str, stem: str, settings: PruneSetti
                              out, stem=stem, summary_name=summary_name, producer="prune")
     facts: Dict[str, Any] = {"onnx": exported.onnx.name, "summary": exported.summary.name,
                              "parameters": int(sum(p.numel() for p in model.parameters())),
-                             "roofline": _predicted(exported.onnx, exported.summary, settings)}
+                             "roofline": _predicted(exported.onnx, exported.summary, settings,
+                                                    sparse=stem.endswith(".pruned") and settings.prune.sparse24)}
     if x is not None and reference is not None:
         facts["accuracy"] = _score(model, x, labels, reference)
     return facts
