@@ -14,7 +14,7 @@
 # the torch interpreter, then scripts/gpu_evidence.py profiles the same engine again and times it with
 # benchmarks/trt_execute_loop.py. Results go to outputs/gpu/ and, if $OUT is set, to $OUT.
 set -uo pipefail
-PHASE=${1:?phase: plan | plan2 | split | explain | streams | sweep1 | tput | lat | i13prune | i13build | small | fp16tf32 | int8 | qdq | qdq1 | probe | main | cache | tokens | bert-fp16 | bert-int8 | rn50}
+PHASE=${1:?phase: plan | plan2 | split | explain | streams | sweep1 | tput | lat | i13prune | i13build | i12bert | small | fp16tf32 | int8 | qdq | qdq1 | probe | main | cache | tokens | bert-fp16 | bert-int8 | rn50}
 G=outputs/gpu
 mkdir -p "$G/onnx" "$G/results" "$G/runs"
 OUTDIR=${OUT:-$G/out}
@@ -270,6 +270,32 @@ case "$PHASE" in
       (cd $G && tar -cf "$OUTDIR/sweep-$s.tar" sweep-$s/comparison.* sweep-$s/*/report.* sweep-$s/*/explain.* \
         sweep-$s/*/measurement.json sweep-$s/*/*.log sweep-$s/*/.hydra 2>/dev/null)
     done
+    ;;
+  i12bert)
+    # Issue 12: BERT-base INT8 vs FP16 (seq 128, batch 32) and a BERT-large-shaped encoder (4 layers, hidden 1024, seq
+    # 384, batch 32) dense vs 2:4 in FP16 with sparse tactics allowed, each pair explained layer by layer.
+    ENC="model=bert model.layers=4 model.hidden=1024 model.heads=16 model.intermediate=4096 model.input_shape=[384]"
+    [ -s $G/runs/export-bert/bert.onnx ] || timeout 150 gpukit-torch pipeline/run.py model=bert batch_size=8 stages=[export] \
+      backend=onnxruntime hydra.run.dir=$G/runs/export-bert
+    [ -s $G/prune/enc-24/bert.pruned.onnx ] || timeout 150 gpukit-torch pipeline/run.py $ENC data=random stages=[prune] \
+      prune.sparse24=true prune.finetune_epochs=0 precision=fp16 hardware=h200 backend=onnxruntime data.num_samples=8 \
+      hydra.run.dir=$G/prune/enc-24 engines_dir=$PWD/engines
+    common="backend=tensorrt batch_size=32 data.calib_samples=32 data.num_samples=32 profile.warmup_s=2 profile.duration_s=4 \
+      profile.with_copies=false engines_dir=$PWD/engines"
+    for p in ${BERT_PRECISIONS:-fp16 int8}; do
+      st="[analyze,build,profile,report]"; [ $p = int8 ] && st="[analyze,quantize,build,profile,report]"
+      timeout 200 gpukit-trt pipeline/run.py model=bert data=text inputs.run=$PWD/$G/runs/export-bert precision=$p \
+        stages=$st $common hydra.run.dir=$G/runs/bert-$p-bs32
+      echo "   bert $p rc=$?"
+    done
+    gpukit-trt -m pipeline.explain $G/runs/bert-fp16-bs32 $G/runs/bert-int8-bs32 --labels fp16 int8 --out "$OUTDIR/explain-bert"
+    for v in dense pruned; do
+      timeout 200 gpukit-trt pipeline/run.py $ENC data=random inputs.onnx=$PWD/$G/prune/enc-24/bert.$v.onnx \
+        inputs.summary=$PWD/$G/prune/enc-24/prune.export.json precision=fp16 build.sparse_weights=true \
+        stages=[analyze,build,profile,report] $common hydra.run.dir=$G/runs/enc-$v
+      echo "   encoder $v rc=$?"
+    done
+    gpukit-trt -m pipeline.explain $G/runs/enc-dense $G/runs/enc-pruned --labels dense 2:4 --out "$OUTDIR/explain-enc"
     ;;
   tokens)
     # Issue 10: the transformers end to end (int64 token ids bound as the engine's int32), and tests/gpu.

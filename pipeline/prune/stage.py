@@ -112,21 +112,35 @@ def _single_input(ds: Any, specs: List[Any], what: str) -> np.ndarray:
     return np.ascontiguousarray(ds.inputs[specs[0].name], dtype=np.float32)
 
 
-def _outputs(model: Any, x: np.ndarray, batch: int = 256) -> np.ndarray:
+def _feeds(ds: Any, specs: List[Any]) -> Dict[str, np.ndarray]:
+    """The dataset's arrays in the model's input order and dtypes."""
+    return {sp.name: np.ascontiguousarray(ds.inputs[sp.name], dtype=np.dtype(sp.dtype)) for sp in specs}
+
+
+def _outputs(model: Any, feeds: Dict[str, np.ndarray], batch: int = 64) -> np.ndarray:
     import torch
 
     model.eval()
+    n = len(next(iter(feeds.values())))
     with torch.no_grad():
-        return np.concatenate([model(torch.from_numpy(x[i:i + batch])).numpy() for i in range(0, len(x), batch)])
+        outs = [model(*(torch.from_numpy(a[i:i + batch]) for a in feeds.values())) for i in range(0, n, batch)]
+    outs = [o[0] if isinstance(o, (tuple, list)) else o for o in outs]
+    return np.concatenate([o.numpy() for o in outs])
 
 
-def _score(model: Any, x: np.ndarray, labels: Optional[np.ndarray], reference: np.ndarray) -> Dict[str, Any]:
-    from pipeline.core.accuracy import label_accuracy, top1_agreement
+def _score(model: Any, feeds: Dict[str, np.ndarray], labels: Optional[np.ndarray], reference: np.ndarray,
+           task: str) -> Dict[str, Any]:
+    """Top-1 against labels; without labels, top-1 agreement (classifiers) or the mean output cosine (others)
+    with the unpruned model."""
+    from pipeline.core.accuracy import cosine_per_sample, label_accuracy, top1_agreement
 
-    out = _outputs(model, x)
+    out, n = _outputs(model, feeds), len(reference)
     if labels is not None:
-        return {"metric": "top1", "value": label_accuracy(out, labels), "samples": len(x)}
-    return {"metric": "top1_agreement_with_unpruned", "value": top1_agreement(out, reference), "samples": len(x)}
+        return {"metric": "top1", "value": label_accuracy(out, labels), "samples": n}
+    if task == "classification":
+        return {"metric": "top1_agreement_with_unpruned", "value": top1_agreement(out, reference), "samples": n}
+    return {"metric": "output_cosine_with_unpruned", "value": float(np.mean(cosine_per_sample(reference, out))),
+            "samples": n}
 
 
 def _predicted(onnx: Path, summary: Path, settings: PruneSettings, sparse: bool = False) -> Optional[Dict[str, Any]]:
@@ -175,7 +189,8 @@ def _layer_ratios(inputs: PruneInputs, prune: "PruneConfig") -> Dict[str, float]
     return ratios_from_latency(times, prune.channels, prune.max_layer_ratio)
 
 
-def _measure(model: Any, bundle: Any, name: str, stem: str, settings: PruneSettings, out: Path, x: Optional[np.ndarray],
+def _measure(model: Any, bundle: Any, name: str, stem: str, settings: PruneSettings, out: Path,
+             x: Optional[Dict[str, np.ndarray]],
              labels: Optional[np.ndarray], reference: Optional[np.ndarray], summary_name: str) -> Dict[str, Any]:
     """Export ``model`` through the export stage's path and measure it: parameters, roofline, accuracy."""
     from pipeline.export.stage import ExportSettings, export_bundle
@@ -187,7 +202,7 @@ def _measure(model: Any, bundle: Any, name: str, stem: str, settings: PruneSetti
                              "roofline": _predicted(exported.onnx, exported.summary, settings,
                                                     sparse=stem.endswith(".pruned") and settings.prune.sparse24)}
     if x is not None and reference is not None:
-        facts["accuracy"] = _score(model, x, labels, reference)
+        facts["accuracy"] = _score(model, x, labels, reference, bundle.task)
     return facts
 
 
@@ -226,7 +241,7 @@ def run(inputs: PruneInputs, settings: PruneSettings, out: Path) -> PruneOutputs
                             "Prune a zoo or custom torch model (model=<name> or model=custom), then export it.")
     name, specs = model_name(inputs.model), list(bundle.inputs)
     train, evals = _load(inputs.train_data, specs), _load(inputs.eval_data, specs)
-    x = _single_input(evals, specs, "eval") if evals is not None else None
+    x = _feeds(evals, specs) if evals is not None else None
     labels = np.asarray(evals.labels) if evals is not None and evals.labels is not None else None
     model = bundle.module.eval()
     reference = _outputs(model, x) if x is not None else None
@@ -250,7 +265,7 @@ def run(inputs: PruneInputs, settings: PruneSettings, out: Path) -> PruneOutputs
         masks = m24.masks
         facts["sparse24_masks"] = {"layers": sorted(m24.masks), "skipped": dict(m24.skipped)}
     if x is not None and reference is not None:
-        facts["accuracy_before_finetune"] = _score(model, x, labels, reference)
+        facts["accuracy_before_finetune"] = _score(model, x, labels, reference, bundle.task)
     facts["finetune"] = _finetune(model, train, specs, prune, masks)
     model.eval()
     facts["prune_seconds"] = round(time.perf_counter() - t0, 3)
