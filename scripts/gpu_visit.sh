@@ -288,14 +288,16 @@ case "$PHASE" in
         stages=$st $common hydra.run.dir=$G/runs/bert-$p-bs32
       echo "   bert $p rc=$?"
     done
-    gpukit-trt -m pipeline.explain $G/runs/bert-fp16-bs32 $G/runs/bert-int8-bs32 --labels fp16 int8 --out "$OUTDIR/explain-bert"
+    gpukit-trt -m pipeline.explain $G/runs/bert-fp16-bs32 $G/runs/bert-int8-bs32 --labels fp16 int8 --out $G/explain-bert
     for v in dense pruned; do
       timeout 200 gpukit-trt pipeline/run.py $ENC data=random inputs.onnx=$PWD/$G/prune/enc-24/bert.$v.onnx \
         inputs.summary=$PWD/$G/prune/enc-24/prune.export.json precision=fp16 build.sparse_weights=true \
         stages=[analyze,build,profile,report] $common hydra.run.dir=$G/runs/enc-$v
       echo "   encoder $v rc=$?"
     done
-    gpukit-trt -m pipeline.explain $G/runs/enc-dense $G/runs/enc-pruned --labels dense 2:4 --out "$OUTDIR/explain-enc"
+    gpukit-trt -m pipeline.explain $G/runs/enc-dense $G/runs/enc-pruned --labels dense 2:4 --out $G/explain-enc
+    (cd $G && tar -cf "$OUTDIR/i12bert.tar" explain-bert explain-enc runs/bert-*/report.* runs/bert-*/explain.* \
+      runs/enc-*/report.* runs/enc-*/explain.* runs/*/measurement.json prune/enc-24/prune.json 2>/dev/null)
     ;;
   tokens)
     # Issue 10: the transformers end to end (int64 token ids bound as the engine's int32), and tests/gpu.
