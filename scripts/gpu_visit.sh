@@ -14,7 +14,7 @@
 # the torch interpreter, then scripts/gpu_evidence.py profiles the same engine again and times it with
 # benchmarks/trt_execute_loop.py. Results go to outputs/gpu/ and, if $OUT is set, to $OUT.
 set -uo pipefail
-PHASE=${1:?phase: plan | plan2 | split | explain | streams | sweep1 | tput | lat | i13prune | i13build | i12bert | small | fp16tf32 | int8 | qdq | qdq1 | probe | main | cache | tokens | bert-fp16 | bert-int8 | rn50}
+PHASE=${1:?phase: plan | plan2 | split | explain | streams | sweep1 | tput | lat | i13prune | i13build | i13wide | i12bert | small | fp16tf32 | int8 | qdq | qdq1 | probe | main | cache | tokens | bert-fp16 | bert-int8 | rn50}
 G=outputs/gpu
 mkdir -p "$G/onnx" "$G/results" "$G/runs"
 OUTDIR=${OUT:-$G/out}
@@ -233,43 +233,65 @@ case "$PHASE" in
       sweep-$PHASE/*/explain.* sweep-$PHASE/*/measurement.json sweep-$PHASE/*/*.log sweep-$PHASE/*/.hydra 2>/dev/null)
     ;;
   i13prune)
-    # Issue 13, part 1 (torch interpreter): pruned models made by the prune stage on this machine: ResNet-50 with 2:4
-    # weights, ResNet-50 with half its channels (multiples of 32), and a stack of eight wide 3x3 convs with 2:4 weights.
+    # Issue 13 (and 12's dense vs 2:4 encoder), part 1 (torch interpreter): models pruned by the prune stage on this
+    # machine: ResNet-50 with 2:4 weights, eight wide 3x3 convs with 2:4 weights, a BERT-large-shaped encoder (4
+    # layers, hidden 1024, seq 384) with 2:4 weights, and (I13_CHANNELS=1) ResNet-50 with half its channels.
     # Torch-Pruning travels as a wheel in .whl/ (pure Python), unpacked onto the torch launcher's path.
     python3 -m zipfile -e .whl/torch_pruning-*.whl /opt/gpukit/purepy >/dev/null && echo "torch_pruning unpacked"
-    [ -s "$G/onnx/resnet50.onnx" ] || { gpukit-torch pipeline/run.py model=resnet50 batch_size=8 stages=[export] \
-      backend=onnxruntime hydra.run.dir=$G/runs/export-resnet50 && mkdir -p $G/onnx && \
-      cp $G/runs/export-resnet50/resnet50.onnx $G/onnx/resnet50.onnx; }
     WIDE="model=custom model.path=$PWD/benchmarks/models/wide_convs.py model.class_name=WideConvs model.input_kind=image model.input_shape=[512,28,28]"
-    for job in "r50-24:model=resnet50 prune.sparse24=true" "r50-c50:model=resnet50 prune.channels=0.5" \
-               "wide-24:$WIDE prune.sparse24=true"; do
+    ENC="model=bert model.layers=4 model.hidden=1024 model.heads=16 model.intermediate=4096 model.input_shape=[384]"
+    jobs=("r50-24:model=resnet50 prune.sparse24=true precision=int8" "wide-24:$WIDE prune.sparse24=true precision=int8"
+          "enc-24:$ENC prune.sparse24=true precision=fp16")
+    [ -n "${I13_CHANNELS:-}" ] && jobs+=("r50-c50:model=resnet50 prune.channels=0.5 precision=int8")
+    for job in "${jobs[@]}"; do
       name=${job%%:*}; t0=$SECONDS
-      timeout 200 gpukit-torch pipeline/run.py ${job#*:} data=random stages=[prune] prune.finetune_epochs=0 precision=int8 \
-        hardware=h200 backend=onnxruntime hydra.run.dir=$G/prune/$name engines_dir=$PWD/engines
+      timeout 200 gpukit-torch pipeline/run.py ${job#*:} data=random stages=[prune] prune.finetune_epochs=0 \
+        data.num_samples=8 hardware=h200 backend=onnxruntime hydra.run.dir=$G/prune/$name engines_dir=$PWD/engines
       echo "   prune $name rc=$? after $((SECONDS - t0)) s"
       cp $G/prune/$name/prune.json "$OUTDIR/prune-$name.json" 2>/dev/null || true
     done
     ;;
   i13build)
-    # Issue 13, part 2 (TensorRT interpreter): INT8 engines with 2:4 sparse tactics allowed, one multirun per model
-    # (one process: the timing cache stays warm between its builds): ResNet-50 dense / 2:4 / half channels at batch
-    # 256, the wide 3x3 stack dense / 2:4 at batch 64.
+    # Part 2 (TensorRT interpreter): ResNet-50 INT8 at batch 256, dense vs 2:4 (and half channels when pruned), sparse
+    # tactics allowed, one multirun (one process: the timing cache stays warm between its builds).
     common="precision=int8 backend=tensorrt stages=[analyze,quantize,build,profile,report] build.sparse_weights=true \
       data.calib_samples=16 data.num_samples=16 profile.warmup_s=2 profile.duration_s=4 profile.with_copies=false engines_dir=$PWD/engines"
-    timeout 330 gpukit-trt pipeline/run.py -m model=resnet50 batch_size=256 \
-      "inputs.run=$PWD/$G/runs/export-resnet50,$PWD/$G/prune/r50-24,$PWD/$G/prune/r50-c50" $common hydra.sweep.dir=$G/sweep-r50sparse
+    R=$PWD/$G/prune/r50-24; runs="$R"
+    [ -s $G/prune/r50-c50/resnet50.pruned.onnx ] && runs="$runs,$PWD/$G/prune/r50-c50"
+    timeout 330 gpukit-trt pipeline/run.py -m model=resnet50 batch_size=256 "inputs.onnx=$R/resnet50.dense.onnx,$R/resnet50.pruned.onnx" \
+      inputs.summary=$R/prune.export.json $common hydra.sweep.dir=$G/sweep-r50sparse
     echo "   r50 sweep rc=$?"
-    W=$PWD/$G/prune/wide-24
-    timeout 230 gpukit-trt pipeline/run.py -m model=custom model.path=$PWD/benchmarks/models/wide_convs.py \
-      model.class_name=WideConvs model.input_kind=image 'model.input_shape=[512,28,28]' batch_size=64 \
-      "inputs.onnx=$W/custom.dense.onnx,$W/custom.pruned.onnx" inputs.summary=$W/prune.export.json $common \
-      hydra.sweep.dir=$G/sweep-widesparse
-    echo "   wide sweep rc=$?"
-    for s in r50sparse widesparse; do
-      cp $G/sweep-$s/comparison.md "$OUTDIR/comparison-$s.md" 2>/dev/null || true
-      (cd $G && tar -cf "$OUTDIR/sweep-$s.tar" sweep-$s/comparison.* sweep-$s/*/report.* sweep-$s/*/explain.* \
-        sweep-$s/*/measurement.json sweep-$s/*/*.log sweep-$s/*/.hydra 2>/dev/null)
+    [ -s $G/prune/r50-c50/resnet50.pruned.onnx ] && timeout 150 gpukit-trt pipeline/run.py model=resnet50 batch_size=256 \
+      inputs.run=$PWD/$G/prune/r50-c50 $common hydra.run.dir=$G/runs/r50-c50
+    d=$G/sweep-r50sparse; gpukit-trt -m pipeline.explain $d/0-* $d/1-* --labels dense 2:4 --out $G/explain-r50-24
+    cp $d/comparison.md "$OUTDIR/comparison-r50sparse.md" 2>/dev/null || true
+    (cd $G && tar -cf "$OUTDIR/i13build.tar" sweep-r50sparse/comparison.* sweep-r50sparse/*/report.* sweep-r50sparse/*/explain.* \
+      sweep-r50sparse/*/measurement.json sweep-r50sparse/*/*.log explain-r50-24 runs/r50-c50/report.* 2>/dev/null)
+    ;;
+  i13wide)
+    # Part 3: the wide 3x3 stack INT8 at batch 64 and the BERT-large-shaped encoder FP16 at batch 32, dense vs 2:4 with
+    # sparse tactics allowed, each pair explained layer by layer (the engine diff and the builder's sparsity lines).
+    common="backend=tensorrt build.sparse_weights=true data.calib_samples=16 \
+      data.num_samples=16 profile.warmup_s=2 profile.duration_s=4 profile.with_copies=false engines_dir=$PWD/engines"
+    W=$PWD/$G/prune/wide-24; E=$PWD/$G/prune/enc-24
+    for v in dense pruned; do
+      timeout 120 gpukit-trt pipeline/run.py model=custom model.path=$PWD/benchmarks/models/wide_convs.py \
+        model.class_name=WideConvs model.input_kind=image 'model.input_shape=[512,28,28]' batch_size=64 precision=int8 \
+        inputs.onnx=$W/custom.$v.onnx inputs.summary=$W/prune.export.json $common \
+        stages=[analyze,quantize,build,profile,report] hydra.run.dir=$G/runs/wide-$v
+      echo "   wide $v rc=$?"
     done
+    gpukit-trt -m pipeline.explain $G/runs/wide-dense $G/runs/wide-pruned --labels dense 2:4 --out $G/explain-wide
+    for v in dense pruned; do
+      timeout 150 gpukit-trt pipeline/run.py model=bert model.layers=4 model.hidden=1024 model.heads=16 \
+        model.intermediate=4096 'model.input_shape=[384]' data=random batch_size=32 precision=fp16 \
+        inputs.onnx=$E/bert.$v.onnx inputs.summary=$E/prune.export.json $common stages=[analyze,build,profile,report] \
+        hydra.run.dir=$G/runs/enc-$v
+      echo "   encoder $v rc=$?"
+    done
+    gpukit-trt -m pipeline.explain $G/runs/enc-dense $G/runs/enc-pruned --labels dense 2:4 --out $G/explain-enc
+    (cd $G && tar -cf "$OUTDIR/i13wide.tar" explain-wide explain-enc runs/wide-*/report.* runs/wide-*/explain.* \
+      runs/enc-*/report.* runs/enc-*/explain.* runs/wide-*/measurement.json runs/enc-*/measurement.json 2>/dev/null)
     ;;
   i12bert)
     # Issue 12: BERT-base INT8 vs FP16 (seq 128, batch 32) and a BERT-large-shaped encoder (4 layers, hidden 1024, seq
