@@ -842,8 +842,10 @@ def _run_stages(run: Run, extra: Dict[str, Any]) -> Optional[BaseException]:
 
 def _finish(run: Run, extra: Dict[str, Any]) -> tuple[dict, dict]:
     """The report stage (renders from the run folder's files), then the final ``run.json``."""
+    from pipeline.core.environment import now_utc
     from pipeline.report.stage import assemble_report, render
 
+    extra["environment"]["finished_at"] = now_utc()  # the stages' end (the report only renders files)
     rec = StageRecord(status="not requested", reason="not in stages")
     run.stages["report"] = rec
     paths: dict = {}

@@ -33,8 +33,10 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from pipeline.core.config import PipelineConfig, register_configs  # noqa: E402
 from pipeline.core.errors import PipelineError, RunInterrupted  # noqa: E402
+from pipeline.optimize.gpus import register_resolvers  # noqa: E402
 
 register_configs()
+register_resolvers()  # ${gpu_count:} (the +sweep=gpus preset's hydra.launcher.n_jobs)
 
 
 #: Where Hydra finds ``config.yaml``: the package itself (importlib), never a path relative to the caller.
@@ -48,6 +50,10 @@ def main(cfg: DictConfig) -> None:
 
     try:
         typed: PipelineConfig = OmegaConf.to_object(cfg)  # validates types and fills interpolations
+        if typed.gpus.per_job:  # before the pipeline imports anything that touches CUDA
+            from pipeline.optimize.gpus import pin_job
+
+            pin_job(typed.engines_dir, typed.gpus.lock_dir, typed.gpus.ids, typed.gpus.wait_s)
         typed.command_line = command_line(sys.argv, _job_overrides())
         resolved = OmegaConf.to_container(cfg, resolve=True)
         run_pipeline(typed, resolved_config=resolved)

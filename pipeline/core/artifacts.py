@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 def current_umask() -> int:
@@ -50,6 +50,35 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created; ``fcntl.flock``) for the block.
+
+    Another process, or another open of the same file in this process, taking the same lock waits until the block
+    ends; the lock goes with the process however it ends, so it never goes stale. ``on_wait`` is called once when
+    the lock is held elsewhere, before waiting. The lock file is left in place (removing it would let two processes
+    lock two different files). Where ``fcntl`` does not exist (Windows) the block runs unlocked.
+    """
+    try:
+        import fcntl  # noqa: PLC0415 - POSIX only
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -462,6 +462,25 @@ class OptimizeConfig:
 
 
 @dataclass
+class GpusConfig:
+    """One job per GPU of a host (``+sweep=gpus``): each job claims a GPU for its process and is pinned to it.
+
+    Attributes:
+        per_job: claim one GPU per job process (an exclusive lock file per GPU), set ``CUDA_VISIBLE_DEVICES`` to it
+            before anything touches CUDA, and keep it for the process's life (a reused joblib worker keeps its GPU).
+        lock_dir: folder of the per-GPU lock files; null: ``<engines_dir>/.gpu-locks``.
+        ids: GPU ids to hand out (CUDA ordinals or UUIDs; fake ids in tests); null: ``CUDA_VISIBLE_DEVICES`` if set,
+            else every GPU NVML lists.
+        wait_s: how long a job waits for a free GPU before it fails, naming the processes that hold them.
+    """
+
+    per_job: bool = False
+    lock_dir: Optional[str] = None
+    ids: Optional[List[str]] = None
+    wait_s: float = 600.0
+
+
+@dataclass
 class PipelineConfig:
     """The whole run. See ``conf/config.yaml`` for defaults and ``README.md`` for examples."""
 
@@ -478,6 +497,7 @@ class PipelineConfig:
     optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     qat: QatConfig = field(default_factory=QatConfig)
+    gpus: GpusConfig = field(default_factory=GpusConfig)
     stages: List[str] = field(default_factory=lambda: list(DEFAULT_STAGES))
     batch_size: int = 1
     opset: int = 17

@@ -68,10 +68,25 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def now_utc() -> str:
+    """The current UTC time, ISO 8601 to the millisecond (the run's ``started_at`` / ``finished_at``)."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def job_gpu() -> dict | None:
+    """The GPU this process was pinned to by a per-GPU sweep (``gpus.per_job``), or None.
+
+    Read through ``sys.modules``: a process that never imported :mod:`pipeline.optimize.gpus` claimed no GPU.
+    """
+    gpus = sys.modules.get("pipeline.optimize.gpus")
+    return gpus.job_gpu() if gpus is not None else None
+
+
 def environment(command_line: str = "", config: dict | None = None) -> dict:
-    """Everything a reader needs to reproduce a report."""
+    """Everything a reader needs to reproduce a report (``finished_at`` is added when the stages end)."""
+    pinned = job_gpu()
     return {
-        "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "started_at": now_utc(),
         "command_line": command_line or " ".join(["python", *sys.argv]),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -80,5 +95,6 @@ def environment(command_line: str = "", config: dict | None = None) -> dict:
         "gpus": gpu_names(),
         "git_commit": git_commit(),
         "packages": package_versions(),
+        **({"job_gpu": pinned} if pinned is not None else {}),
         "config": config,
     }

@@ -9,6 +9,7 @@ every function here says so instead of failing: :func:`device_facts` returns ``N
 
 from __future__ import annotations
 
+import os
 import statistics
 import threading
 from types import ModuleType
@@ -48,6 +49,38 @@ def nvml() -> Tuple[Optional[ModuleType], str]:
     return pynvml, ""
 
 
+def cuda_visible_entries() -> Optional[List[str]]:
+    """``CUDA_VISIBLE_DEVICES`` as a list of entries (ordinals or UUIDs), or None when it is not set."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def handle_for_cuda_device(pynvml: ModuleType, index: int = 0) -> Any:
+    """NVML's handle of this process's CUDA device ``index``.
+
+    NVML numbers every GPU of the host (PCI bus order) and ignores ``CUDA_VISIBLE_DEVICES``; CUDA numbers only the
+    visible ones. A job pinned with ``CUDA_VISIBLE_DEVICES=3`` runs on CUDA device 0, which is NVML's device 3
+    (ordinals assume ``CUDA_DEVICE_ORDER=PCI_BUS_ID``, which :mod:`pipeline.optimize.gpus` sets); a UUID entry (or
+    the prefix of one, as CUDA accepts) is looked up by UUID.
+
+    Raises:
+        pynvml.NVMLError: no such device.
+    """
+    entries = cuda_visible_entries()
+    if entries is None:
+        return pynvml.nvmlDeviceGetHandleByIndex(index)
+    if index >= len(entries):
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+    entry = entries[index]
+    if entry.isdigit():
+        return pynvml.nvmlDeviceGetHandleByIndex(int(entry))
+    for i in range(pynvml.nvmlDeviceGetCount()):
+        handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+        if _text(pynvml.nvmlDeviceGetUUID(handle)).startswith(entry):
+            return handle
+    raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+
+
 def _device_facts(pynvml: ModuleType, handle: Any) -> Dict[str, Any]:
     major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
     facts: Dict[str, Any] = {
@@ -60,6 +93,7 @@ def _device_facts(pynvml: ModuleType, handle: Any) -> Dict[str, Any]:
         "max_mem_clock_mhz": lambda: pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_MEM),
         "power_limit_w": lambda: pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000.0,
         "memory_total_bytes": lambda: int(pynvml.nvmlDeviceGetMemoryInfo(handle).total),
+        "uuid": lambda: _text(pynvml.nvmlDeviceGetUUID(handle)),
     }
     for key, read in optional.items():
         try:
@@ -70,18 +104,19 @@ def _device_facts(pynvml: ModuleType, handle: Any) -> Dict[str, Any]:
 
 
 def device_facts(index: int = 0) -> Optional[Dict[str, Any]]:
-    """Name, compute capability, driver, max clocks, power limit and memory of GPU ``index``.
+    """Name, compute capability, driver, max clocks, power limit, memory and UUID of CUDA device ``index``
+    (through ``CUDA_VISIBLE_DEVICES``: :func:`handle_for_cuda_device`).
 
     Returns:
         ``{name, compute_capability, driver, max_sm_clock_mhz, max_mem_clock_mhz, power_limit_w,
-        memory_total_bytes}`` (MHz, W, bytes; None where the board does not report one), or None
+        memory_total_bytes, uuid}`` (MHz, W, bytes; None where the board does not report one), or None
         without NVML or without that GPU.
     """
     pynvml, _ = nvml()
     if pynvml is None:
         return None
     try:
-        return _device_facts(pynvml, pynvml.nvmlDeviceGetHandleByIndex(index))
+        return _device_facts(pynvml, handle_for_cuda_device(pynvml, index))
     except pynvml.NVMLError:
         return None
     finally:
@@ -173,7 +208,7 @@ class NvmlSampler:
         measured["gpu_telemetry"] = s.result()
 
     Args:
-        index: GPU index (NVML order).
+        index: CUDA device index of this process (mapped to NVML's through ``CUDA_VISIBLE_DEVICES``).
         period_s: sampling period, seconds (NVML's power and utilization counters update about every
             20 ms or slower, so shorter periods repeat values).
 
@@ -197,7 +232,7 @@ class NvmlSampler:
         if pynvml is None:
             return self
         try:
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(self.index)
+            self._handle = handle_for_cuda_device(pynvml, self.index)
             self._facts = _device_facts(pynvml, self._handle)
         except pynvml.NVMLError as err:
             self._reason = f"NVML has no GPU {self.index} ({err})"
@@ -226,7 +261,7 @@ class NvmlSampler:
         """The telemetry dict (see the class docstring)."""
         if not self._facts:
             return {"available": False, "reason": self._reason or "the sampler did not run"}
-        out: Dict[str, Any] = {"available": True, "device": self._facts.get("name"),
+        out: Dict[str, Any] = {"available": True, "device": self._facts.get("name"), "uuid": self._facts.get("uuid"),
                                "driver": self._facts.get("driver"), "samples": len(self.samples),
                                "period_ms": self.period_s * 1e3,
                                "max_sm_clock_mhz": self._facts.get("max_sm_clock_mhz"),

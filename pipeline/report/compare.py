@@ -73,6 +73,7 @@ def comparison_rows(reports: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]
     rows = []
     for r in reports:
         m = data.section(r, "measured")
+        env = data.section(r, "environment")
         hw_name = data.section(r, "hardware").get("name")
         ach = data.measured_achieved(r) if m else {"pct_of_peak": None}
         row: Dict[str, Any] = {
@@ -86,7 +87,10 @@ def comparison_rows(reports: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]
             "throughput_samples_s": _num(m.get("throughput_samples_s")),
             "pct_of_peak": ach["pct_of_peak"],
             "accuracy": data.accuracy_verdict(r),
-            "command_line": data.section(r, "environment").get("command_line"),
+            "command_line": env.get("command_line"),
+            "gpu": env.get("job_gpu"),  # the GPU a per-GPU sweep pinned the job to (pipeline.optimize.gpus)
+            "started_at": env.get("started_at"),
+            "finished_at": env.get("finished_at"),
             "gpu_telemetry": m.get("gpu_telemetry"),
             "explain_breakdown": _first_engine(r).get("breakdown"),
             "explain_layers": _first_engine(r).get("layers"),
@@ -100,8 +104,11 @@ def comparison_rows(reports: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]
 
 
 def _formatted(rows: List[Dict[str, Any]]) -> Table:
+    from pipeline.optimize.gpus import gpu_label
+
     stage_cols = [k for k in rows[0] if k.startswith("stage:")] if rows else []
-    headers = [_TITLES[c] for c in COLUMNS] + [c.split(":", 1)[1] for c in stage_cols]
+    pinned = any(row.get("gpu") for row in rows)  # a per-GPU sweep: which GPU each job ran on
+    headers = [_TITLES[c] for c in COLUMNS] + (["gpu"] if pinned else []) + [c.split(":", 1)[1] for c in stage_cols]
     out = []
     for row in rows:
         out.append(
@@ -117,6 +124,7 @@ def _formatted(rows: List[Dict[str, Any]]) -> Table:
                 fmt_pct(row["pct_of_peak"]),
                 str(row["accuracy"]),
             ]
+            + ([gpu_label(row.get("gpu"))] if pinned else [])
             + [str(row[c]) for c in stage_cols]
         )
     return Table(headers, out)
@@ -158,6 +166,7 @@ def write_comparison(reports: Sequence[Mapping[str, Any]], out_dir: str | os.Pat
     Raises:
         PipelineError: no reports, or a malformed one (its index is named).
     """
+    from pipeline.optimize.gpus import gpus_markdown, overlaps
     from pipeline.optimize.pareto import pareto_front, pick
     from pipeline.optimize.targets import check_targets, targets_markdown
 
@@ -180,11 +189,12 @@ def write_comparison(reports: Sequence[Mapping[str, Any]], out_dir: str | os.Pat
         md.append(f"- latency at batch 1: {_label(rows[chosen['latency']], rows)}, "
                   f"{rows[chosen['latency']]['measured_median_ms']:.3f} ms")
     md += targets_markdown(verdicts, lambda i: _label(rows[i], rows))
+    md += gpus_markdown(rows, lambda i: _label(rows[i], rows))
     return {
         "json": write_json(
             out / "comparison.json", {"schema_version": 1, "columns": list(rows[0].keys()), "rows": rows,
                                       "pareto_front": front, "pick": chosen,
-                                      "targets": verdicts}
+                                      "targets": verdicts, "gpu_overlaps": overlaps(rows)["pairs"]}
         ),
         "md": write_text(out / "comparison.md", "\n".join(md).rstrip() + "\n"),
     }

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 import numpy as np
 
-from pipeline.core.artifacts import file_sha256, short_hash, write_bytes, write_json
+from pipeline.core.artifacts import file_lock, file_sha256, short_hash, write_bytes, write_json
 from pipeline.core.config import BuildConfig, PrecisionConfig
 from pipeline.core.errors import PipelineError
 from pipeline.trt.builder_config import add_optimization_profile, attach_calibrator, builder_config, set_input_format
@@ -269,6 +269,22 @@ def engine_from_onnx(
     engines_dir = Path(engines_dir)
     req = plan_request(onnx_path, precision, build, batch_size, engines_dir, model_name, features, gpu,
                        calib_batches, calibration_cache, Path(precision_plan) if precision_plan else None)
+    # One build per engine at a time, across the processes of a sweep sharing engines_dir: a second job asking for
+    # the same engine waits here, then finds the first one's engine in the cache.
+    with file_lock(Path(str(req.plan_path) + ".lock"),
+                   lambda: log(f"[build] another process is building {req.plan_path.name}; waiting for it")):
+        return _cached_or_built(trt, req, precision, build, features, gpu, engines_dir, model_name, hardware_name,
+                                cuda, log)
+
+
+def _cached_or_built(trt: ModuleType, req: BuildRequest, precision: PrecisionConfig, build: BuildConfig,
+                     features: TrtFeatures, gpu: GpuInfo, engines_dir: Path, model_name: str,
+                     hardware_name: Optional[str], cuda: Any, log: Callable[[str], None]) -> EngineArtifact:
+    """The cached engine when valid, else a build; called with the engine's lock held.
+
+    Both files are written whole and renamed into place, the plan first and its sidecar last (a rebuild removes the
+    old sidecar first), so a reader that finds a sidecar finds the whole engine it describes.
+    """
     side_path = Path(str(req.plan_path) + ".json")
     sidecar = read_sidecar(side_path) if side_path.is_file() else None
     problem = cached_engine_problem(req.plan_path, sidecar, features, gpu, req.key)
@@ -278,6 +294,7 @@ def engine_from_onnx(
                               float((sidecar or {}).get("build_seconds", 0.0)))
     if req.plan_path.is_file():
         log(f"[build] rebuilding {req.plan_path.name}: " + ("build.force_rebuild=true" if problem is None else problem))
+    side_path.unlink(missing_ok=True)  # the old sidecar never describes the new plan
     req.source = typed_source(req, engines_dir)
     out = build_serialized(trt, req, build, features, gpu, engines_dir, cuda, log)
     info, io = inspect_plan(trt, features, out.plan_bytes, out.logger)

@@ -2,6 +2,9 @@
 
 A timing cache holds the kernel timings of earlier builds, so a rebuild skips most tactic timing.
 TensorRT 8.6.0 writes caches it cannot read back (Myelin entries); those are detected and not saved.
+Several processes (the jobs of a sweep) share one file: a save holds the file's lock, merges what another
+process saved since this build read the file (``ITimingCache.combine``) and replaces the file whole (write, then
+rename), so no save loses another's timings and no reader sees half a file.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from pipeline.core.artifacts import write_bytes
+from pipeline.core.artifacts import file_lock, write_bytes
 from pipeline.trt.features import GpuInfo, TrtFeatures
 
 
@@ -72,6 +75,27 @@ def attach_timing_cache(config: Any, blob: bytes, logger: Any) -> Tuple[Any, boo
     return tcache, bool(blob) and ok, ""
 
 
+def merge_cache_file(config: Any, cache_file: Path, logger: Any) -> bool:
+    """Combine the timings in ``cache_file`` (another process may have saved it since this build read it) into the
+    build's cache. False, and nothing changed, without a file, where this TensorRT has no ``combine``, or when
+    TensorRT refuses the file or the merge."""
+    live = config.get_timing_cache()
+    combine = getattr(live, "combine", None)
+    if combine is None or not cache_file.is_file():
+        return False
+    blob = cache_file.read_bytes()
+    if not blob:
+        return False
+    since = len(logger.messages)
+    try:
+        other = config.create_timing_cache(blob)
+        if any(_CACHE_REJECTED in m.lower() for m in _cache_messages(logger, since)):
+            return False
+        return bool(combine(other, False))  # ignore_mismatch=False: never take another device's timings
+    except Exception:  # noqa: BLE001 - a merge is a bonus; the build's own cache is still saved
+        return False
+
+
 def save_timing_cache(builder: Any, config: Any, cache_file: Path, logger: Any) -> Tuple[bool, str]:
     """Write the build's timing cache to ``cache_file`` if TensorRT can read it back.
 
@@ -79,16 +103,21 @@ def save_timing_cache(builder: Any, config: Any, cache_file: Path, logger: Any) 
     would be rejected whole by every later build (and replace a good one), so it is read back in
     a scratch builder config first and written (atomically) only when that load succeeds.
 
+    The file's lock (``<cache>.lock``) is held from the merge with the file's timings (:func:`merge_cache_file`) to
+    the rename, so concurrent saves by the jobs of a sweep add up instead of the last one winning.
+
     Returns:
         ``(saved, note)``; the note says why nothing was written.
     """
-    blob = bytes(config.get_timing_cache().serialize())
-    _, loaded, note = attach_timing_cache(builder.create_builder_config(), blob, logger)
-    if not loaded:
-        kept = "the previous cache file is kept" if cache_file.is_file() else "no cache file is written"
-        return False, (f"this build's timing cache could not be read back ({note or 'empty cache'}); {kept}: "
-                       "the next build times its kernels again")
-    write_bytes(cache_file, blob)
+    with file_lock(cache_file.with_name(cache_file.name + ".lock")):
+        merge_cache_file(config, cache_file, logger)
+        blob = bytes(config.get_timing_cache().serialize())
+        _, loaded, note = attach_timing_cache(builder.create_builder_config(), blob, logger)
+        if not loaded:
+            kept = "the previous cache file is kept" if cache_file.is_file() else "no cache file is written"
+            return False, (f"this build's timing cache could not be read back ({note or 'empty cache'}); {kept}: "
+                           "the next build times its kernels again")
+        write_bytes(cache_file, blob)
     return True, ""
 
 
