@@ -132,6 +132,74 @@ def _cause(layer: LayerGap, ops: Mapping[str, str]) -> tuple:
     return "memory", "DRAM bytes / bandwidth is the larger bound"
 
 
+#: Node types that become no work of their own inside an engine (shape arithmetic, constants, Q/DQ folded away).
+_NO_WORK = ("Constant", "Shape", "Unsqueeze", "Squeeze", "Reshape", "Identity", "ConstantOfShape", "Range") + _QDQ
+
+
+def is_myelin(row: Mapping[str, Any]) -> bool:
+    """A Myelin layer: TensorRT compiled a whole subgraph (a transformer, a ``ForeignNode``) into one engine layer."""
+    return str(row.get("layer_type") or "") == "Myelin" or str(row.get("name") or "").startswith("{ForeignNode")
+
+
+def infer_myelin_nodes(rows: Sequence[Mapping[str, Any]], costs: Any) -> List[Dict[str, Any]]:
+    """``rows`` with the ONNX nodes of a lone Myelin layer filled in.
+
+    TensorRT 8.6 names a Myelin layer by the first and last of its (internal) layers and reports none or a few of the
+    ONNX nodes inside it. When the engine has exactly one such layer, it runs every compute node that no other layer
+    claims: those become its nodes (``onnx_nodes_inferred`` says so). With several Myelin layers nothing is inferred.
+    """
+    out = [dict(r) for r in rows]
+    myelin = [i for i, r in enumerate(out) if is_myelin(r)]
+    if len(myelin) != 1:
+        return out
+    claimed = {str(n) for j, r in enumerate(out) if j != myelin[0] for n in (r.get("onnx_nodes") or [])}
+    rest = [ly.name for ly in costs.layers if ly.name not in claimed and ly.op_type not in _NO_WORK]
+    if rest:
+        r = out[myelin[0]]
+        r["onnx_nodes"] = sorted(set(str(n) for n in (r.get("onnx_nodes") or [])) | set(rest),
+                                 key=[ly.name for ly in costs.layers].index)
+        r["onnx_nodes_inferred"] = True
+    return out
+
+
+def myelin_breakdown(gap: "LayerGap", costs: Any, rates: Rates, half_peak_ops_s: Optional[float]) -> Dict[str, Any]:
+    """What a Myelin layer's nodes cost, by kind of work, node by node (no fusion inside the layer assumed).
+
+    Matrix products planned INT8 (a Q/DQ before them) count at ``rates.peak_ops_s`` (the INT8 Tensor Core peak for an
+    INT8 engine), other matrix products at ``half_peak_ops_s`` (FP16 Tensor Cores), everything else at the CUDA-core
+    rate; each node's bound is the larger of that and its own DRAM bytes / bandwidth. The sum is an upper roofline for
+    the layer (the fused bound of :func:`layer_gaps` is the lower one): the measured time of a good Myelin kernel set
+    falls between them, and the kinds of work show what INT8 can and cannot speed up.
+    """
+    by_name = {ly.name: ly for ly in costs.layers}
+    int8 = planned_int8(costs)
+    vector = rates.vector_ops_s or rates.peak_ops_s
+    half = half_peak_ops_s or rates.peak_ops_s
+    kinds: Dict[str, Dict[str, float]] = {}
+    for n in gap.onnx_nodes:
+        ly = by_name.get(n)
+        if ly is None or ly.op_type in _NO_WORK:
+            continue
+        mm = ly.op_type in _COMPUTE and ly.macs > 0
+        kind = ("matmul, INT8 in the plan" if n in int8 else "matmul, 16-bit") if mm else (ly.category or ly.op_type)
+        mac_rate = rates.peak_ops_s if n in int8 else half
+        flops_mac = min(2.0 * ly.macs, ly.flops) if mm else 0.0
+        compute = (flops_mac / mac_rate if mac_rate > 0 else 0.0) + (max(0.0, ly.flops - flops_mac) / vector
+                                                                     if vector > 0 else 0.0)
+        memory = ly.bytes / rates.bandwidth_bytes_s if rates.bandwidth_bytes_s > 0 else 0.0
+        k = kinds.setdefault(kind, {"nodes": 0, "flops": 0.0, "bytes": 0.0, "compute_s": 0.0, "memory_s": 0.0,
+                                    "bound_s": 0.0})
+        k["nodes"] += 1
+        k["flops"] += ly.flops
+        k["bytes"] += ly.bytes
+        k["compute_s"] += compute
+        k["memory_s"] += memory
+        k["bound_s"] += max(compute, memory)
+    total = sum(k["bound_s"] for k in kinds.values())
+    return {"layer": gap.name, "nodes": sum(int(k["nodes"]) for k in kinds.values()), "kinds": kinds,
+            "unfused_bound_s": total, "fused_bound_s": gap.bound_s, "measured_s": gap.measured_s}
+
+
 def layer_gaps(rows: Sequence[Mapping[str, Any]], costs: Any, rates: Rates,
                inspector: Optional[Mapping[str, Mapping[str, Any]]] = None) -> List[LayerGap]:
     """Gap rows for the profiled engine layers ``rows`` (``measurement.json``'s ``engine_layers``).

@@ -59,6 +59,7 @@ def _engine(e: Mapping[str, Any], top: int) -> List[str]:
                       f"sparse math and kept a sparse tactic in {len(bt['picked'])}, which run {bt['picked_ms']:.3f} ms"
                       + (f": {', '.join(n[:40] for n in bt['picked'][:8])}" if bt["picked"] else
                          " (every sparse tactic timed slower than the dense one)") + "."]
+    lines += _myelin(e)
     lines += ["", f"Largest gaps (top {top}):", "",
               "| layer | type | precision | cause | measured ms | bound ms | efficiency |", "|---|---|---|---|---:|---:|---:|"]
     for ly in sorted(e["layers"], key=lambda x: -x["gap_s"])[:top]:
@@ -66,6 +67,39 @@ def _engine(e: Mapping[str, Any], top: int) -> List[str]:
         lines.append(f"| {ly['name'][:70]} | {ly['layer_type']} | {ly.get('precision') or '-'} | {ly['cause']} | "
                      f"{_ms(ly['measured_s'])} | {_ms(ly['bound_s'])} | {eff} |")
     return lines + [""]
+
+
+def _myelin(e: Dict[str, Any]) -> List[str]:
+    """Inside each Myelin layer: the work by kind, node by node at the run's rates (TensorRT times the layer whole)."""
+    lines: List[str] = []
+    for m in e.get("myelin") or []:
+        lines += ["", f"Inside the Myelin layer {m['layer'][:60]} ({m['nodes']} ONNX nodes; TensorRT times it as one "
+                  f"layer): measured {_ms(m['measured_s'])} ms, between its fused bound {_ms(m['fused_bound_s'])} ms "
+                  f"(no DRAM traffic inside the layer) and its node-by-node bound {_ms(m['unfused_bound_s'])} ms "
+                  "(every node's tensors through DRAM), split by kind of work:", "",
+                  "| work | nodes | GFLOPs | node-by-node bound ms | share |", "|---|---:|---:|---:|---:|"]
+        total = m["unfused_bound_s"] or 1e-30
+        for kind, k in sorted(m["kinds"].items(), key=lambda kv: -kv[1]["bound_s"]):
+            lines.append(f"| {kind} | {int(k['nodes'])} | {k['flops'] / 1e9:.1f} | {_ms(k['bound_s'])} | "
+                         f"{100 * k['bound_s'] / total:.0f}% |")
+    return lines
+
+
+def _myelin_diff(result: Dict[str, Any]) -> List[str]:
+    """Two engines with one Myelin layer each: the speed-up the node-by-node bounds predict against the measured one."""
+    ms = [(e.get("label"), (e.get("myelin") or [None])[0]) for e in result["engines"]]
+    if len(ms) != 2 or not all(m for _, m in ms):
+        return []
+    (la, a), (lb, b) = ms
+    kinds = sorted(set(a["kinds"]) | set(b["kinds"]), key=lambda k: -(a["kinds"].get(k) or {}).get("bound_s", 0.0))
+    lines = ["", f"Myelin layer, {lb} against {la}: measured {_ms(a['measured_s'])} -> {_ms(b['measured_s'])} ms "
+             f"({a['measured_s'] / b['measured_s']:.2f}x); node-by-node bounds {_ms(a['unfused_bound_s'])} -> "
+             f"{_ms(b['unfused_bound_s'])} ms ({a['unfused_bound_s'] / max(1e-30, b['unfused_bound_s']):.2f}x "
+             "predicted). By kind of work:", "", f"| work | {la} bound ms | {lb} bound ms |", "|---|---:|---:|"]
+    for k in kinds:
+        lines.append(f"| {k} | {_ms((a['kinds'].get(k) or {}).get('bound_s'))} | "
+                     f"{_ms((b['kinds'].get(k) or {}).get('bound_s'))} |")
+    return lines
 
 
 def markdown(result: Dict[str, Any], top: int = 12) -> str:
@@ -91,5 +125,6 @@ def markdown(result: Dict[str, Any], top: int = 12) -> str:
             lines.append(f"| {nodes[:60]} | {r[a]['ms']:.3f} | {r[b]['ms']:.3f} | {ratio} | "
                          f"{'/'.join(r[a]['precisions']) or '-'} | {'/'.join(r[b]['precisions']) or '-'} | "
                          f"{r[b]['reformats']['count']} ({r[b]['reformats']['ms']:.3f} ms) |")
+        lines += _myelin_diff(result)
         lines.append("")
     return "\n".join(lines)

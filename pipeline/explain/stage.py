@@ -120,7 +120,11 @@ def explain_engine(run: EngineRun, settings: ExplainSettings) -> Dict[str, Any]:
         raise PipelineError(f"ONNX model not found: {run.onnx}", "pass the ONNX the engine was built from")
     costs = graph_costs(run.onnx, batch, precision, settings.dims or None)
     inspector = {str(ly.get("Name")): ly for ly in side.get("layers") or [] if isinstance(ly, Mapping)}
-    gaps = layer_gaps(rows, costs, rates, inspector)
+    from pipeline.explain.gap import infer_myelin_nodes, is_myelin, myelin_breakdown
+
+    gaps = layer_gaps(infer_myelin_nodes(rows, costs), costs, rates, inspector)
+    half = _half_rate(spec, rates, peak) if measured.get("backend") != "onnxruntime" else None
+    myelin = [myelin_breakdown(g, costs, rates, half) for g, r in zip(gaps, rows) if is_myelin(r) and g.onnx_nodes]
     e2e = (measured.get("latency_ms") or {}).get("median")
     import onnx
 
@@ -138,7 +142,19 @@ def explain_engine(run: EngineRun, settings: ExplainSettings) -> Dict[str, Any]:
             "build": {"optimization_level": (side.get("build") or {}).get("optimization_level"),
                       "route": (side.get("plan") or {}).get("notes"), "timing_cache": side.get("timing_cache")},
             "layers": [g.to_dict() for g in gaps],
-            "breakdown": breakdown(gaps, e2e / 1e3 if e2e else None), "sparsity": sparse, "_gaps": gaps}
+            "breakdown": breakdown(gaps, e2e / 1e3 if e2e else None), "sparsity": sparse, "myelin": myelin or None,
+            "_gaps": gaps}
+
+
+def _half_rate(spec: Any, rates: Any, peak: Any) -> Optional[float]:
+    """The FP16 Tensor Core peak at the run's clock (what a Myelin layer's unquantized matmuls run at)."""
+    from pipeline.core.config import precision_config
+
+    try:
+        half = spec.peak_for(precision_config("fp16")).ops_per_s_dense
+    except PipelineError:
+        return None
+    return half * rates.peak_ops_s / peak.ops_per_s_dense if peak.ops_per_s_dense else None
 
 
 def run(inputs: ExplainInputs, settings: ExplainSettings, out: Path) -> ExplainOutputs:
