@@ -38,8 +38,10 @@ def engine_run(folder: Path, onnx: Optional[Path] = None, label: str = ""):
         return EngineRun(meas, None, Path(onnx) if onnx else model, label)
     side = _first(folder, "*.plan.json")
     if side is None and (folder / "engine.json").is_file():
-        cand = Path(json.loads((folder / "engine.json").read_text()).get("engine", "") + ".json")
-        side = cand if cand.is_file() else None
+        record = json.loads((folder / "engine.json").read_text())
+        cand = Path(record.get("engine", "") + ".json")
+        # The engine's own sidecar; else the copy the build stage keeps inside engine.json (a committed run folder).
+        side = cand if cand.is_file() else folder / "engine.json" if isinstance(record.get("sidecar"), dict) else None
     if side is None:
         raise PipelineError(f"{folder} has no engine sidecar (*.plan.json)", "copy engines/<engine>.plan.json there")
     if onnx is None:

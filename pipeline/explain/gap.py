@@ -162,16 +162,20 @@ def infer_myelin_nodes(rows: Sequence[Mapping[str, Any]], costs: Any) -> List[Di
     return out
 
 
-def myelin_breakdown(gap: "LayerGap", costs: Any, rates: Rates, half_peak_ops_s: Optional[float]) -> Dict[str, Any]:
+def myelin_breakdown(gap: "LayerGap", costs: Any, rates: Rates, half_peak_ops_s: Optional[float],
+                     half_costs: Any = None) -> Dict[str, Any]:
     """What a Myelin layer's nodes cost, by kind of work, node by node (no fusion inside the layer assumed).
 
     Matrix products planned INT8 (a Q/DQ before them) count at ``rates.peak_ops_s`` (the INT8 Tensor Core peak for an
     INT8 engine), other matrix products at ``half_peak_ops_s`` (FP16 Tensor Cores), everything else at the CUDA-core
     rate; each node's bound is the larger of that and its own DRAM bytes / bandwidth. The sum is an upper roofline for
     the layer (the fused bound of :func:`layer_gaps` is the lower one): the measured time of a good Myelin kernel set
-    falls between them, and the kinds of work show what INT8 can and cannot speed up.
+    falls between them, and the kinds of work show what INT8 can and cannot speed up. ``half_costs`` (the same graph
+    costed at 2-byte activations) gives the bytes of the nodes that are not INT8 in an INT8 engine: softmax,
+    normalization and elementwise work keep 16-bit tensors there.
     """
     by_name = {ly.name: ly for ly in costs.layers}
+    half_by_name = {ly.name: ly for ly in half_costs.layers} if half_costs is not None else {}
     int8 = planned_int8(costs)
     vector = rates.vector_ops_s or rates.peak_ops_s
     half = half_peak_ops_s or rates.peak_ops_s
@@ -186,12 +190,13 @@ def myelin_breakdown(gap: "LayerGap", costs: Any, rates: Rates, half_peak_ops_s:
         flops_mac = min(2.0 * ly.macs, ly.flops) if mm else 0.0
         compute = (flops_mac / mac_rate if mac_rate > 0 else 0.0) + (max(0.0, ly.flops - flops_mac) / vector
                                                                      if vector > 0 else 0.0)
-        memory = ly.bytes / rates.bandwidth_bytes_s if rates.bandwidth_bytes_s > 0 else 0.0
+        nbytes = ly.bytes if n in int8 else half_by_name.get(n, ly).bytes
+        memory = nbytes / rates.bandwidth_bytes_s if rates.bandwidth_bytes_s > 0 else 0.0
         k = kinds.setdefault(kind, {"nodes": 0, "flops": 0.0, "bytes": 0.0, "compute_s": 0.0, "memory_s": 0.0,
                                     "bound_s": 0.0})
         k["nodes"] += 1
         k["flops"] += ly.flops
-        k["bytes"] += ly.bytes
+        k["bytes"] += nbytes
         k["compute_s"] += compute
         k["memory_s"] += memory
         k["bound_s"] += max(compute, memory)
@@ -232,7 +237,10 @@ def layer_gaps(rows: Sequence[Mapping[str, Any]], costs: Any, rates: Rates,
             g.memory_s = g.bytes / rates.bandwidth_bytes_s if rates.bandwidth_bytes_s > 0 else 0.0
             g.bound_s = max(g.compute_s, g.memory_s)
         info = (inspector or {}).get(g.name)
-        if info:
+        if is_myelin(r):  # the inspector shows a Myelin layer's I/O types (token ids: int32), never its kernels'
+            g.precision = None
+            g.tactic = info.get("TacticName") or info.get("Tactic") if info else None
+        elif info:
             g.precision = layer_precision(info)
             g.tactic = info.get("TacticName") or info.get("Tactic")
         else:  # ONNX Runtime rows carry the precision their kernel computes in

@@ -16,17 +16,22 @@ def _precision_note(e: Mapping[str, Any]) -> List[str]:
         return []
     fell = [ly for ly in layers if ly.get("fell_back")]
     planned = sum(1 for ly in layers if ly.get("planned") == "int8")
+    unknown = sum(1 for ly in layers if ly.get("planned") == "int8" and ly.get("precision") is None)
     fallback = ([f"Planned vs actual: {planned} layer(s) planned INT8 by the Q/DQ in the ONNX; "
                  + (f"{len(fell)} ran wider: " + "; ".join(f"{ly['name'][:60]} ({ly['precision']}, "
                                                           f"{ly['measured_s'] * 1e3:.3f} ms)" for ly in fell[:6])
-                    if fell else "all ran in INT8") + ".", ""] if planned else [])
+                    if fell else f"{unknown} in a precision TensorRT does not report (Myelin)" if unknown
+                    else "all ran in INT8") + ".", ""] if planned else [])
     work = [ly for ly in layers if ly["cause"] in ("compute", "memory")]
     int8 = sum(ly["measured_s"] for ly in work if ly.get("precision") == "int8")
     total = sum(ly["measured_s"] for ly in work) or 1e-30
     qdq = sum(ly["measured_s"] for ly in layers if "Q/DQ" in (ly.get("detail") or ""))
     text = (f"Integer kernels ran {100 * int8 / total:.0f}% of the compute and memory layers' time; standalone "
             f"Q/DQ conversions took {qdq * 1e3:.3f} ms.")
-    if int8 == 0 and work:
+    if any(ly.get("layer_type") == "Myelin" for ly in work):
+        text = ("A Myelin layer runs here: TensorRT 8.6 reports neither its kernels nor their precisions, so the share "
+                "of INT8 kernels inside it is unknown (its work by kind and bound is below).")
+    elif int8 == 0 and work:
         text += (" No layer computed in INT8: the runtime kept every conv/matmul in float and ran the Q/DQ as "
                  "separate kernels, so the quantized model can only be slower than the float one here.")
     return fallback + [text, ""]
@@ -48,6 +53,10 @@ def _engine(e: Mapping[str, Any], top: int) -> List[str]:
         lines.append(f"| {cause} | {v['layers']} | {_ms(v['measured_s'])} | {_ms(v['bound_s'])} | {_ms(v['gap_s'])} | "
                      f"{100 * b['share_of_gap'].get(cause, 0):.0f}% |")
     sp = e.get("sparsity")
+    if sp and sp.get("myelin_layers_not_predicted"):
+        lines += ["", f"2:4 sparsity payoff: not predicted for {sp['myelin_layers_not_predicted']} Myelin layer(s) "
+                  "(TensorRT times its matmuls and the rest as one layer); the build's own sparsity lines below say "
+                  "whether it kept sparse kernels."]
     if sp and sp["layers"]:
         lines += ["", f"2:4 sparsity payoff, predicted from the shapes and these measurements: {sp['eligible']} of "
                   f"{len(sp['layers'])} conv/matmul layers eligible, {sp['likely']} wide enough that TensorRT likely "

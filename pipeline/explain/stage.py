@@ -83,6 +83,8 @@ def explain_engine(run: EngineRun, settings: ExplainSettings) -> Dict[str, Any]:
 
     meas = _read(run.measurement, "measurement")
     side = _read(run.sidecar, "engine sidecar") if run.sidecar is not None else {}
+    if isinstance(side.get("sidecar"), Mapping) and "layers" not in side:  # a build stage's engine.json
+        side = dict(side["sidecar"])
     rows = meas.get("engine_layers") or []
     if not rows:
         raise PipelineError(f"{run.measurement} has no per-layer times",
@@ -124,7 +126,11 @@ def explain_engine(run: EngineRun, settings: ExplainSettings) -> Dict[str, Any]:
 
     gaps = layer_gaps(infer_myelin_nodes(rows, costs), costs, rates, inspector)
     half = _half_rate(spec, rates, peak) if measured.get("backend") != "onnxruntime" else None
-    myelin = [myelin_breakdown(g, costs, rates, half) for g, r in zip(gaps, rows) if is_myelin(r) and g.onnx_nodes]
+    myelin = [g for g, r in zip(gaps, rows) if is_myelin(r) and g.onnx_nodes]
+    if myelin:  # an INT8 engine's unquantized nodes keep 16-bit tensors: cost those at fp16 sizes
+        half_costs = graph_costs(run.onnx, batch, precision_config("fp16"), settings.dims or None) \
+            if precision.activation_bytes < 2 else None
+        myelin = [myelin_breakdown(g, costs, rates, half, half_costs) for g in myelin]
     e2e = (measured.get("latency_ms") or {}).get("median")
     import onnx
 
