@@ -423,3 +423,37 @@ def test_importing_pipeline_prune_imports_no_torch():
     code = ("import sys, pipeline.prune, pipeline.prune.sparsity; "
             "assert 'torch' not in sys.modules and 'torch_pruning' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_per_layer_ratio_holds_for_the_whole_residual_group_whatever_the_order():
+    """A residual add ties a block's last conv to its shortcut: the largest ratio asked of either applies to both."""
+    import torch
+
+    from pipeline.models.digits import load_or_train
+    from pipeline.prune.channels import prune_channels
+
+    outs = []
+    for per_layer in ({"layer3.conv2": 0.8, "layer3.downsample.0": 0.2}, {"layer3.downsample.0": 0.2, "layer3.conv2": 0.8},
+                      {"layer3.conv2": 0.8}):
+        model = load_or_train(0, "resnet")[0]
+        res = prune_channels(model, torch.zeros(1, 1, 8, 8), 0.0, round_to=None, per_layer=per_layer)
+        outs.append({ly["name"]: ly["out_after"] for ly in res.layers})
+    assert outs[0] == outs[1] == outs[2]
+    assert outs[0]["layer3.conv2"] == outs[0]["layer3.downsample.0"] == 25  # 128 * (1 - 0.8), not 128 * 0.8
+    assert outs[0]["layer3.conv1"] == 128  # ratio 0 elsewhere
+
+
+def test_with_int8_rounding_a_larger_ratio_never_prunes_less():
+    """A group whose kept channels would round down to 0 keeps one multiple of round_to instead of staying whole."""
+    import torch
+
+    from pipeline.models.digits import load_or_train
+    from pipeline.prune.channels import prune_channels
+
+    params = {}
+    for ratio in (0.5, 0.75):
+        model = load_or_train(0, "resnet")[0]
+        res = prune_channels(model, torch.zeros(1, 1, 8, 8), ratio, round_to=32)
+        params[ratio] = res.params_after
+        assert all(ly["out_after"] % 32 == 0 for ly in res.layers if ly["name"] != "fc")
+    assert params[0.75] < params[0.5]

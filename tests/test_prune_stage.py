@@ -85,3 +85,17 @@ def test_bad_prune_settings_fail_with_what_to_do(tmp_path, args, needle):
     assert res.returncode != 0
     rec = json.loads((tmp_path / "run" / "run.json").read_text())["stages"]["prune"]
     assert rec["status"] == "failed" and needle in rec["reason"] and "prune." in rec["reason"]
+
+
+def test_pruning_steered_by_an_onnx_runtime_profile(tmp_path):
+    """prune.layer_times takes a profile's measurement.json; ONNX Runtime profiles give per-node times too."""
+    res = _run(["model=digits_resnet", "data=digits", "backend=onnxruntime", "stages=[export,profile]", *FAST],
+               tmp_path / "a")
+    assert res.returncode == 0, res.stderr[-3000:]
+    meas = tmp_path / "a" / "run" / "measurement.json"
+    res = _run(["model=digits_resnet", "data=digits", "backend=onnxruntime", "stages=[prune]", "prune.channels=0.5",
+                "prune.finetune_epochs=0", f"prune.layer_times={meas}", *FAST], tmp_path / "b")
+    assert res.returncode == 0, res.stderr[-3000:]
+    per_layer = json.loads((tmp_path / "b" / "run" / "prune.json").read_text())["channels"]["per_layer"]
+    assert len(per_layer) >= 9 and len(set(round(v, 6) for v in per_layer.values())) > 1  # not one uniform ratio
+    assert max(per_layer.values()) <= 0.8

@@ -42,3 +42,17 @@ def test_qat_needs_labels_and_the_ptq_statistics(tmp_path):
                 *FAST], tmp_path / "b")
     rec = json.loads((tmp_path / "b" / "run" / "run.json").read_text())["stages"]["qat"]
     assert rec["status"] == "skipped" and "quantize" in rec["reason"] and "calib_stats" in rec["reason"]
+
+
+def test_qat_keeps_the_2_4_pattern_of_a_sparse_model(tmp_path):
+    from pipeline.prune.sparsity import check_24, summary_24
+
+    res = _run(["model=digits_cnn", "data=digits", "precision=int8", "backend=onnxruntime",
+                "stages=[prune,quantize,qat]", "prune.sparse24=true", "prune.finetune_epochs=1", "qat.epochs=1",
+                *FAST], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp_path / "run"
+    q = json.loads((run / "qat.json").read_text())
+    assert q["sparse24_layers_kept"] == ["classifier.1", "classifier.3", "features.2", "features.5"]
+    s = summary_24(check_24(run / q["qdq_onnx"]))  # through the Q/DQ, as TensorRT reads the weights
+    assert s["checked"] == 4 and s["sparse_24"] == 4 and s["violating"] == 0

@@ -291,6 +291,33 @@ def prune_channels(
         model.train(was_training)
 
 
+def _group_ratios(tp: Any, model: "nn.Module", example_inputs: Any, ratio: float, ratio_dict: Dict[Any, float],
+                  round_to: Optional[int], keep: List[Any]) -> Dict[Any, float]:
+    """One ratio per group of coupled layers (a residual add ties a block's last conv to its shortcut), for every
+    member, so that a per-layer ratio is not undone by whichever member Torch-Pruning reads first: the largest ratio
+    asked of any member. With ``round_to``, a group whose kept channels would round down to 0 (Torch-Pruning then
+    leaves it whole) keeps one multiple instead, so a larger ratio never prunes less.
+    """
+    from torch import nn
+
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=_as_args(example_inputs))
+    out: Dict[Any, float] = {}
+    for group in graph.get_all_groups(ignored_layers=keep, root_module_types=(nn.Conv2d, nn.Linear)):
+        # The layers whose *output* channels this group removes (a consumer's input slice belongs to its producer).
+        members = [dep.target.module for dep, _ in group if isinstance(dep.target.module, (nn.Conv2d, nn.Linear))
+                   and graph.is_out_channel_pruning_fn(dep.handler)]
+        if not members:
+            continue
+        asked = [ratio_dict[m] for m in members if m in ratio_dict]
+        r = max(asked) if asked else ratio
+        width = len(group[0][1])
+        if round_to and width > round_to and r > 0 and int(width * (1 - r)) // round_to == 0:
+            r = 1.0 - round_to / width
+        if asked or r != ratio:
+            out.update({m: r for m in members})
+    return out
+
+
 def _prune(tp: Any, model: "nn.Module", example_inputs: Any, ratio: float, global_ranking: bool,
            round_to: Optional[int], per_layer: Dict[str, float], ignored: List[Any]) -> ChannelPruneResult:
     start = time.perf_counter()
@@ -307,6 +334,8 @@ def _prune(tp: Any, model: "nn.Module", example_inputs: Any, ratio: float, globa
             "channel pruning needs convolutions or linear layers inside the model; pass fewer ignored layers",
         )
     ratio_dict = dict(zip(_modules_by_name(model, list(per_layer), "per_layer"), per_layer.values()))
+    if not global_ranking:
+        ratio_dict = _group_ratios(tp, model, example_inputs, ratio, ratio_dict, round_to, keep)
     macs_before, params_before = _count(tp, model, example_inputs)
     pruner_cls = getattr(tp.pruner, "BasePruner", None) or tp.pruner.MetaPruner  # BasePruner since 1.5
     pruner = pruner_cls(

@@ -149,6 +149,22 @@ def apply_24(model: "nn.Module", *, skip: Optional[Sequence[str]] = None) -> Mas
     return result
 
 
+def masks_of_24(model: "nn.Module") -> Dict[str, "torch.Tensor"]:
+    """The masks of the layers whose weights already hold the 2:4 pattern (a model pruned earlier, e.g. by the prune
+    stage): ``{module name: weight != 0}``, for keeping the pattern through a later fine-tune (QAT)."""
+    from torch import nn
+
+    out: Dict[str, Any] = {}
+    for name, m in model.named_modules():
+        if not isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) or _ineligible_24(m):
+            continue
+        w = m.weight.detach().cpu().numpy()
+        groups, bad = _violations(w, 1)
+        if groups and bad == 0:
+            out[name] = m.weight.detach() != 0
+    return out
+
+
 def reapply(model: "nn.Module", masks: Mapping[str, "torch.Tensor"]) -> None:
     """Zero the masked-out weights again (call after every optimizer step: momentum and weight decay move them).
 

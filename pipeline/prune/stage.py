@@ -177,15 +177,20 @@ def _layer_ratios(inputs: PruneInputs, prune: "PruneConfig") -> Dict[str, float]
     path = Path(inputs.layer_times)
     try:
         # {ONNX node: seconds}: the profile stage attributes each engine (or ONNX Runtime) layer's time to its nodes.
-        node_times = {str(k): float(v) for k, v in (json.loads(path.read_text()).get("layer_times") or {}).items()
-                      if v is not None}
+        meas = json.loads(path.read_text())
+        node_times = {str(k): float(v) for k, v in (meas.get("layer_times") or {}).items() if v is not None}
+        if not node_times and meas.get("engine_layers"):  # ONNX Runtime profiles fill engine_layers only
+            from pipeline.trt.layers import onnx_layer_times
+
+            node_times = onnx_layer_times(meas["engine_layers"])
     except (OSError, ValueError, AttributeError) as err:
         raise PipelineError(f"prune.layer_times={path} is not a readable measurement.json ({err}).",
                             "Point it at the measurement.json of a profile run of the same model.") from err
     times = module_times_from_onnx(node_times)
     if not times:
         raise PipelineError(f"No layer of {path} maps to a module of the model.",
-                            "Profile the same model (profile.layer_times=true) and pass that run's measurement.json.")
+                            "Pass the measurement.json of a profile run of this same model (TensorRT with "
+                            "profile.layer_times=true, or ONNX Runtime).")
     return ratios_from_latency(times, prune.channels, prune.max_layer_ratio)
 
 

@@ -93,6 +93,14 @@ def _labelled(path: Path, what: str) -> Any:
     return ds
 
 
+def _rekeyed(model: Any, masks: Dict[str, Any]) -> Dict[str, Any]:
+    """Masks by module name after the fake quantizers wrapped some modules (``name`` -> ``name.module``)."""
+    from pipeline.qat.fake_quant import QuantWrapper
+
+    modules = dict(model.named_modules())
+    return {(f"{n}.module" if isinstance(modules.get(n), QuantWrapper) else n): m for n, m in masks.items()}
+
+
 def onnx_top1(onnx_path: Path, x: np.ndarray, labels: np.ndarray, batch: int = 256) -> float:
     """Top-1 of an ONNX classifier on ONNX Runtime (CPU, graph optimizations off: Q/DQ simulated as written)."""
     import onnxruntime as ort
@@ -134,10 +142,13 @@ def run(inputs: QatInputs, settings: QatSettings, out: Path) -> QatOutputs:
     y_eval = np.asarray(evals.labels)
     model = _module(inputs)
     ranges = ptq_ranges(inputs.onnx, inputs.stats, settings.quant)
+    from pipeline.prune.sparsity import masks_of_24
+
+    sparse = masks_of_24(model)  # a 2:4 model (prune.sparse24) keeps its pattern through QAT
     wrapped = attach_fake_quant(model, ranges.onnx_path, ranges.amaxes, cfg=ranges.cfg, placement=ranges.plan)
     t0 = time.perf_counter()
     history = finetune(model, x_train, np.asarray(train.labels), epochs=qat.epochs, lr=qat.lr,
-                       batch_size=qat.batch_size, seed=qat.seed)
+                       batch_size=qat.batch_size, seed=qat.seed, masks=_rekeyed(model, sparse) or None)
     from pipeline.export.stage import input_specs, read_summary
 
     specs = input_specs(read_summary(inputs.summary)) if inputs.summary else None
@@ -146,6 +157,7 @@ def run(inputs: QatInputs, settings: QatSettings, out: Path) -> QatOutputs:
     facts: Dict[str, Any] = {
         "config": asdict(qat), "quant_calib": settings.quant.calib, "qdq_onnx": qdq.name,
         "wrapped": [{k: w.get(k) for k in ("module", "node", "amax", "matched_by")} for w in wrapped],
+        "sparse24_layers_kept": sorted(sparse),
         "finetune": {**history, "samples": len(x_train), "seconds": round(time.perf_counter() - t0, 3)},
         "fp32": {"metric": "top1", "value": onnx_top1(inputs.onnx, x_eval, y_eval), "samples": n},
         "qat": {"metric": "top1", "value": onnx_top1(qdq, x_eval, y_eval), "samples": n},
