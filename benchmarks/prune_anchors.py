@@ -52,6 +52,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from pipeline.core.environment import cpu_model  # noqa: E402
+
 ARCHS = {"digits_resnet": "resnet", "digits_cnn": "cnn"}
 EPOCHS, RATIO, ROUND_TO, SEED = 5, 0.5, 8, 0
 RUNS = {1: (100, 1500), 64: (10, 150)}  # batch -> (warm-up runs, timed runs) per round
@@ -59,6 +61,7 @@ ROUNDS = 5
 
 
 # ----------------------------------------------------------------------------- shared (both interpreters)
+
 
 
 def data() -> Dict[str, np.ndarray]:
@@ -389,7 +392,7 @@ def main() -> int:
         "benchmark": "prune_anchors",
         "command": "python " + shlex.join([os.path.relpath(sys.argv[0], os.getcwd())] + sys.argv[1:]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": _cpu_name(), "cpu_cores": os.cpu_count(), "platform": platform.platform(),
+        "machine": {"cpu": cpu_model(), "cpu_cores": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "torch": torch.__version__,
                     "torch_pruning": torch_pruning.__version__, "onnxruntime": onnxruntime.__version__},
         "settings": {"ratio": RATIO, "round_to": ROUND_TO, "finetune_epochs": EPOCHS, "finetune": "pipeline.prune."
@@ -404,16 +407,6 @@ def main() -> int:
     print(markdown(models))
     print(f"\nwrote {args.out} ({result['total_seconds']} s)")
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

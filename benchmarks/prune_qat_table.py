@@ -42,6 +42,8 @@ from typing import Any, Dict, List, Optional
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from pipeline.core.environment import cpu_model  # noqa: E402
+
 COMMON = ["data=digits", "precision=int8", "backend=onnxruntime", "prune.finetune_epochs=5", "qat.epochs=2",
           "data.num_samples=397", "profile.duration_s=3"]
 PRUNE_STAGES = "stages=[prune,analyze,quantize,qat,profile,report]"
@@ -53,6 +55,7 @@ PTQ_VARIANTS = {
     "per_tensor_max": ["quant.per_channel=false", "quant.calib=max"],
     "percentile90": ["quant.calib=percentile", "quant.percentile=90"],
 }
+
 
 
 def _read(path: Path) -> Optional[Dict[str, Any]]:
@@ -280,7 +283,7 @@ def main() -> int:
         "benchmark": "prune_qat_table",
         "command": "python " + shlex.join([os.path.relpath(sys.argv[0], os.getcwd())] + sys.argv[1:]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": _cpu_name(), "cpu_cores": os.cpu_count(), "platform": platform.platform(),
+        "machine": {"cpu": cpu_model(), "cpu_cores": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "torch": torch.__version__,
                     "torch_pruning": torch_pruning.__version__, "onnxruntime": onnxruntime.__version__},
         "total_seconds": round(time.perf_counter() - t0, 1),
@@ -322,16 +325,6 @@ def _loadavg() -> Optional[str]:
         return Path("/proc/loadavg").read_text().strip()
     except OSError:
         return None
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
