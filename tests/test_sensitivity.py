@@ -336,3 +336,21 @@ def test_samples_in_a_frontier_batch_ignore_scalars_and_shape_tensors():
              "h": np.zeros((7, 128, 384), np.float32)}
     assert _samples_in(chunk, "h") == 7
     assert _samples_in(chunk, "missing") == 7  # the largest array's leading axis
+
+
+def test_a_validated_search_metric_meets_only_when_the_held_out_samples_meet_the_real_budget():
+    from pipeline.sensitivity.search import Budget, validated_metrics
+
+    real = Budget("embedding_cosine", 0.99, 1.0, 0.01, (("nn_agreement", 0.95),))
+    tight = real.tightened(0.25)  # cosine >= 0.9925, NN >= 0.9625 on the search samples
+    search = {"embedding_cosine": 0.998, "nn_agreement": 0.967, "top1_agreement": 0.9}
+    held_bad = {"embedding_cosine": 0.998, "nn_agreement": 0.9375}
+    held_ok = {"embedding_cosine": 0.995, "nn_agreement": 0.95}
+    assert tight.meets(search) and not real.meets(held_bad) and real.meets(held_ok)
+    bad = validated_metrics(search, held_bad, tight, real)
+    assert not tight.meets(bad) and bad["nn_agreement"] == pytest.approx(0.9375 + 0.0125)
+    assert bad["search_nn_agreement"] == 0.967 and bad["holdout_nn_agreement"] == 0.9375
+    assert bad["embedding_cosine"] == pytest.approx(0.998) and bad["top1_agreement"] == 0.9  # not in the budget
+    ok = validated_metrics(search, held_ok, tight, real)
+    assert tight.meets(ok) and ok["nn_agreement"] == pytest.approx(0.9625)
+    assert not tight.meets(validated_metrics({**search, "nn_agreement": 0.96}, held_ok, tight, real))

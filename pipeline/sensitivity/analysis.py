@@ -97,12 +97,27 @@ class Analysis:
         predict = predicted_time(int8_s, float_s, total)
         self.search_budget = budget.tightened(self.cfg.margin)
         say = (lambda line: print(f"  sensitivity {line}", flush=True)) if self.progress else None
-        result = self._timed("search", search, units, sweep.evaluate, self.search_budget, predict, self.cfg.max_float,
+        evaluate = self._validated(sweep) if self.cfg.validate and len(self.held_idx) else sweep.evaluate
+        result = self._timed("search", search, units, evaluate, self.search_budget, predict, self.cfg.max_float,
                              say)
         self.result, self.sweep = result, sweep
         held = self._timed("holdout", self._holdout, result.plan.float_layers)
         return self._assemble(one, abo, errors, groups, units, base, ref_metrics, held,
                               (int8_s, float_s, total, pred_note))
+
+    def _validated(self, sweep):
+        """The search's evaluation with the held-out samples in the loop: each budget metric becomes the smaller of
+        its value on the search samples and its held-out value shifted by the search margin, so a plan meets the
+        tightened budget only if it also meets the real budget on the held-out samples."""
+        from pipeline.sensitivity.search import validated_metrics
+
+        held, real, _ = self._sweep_for(self.held_idx)
+        tight = self.search_budget
+
+        def evaluate(layers=()):
+            return validated_metrics(sweep.evaluate(layers), held.evaluate(layers), tight, real)
+
+        return evaluate
 
     def _timed(self, name: str, fn, *args):
         t0 = time.perf_counter()

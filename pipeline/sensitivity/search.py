@@ -73,6 +73,21 @@ class Budget:
         return Budget(self.metric, self.reference - keep * self.max_drop, self.reference, keep * self.max_drop, extra)
 
 
+def validated_metrics(search_m: Mapping[str, object], held_m: Mapping[str, object], tight: Budget,
+                      real: Budget) -> Dict[str, object]:
+    """Search metrics in which each budget metric is the smaller of its search value and its held-out value shifted
+    by the search margin, so that ``tight.meets`` holds only when the search samples meet ``tight`` and the held-out
+    samples meet ``real``. The two values are kept as ``search_<key>`` / ``holdout_<key>``."""
+    out = dict(search_m)
+    shift = {real.metric: tight.minimum - real.minimum,
+             **{k: lo_t - dict(real.extra).get(k, lo_t) for k, lo_t in tight.extra}}
+    for key, d in shift.items():
+        if key in out and key in held_m:
+            out[f"search_{key}"], out[f"holdout_{key}"] = out[key], held_m[key]
+            out[key] = min(float(out[key]), float(held_m[key]) + d)
+    return out
+
+
 #: Default allowed drop per budget metric.
 DEFAULT_DROP = {"accuracy": 0.005, "top1_agreement": 0.005, "embedding_cosine": 0.01, "output_cosine": 0.01}
 
