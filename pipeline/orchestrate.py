@@ -414,10 +414,9 @@ def _sidecars_in_run(run: Run, stage: str, used: Dict[str, Optional[Path]], conf
 def stage_export(run: Run) -> StageRecord:
     from pipeline.export.stage import ExportInputs, ExportSettings, SUMMARY_NAME
     from pipeline.export.stage import run as export
-    from pipeline.models import model_source_files
 
     cfg = run.cfg
-    files = {f"source{i}": Path(p) for i, p in enumerate(model_source_files(cfg.model))}
+    files = {f"source{i}": p for i, p in enumerate(_model_sources(cfg))}
     settings = ExportSettings(opset=cfg.opset, batch_size=cfg.batch_size)
     config = {"model": asdict(cfg.model), "export": asdict(settings)}
     _, reused = _in_store(run, "export", files, config, ("export", "models", "graph", "core"),
@@ -462,7 +461,7 @@ def stage_prune(run: Run) -> StageRecord:
     times = Path(cfg.prune.layer_times) if cfg.prune.layer_times else None
     inputs = PruneInputs(cfg.model, train, evals, times)
     settings = PruneSettings(cfg.prune, cfg.precision, cfg.hardware, cfg.batch_size, cfg.opset)
-    files = {f"source{i}": Path(p) for i, p in enumerate(_model_sources(cfg))}
+    files = {f"source{i}": p for i, p in enumerate(_model_sources(cfg))}
     used = {**files, "eval_data": evals, **({"train_data": train} if train else {}), **({"layer_times": times} if times else {})}
     config = {"model": asdict(cfg.model), "prune": asdict(cfg.prune), "precision": cfg.precision.name,
               "hardware": asdict(cfg.hardware), "batch_size": cfg.batch_size, "opset": cfg.opset}

@@ -104,7 +104,7 @@ def _load(path: Optional[Path], specs: List[Any]) -> Optional[Any]:
     return ds
 
 
-def _single_input(ds: Any, specs: List[Any], what: str) -> np.ndarray:
+def _single_input(ds: Any, specs: List[Any]) -> np.ndarray:
     if len(specs) != 1:
         raise PipelineError(f"The prune stage fine-tunes and scores single-input classifiers; this model has "
                             f"{len(specs)} inputs ({', '.join(s.name for s in specs)}).",
@@ -220,7 +220,7 @@ def _finetune(model: Any, train: Optional[Any], specs: List[Any], prune: "PruneC
                                      "use data=digits or a labelled folder/npz dataset to recover accuracy"}
     from pipeline.prune.finetune import finetune
 
-    x = _single_input(train, specs, "train")
+    x = _single_input(train, specs)
     history = finetune(model, x, np.asarray(train.labels), epochs=prune.finetune_epochs, lr=prune.lr,
                        batch_size=prune.batch_size, seed=prune.seed, masks=masks)
     return {"ran": True, "samples": len(x), **history}

@@ -103,14 +103,13 @@ def _rekeyed(model: Any, masks: Dict[str, Any]) -> Dict[str, Any]:
 
 def onnx_top1(onnx_path: Path, x: np.ndarray, labels: np.ndarray, batch: int = 256) -> float:
     """Top-1 of an ONNX classifier on ONNX Runtime (CPU, graph optimizations off: Q/DQ simulated as written)."""
-    import onnxruntime as ort
+    from pipeline.core.accuracy import label_accuracy
+    from pipeline.ort.runner import run_first_output
+    from pipeline.ort.session import ort_session
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(onnx_path, optimize=False)
     name = sess.get_inputs()[0].name
-    out = np.concatenate([sess.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
-    return float((out.argmax(-1) == labels).mean())
+    return label_accuracy(run_first_output(sess, [{name: x[i:i + batch]} for i in range(0, len(x), batch)]), labels)
 
 
 def _placement(path: Path) -> List[str]:
