@@ -354,3 +354,60 @@ def test_a_validated_search_metric_meets_only_when_the_held_out_samples_meet_the
     ok = validated_metrics(search, held_ok, tight, real)
     assert tight.meets(ok) and ok["nn_agreement"] == pytest.approx(0.9625)
     assert not tight.meets(validated_metrics({**search, "nn_agreement": 0.96}, held_ok, tight, real))
+
+
+def test_nn_agreement_among_a_larger_pool_sees_neighbours_a_subset_lacks():
+    from pipeline.core.accuracy import nn_agreement_among
+
+    # Rows 0-1 are each other's nearest neighbour among themselves; row 2 (outside the query subset) sits between
+    # row 0 and row 1 in the test outputs only, so row 0's neighbour changes once the pool includes row 2.
+    ref = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.1]], np.float32)
+    test = np.array([[1.0, 0.0], [0.8, 0.6], [0.95, 0.31], [-1.0, 0.1]], np.float32)
+    queries = np.array([0, 1])
+    own = float((np.argmax(ref[:2] @ ref[:2].T - 9 * np.eye(2), 1) == np.argmax(test[:2] @ test[:2].T - 9 * np.eye(2), 1)).mean())
+    assert own == 1.0
+    # pooled: row 0 -> row 1 in FP32, row 0 -> row 2 in the test; row 1 -> row 0 in FP32, row 1 -> row 2 in the test
+    assert nn_agreement_among(ref, test, queries) == 0.0
+    assert nn_agreement_among(ref, ref, queries) == 1.0
+    with pytest.raises(ValueError):
+        nn_agreement_among(ref[:2], test[:2], queries)
+
+
+def _embedder(batch="batch"):
+    """x -> MatMul -> Relu -> MatMul -> an L2-free embedding (the sensitivity stage's embedding task)."""
+    n = helper.make_node
+    nodes = [n("MatMul", ["x", "w1"], ["h"], name="mm1"), n("Relu", ["h"], ["r"], name="relu"),
+             n("MatMul", ["r", "w2"], ["y"], name="mm2")]
+    return make_model(nodes, [("x", [batch, 16])], [("y", [batch, 8])],
+                      {"w1": weights(16, 32, seed=11), "w2": weights(32, 8, seed=12)}, name="embedder")
+
+
+def test_stage_measures_nn_agreement_among_all_samples_for_an_embedder(tmp_path):
+    path = tmp_path / "e.onnx"
+    onnx.save(_embedder(), path)
+    summary = tmp_path / "export.json"
+    summary.write_text(json.dumps({"task": "embedding", "inputs": [{"name": "x", "shape": [16]}]}))
+    rng = np.random.default_rng(3)
+    calib = save_dataset(Dataset("t", {"x": rng.standard_normal((16, 16)).astype(np.float32)}, None, ""),
+                         tmp_path / "calib.npz")
+    ev = save_dataset(Dataset("t", {"x": rng.standard_normal((48, 16)).astype(np.float32)}, None, ""),
+                      tmp_path / "eval.npz")
+    cfg = SensitivityConfig(methods=[], holdout=0.25, batch_size=8, validate=True, min_nn_agreement=0.5)
+    out = run(SensitivityInputs(path, None, ev, calib_data=calib, summary=summary),
+              SensitivitySettings(cfg, QuantConfig(calib="max")), tmp_path, progress=False)
+    res = json.loads(out.results.read_text())
+    held = res["search"]["holdout"]
+    assert res["task"] == "embedding" and held["nn_pool"] == 48 and held["samples"] == 12
+    # The held-out number is its 12 queries' agreement among all 48 samples, recomputed here from the outputs.
+    from pipeline.core.accuracy import nn_agreement_among
+    from pipeline.sensitivity.inputs import split_samples as split
+
+    search_idx, held_idx = split(48, 0.25)
+    x = np.load(ev)["x"]
+    order = np.concatenate([search_idx, held_idx])
+    q = quantize_onnx(path, [{"x": np.load(calib)["x"]}], QuantConfig(plan=str(out.plan)),
+                      tmp_path / "e.int8.qdq.onnx", progress=False)
+    ref = run_first_output(ort_session(path), [{"x": x[order]}])
+    test = run_first_output(ort_session(q.qdq_onnx_path), [{"x": x[order]}])
+    expect = nn_agreement_among(ref, test, np.arange(36, 48))
+    assert held["plan"]["nn_agreement"] == pytest.approx(expect, abs=1e-9)

@@ -88,6 +88,20 @@ def nearest_neighbours(x: np.ndarray) -> np.ndarray:
     return sim.argmax(axis=1)
 
 
+def nn_agreement_among(reference: np.ndarray, test: np.ndarray, queries: np.ndarray) -> float:
+    """Nearest-neighbour agreement of the rows ``queries``, each row's neighbour searched among *all* rows.
+
+    Agreement falls as the candidate set grows (more near-ties for INT8 noise to reorder), so a subset's own
+    agreement (:func:`task_metrics` on the subset alone) overstates what a larger deployment set keeps; this
+    measures the subset's queries against the whole pool instead.
+    """
+    queries = np.asarray(queries)
+    if len(reference) < 3 or len(queries) == 0:
+        raise ValueError(f"nearest-neighbour agreement needs at least 3 rows and 1 query, got {len(reference)} rows "
+                         f"and {len(queries)} queries")
+    return float((nearest_neighbours(reference)[queries] == nearest_neighbours(test)[queries]).mean())
+
+
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> Tuple[float, float]:
     """95 % (default ``z``) Wilson score interval of a proportion; (0, 1) for n = 0."""
     if n == 0:

@@ -278,6 +278,10 @@ def _holdout(s: Mapping[str, Any]) -> List[Block]:
             f"{_name(key)} {_mval(held.get('plan'), key)} and {verdict('plan')} the budget "
             f"({_budget_text(b, full=False)}); all INT8 has {_mval(held.get('all_int8'), key)} and "
             f"{verdict('all_int8')} it.")
+    if held.get("nn_pool"):
+        text += (f" Nearest-neighbour agreement here looks for each sample's neighbour among all "
+                 f"{fmt_value(held.get('nn_pool'))} samples (search and held out): agreement falls as the candidate "
+                 "set grows, so a set's own agreement would overstate it.")
     if held.get("plan_meets") is False:
         return [Para(text + " The plan may be tuned to the search samples: add samples (data.num_samples) or "
                             "tighten sensitivity.max_drop.", "warning")]

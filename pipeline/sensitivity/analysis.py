@@ -111,13 +111,39 @@ class Analysis:
         tightened budget only if it also meets the real budget on the held-out samples."""
         from pipeline.sensitivity.search import validated_metrics
 
-        held, real, _ = self._sweep_for(self.held_idx)
+        held, real = self._held_sweep()
         tight = self.search_budget
 
         def evaluate(layers=()):
-            return validated_metrics(sweep.evaluate(layers), held.evaluate(layers), tight, real)
+            return validated_metrics(*self._pair_metrics(sweep, held, layers), tight, real)
 
         return evaluate
+
+    def _held_sweep(self):
+        """The held-out samples' :class:`Sweep` and real budget (made once)."""
+        if not hasattr(self, "_held"):
+            held, real, _ = self._sweep_for(self.held_idx)
+            self._held = (held, real)
+        return self._held
+
+    def _pair_metrics(self, sweep, held, layers=()) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        """Metrics of the search and held-out samples with ``layers`` float (cached per plan). Nearest-neighbour
+        agreement is measured for each set's queries among *all* samples (search + held-out): agreement falls as
+        the candidate set grows, and the deployment set is at least as large as all the samples here."""
+        from pipeline.core.accuracy import nn_agreement_among
+
+        key = tuple(sorted(layers))
+        cache = self.__dict__.setdefault("_pairs", {})
+        if key not in cache:
+            ys, yh = sweep.outputs(layers), held.outputs(layers)
+            ms, mh = sweep.metric(ys), held.metric(yh)
+            if "nn_agreement" in ms and "nn_agreement" in mh:
+                ref, y, n = np.concatenate([sweep.ref, held.ref]), np.concatenate([ys, yh]), len(ys)
+                ms["nn_agreement"] = nn_agreement_among(ref, y, np.arange(n))
+                mh["nn_agreement"] = nn_agreement_among(ref, y, np.arange(n, len(ref)))
+                ms["nn_pool"] = mh["nn_pool"] = len(ref)
+            cache[key] = (ms, mh)
+        return cache[key]
 
     def _timed(self, name: str, fn, *args):
         t0 = time.perf_counter()
@@ -143,6 +169,7 @@ class Analysis:
         sweep = Sweep(self.index, self.layers, self.stats, self.calibration, feeds, None, self.qcfg.symmetric,
                       self.cfg.batch_size, self.cfg.threads, fixed=self.fixed)
         ref = sweep.reference()
+        sweep.ref = ref
         sweep.metric = lambda y: task_metrics(ref, y, labels, self.task)
         ref_metrics = task_metrics(ref, ref, labels, self.task)
         budget = budget_for(self.task, ref_metrics, labels is not None, self.cfg.max_drop,
@@ -186,10 +213,13 @@ class Analysis:
         """The plan and all-INT8 on the held-out samples (None without any)."""
         if len(self.held_idx) == 0:
             return None
-        sweep, budget, _ = self._sweep_for(self.held_idx)
-        plan_m, full_m = sweep.evaluate(float_layers), sweep.evaluate()
-        return {"samples": int(len(self.held_idx)), "plan": _short(plan_m), "plan_meets": budget.meets(plan_m),
-                "all_int8": _short(full_m), "all_int8_meets": budget.meets(full_m), "budget": budget.to_dict()}
+        held, budget = self._held_sweep()
+        plan_m, full_m = (self._pair_metrics(self.sweep, held, ly)[1] for ly in (float_layers, ()))
+        out = {"samples": int(len(self.held_idx)), "plan": _short(plan_m), "plan_meets": budget.meets(plan_m),
+               "all_int8": _short(full_m), "all_int8_meets": budget.meets(full_m), "budget": budget.to_dict()}
+        if "nn_pool" in plan_m:
+            out["nn_pool"] = plan_m["nn_pool"]
+        return out
 
     # ------------------------------------------------------------------------------------------ results
     def _assemble(self, one, abo, errors, groups, units, base, ref_metrics, held, roof) -> Dict[str, Any]:

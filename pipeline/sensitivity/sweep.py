@@ -108,11 +108,14 @@ class Sweep:
         piece = build_piece(self.index, 0, len(self.index.nodes), quant, [self.output])
         return stacked(run_piece(piece_session(piece, self.threads), self.chunks), self.output)
 
+    def outputs(self, float_labels: Iterable[str] = ()) -> np.ndarray:
+        """The output over every sample with every layer quantized except ``float_labels``."""
+        keep = set(float_labels)
+        return self.run_full(self.quantization([ly for ly in self.layers if ly.label not in keep] + self.fixed))
+
     def evaluate(self, float_labels: Iterable[str] = ()) -> Dict[str, object]:
         """Metrics with every layer quantized except ``float_labels``."""
-        keep = set(float_labels)
-        return self.metric(self.run_full(self.quantization([ly for ly in self.layers if ly.label not in keep]
-                                                           + self.fixed)))
+        return self.metric(self.outputs(float_labels))
 
     # ------------------------------------------------------------------------------------------ sweeps
     def one_at_a_time(self, progress: bool = True) -> List[Dict[str, object]]:
