@@ -49,6 +49,9 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=320)
     ap.add_argument("--extra-plans", nargs="*", default=[], metavar="NAME=PLAN.json",
                     help="other plan files for the same ONNX to compare (e.g. from a run with other settings)")
+    ap.add_argument("--extra-configs", nargs="*", default=[], metavar="NAME=JSON",
+                    help="other quant.* settings to compare, as JSON (e.g. 'ffn+attention={\"calib\": \"max\", "
+                         "\"keep_float\": [\"ffn\", \"attention_scores\"]}'): how far float layers alone can go")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "sensitivity_minilm_corpora.json")
     args = ap.parse_args()
 
@@ -69,6 +72,9 @@ def main() -> None:
     for item in args.extra_plans:
         name, _, path = item.partition("=")
         variants[f"plan {name}"] = QuantConfig(plan=path)
+    for item in args.extra_configs:
+        name, _, text = item.partition("=")
+        variants[name] = QuantConfig(**json.loads(text))
     rows = {}
     for corpus in args.corpora:
         ds = _eval_set(args.run, corpus, args.samples)
@@ -93,6 +99,7 @@ def main() -> None:
         "extra_plans": {item.partition("=")[0]: {"path": item.partition("=")[2],
                                                    "float_layers": json.loads(Path(item.partition("=")[2]).read_text())["float_layers"]}
                         for item in args.extra_plans},
+        "extra_configs": {item.partition("=")[0]: json.loads(item.partition("=")[2]) for item in args.extra_configs},
         "budget_check": "embedding_cosine >= 0.99 and nn_agreement >= 0.95 against FP32", "results": rows})
 
 

@@ -325,7 +325,9 @@ class SensitivityConfig:
             (``accuracy``, ``top1_agreement``, ``embedding_cosine``, ``output_cosine``, ``nn_agreement``).
         max_drop: allowed drop of ``metric`` from FP32 (null: 0.005 for top-1, 0.01 for cosine).
         min_nn_agreement: embedders: the plan must also keep each sample's nearest neighbour (cosine) in
-            the evaluation set the same as FP32's for at least this share of samples (0 = no constraint).
+            the evaluation set the same as FP32's for at least this share of samples (0 = no constraint). Agreement
+            falls as the candidate set grows, so with held-out samples each sample's neighbour is searched among
+            all the evaluation samples (search and held out), never among a subset only.
         margin: share of each allowed drop the search keeps in reserve (0.25: a 0.01 cosine budget is searched
             at 0.0075, NN agreement >= 0.95 at >= 0.9625), so that the plan holds on sentences or images it has not
             seen; the plan is reported against the real budget, and checked on the held-out samples.
