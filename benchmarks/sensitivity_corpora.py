@@ -5,7 +5,8 @@ Usage (CPU, a few minutes; the plan from a run of the sensitivity stage on data.
     HF_HUB_OFFLINE=1 python benchmarks/sensitivity_corpora.py --run outputs/<minilm run folder> \\
         --corpora pydoc docstrings comments --samples 320
 
-For each corpus, the evaluation sentences of ``data=text data.corpus=<corpus>`` (MiniLM's own tokenizer) are run
+For each corpus, ``--samples`` sentences of ``data=text data.corpus=<corpus>`` that the run never saw (neither its
+evaluation nor its calibration samples; MiniLM's own tokenizer) are run
 through FP32 and through the Q/DQ model the quantize stage writes (same calibration samples as the run) for:
 the plan (``quant.plan``), the hand rule ``quant.keep_float=[ffn]`` with max calibration, and full INT8 with the
 plan's base calibration; the last two also without outlier channel splitting (``quant.split_outliers=null``). Metrics are those of the quantize stage (ONNX Runtime, Q/DQ simulated in float): embedding
@@ -31,6 +32,10 @@ from pipeline.core.config import DataConfig, ModelConfig, QuantConfig  # noqa: E
 
 
 def _eval_set(run: Path, corpus: str, n: int):
+    """``n`` sentences of ``corpus`` that the run never saw: none of its evaluation (search and held-out) or
+    calibration samples. The run's own corpus gives the sentences after its evaluation set in the same seeded order."""
+    import numpy as np
+
     from pipeline.data import load_dataset
     from pipeline.export.stage import input_specs, read_summary
     from pipeline.models import build_model
@@ -38,8 +43,23 @@ def _eval_set(run: Path, corpus: str, n: int):
     specs = input_specs(read_summary(run / "export.json"))
     tok = build_model(ModelConfig(name="minilm", input_kind="tokens", input_shape=[128], vocab_size=30522,
                                   pretrained=True)).tokenizer
-    return load_dataset(DataConfig(name="text", corpus=corpus, num_samples=n, seed=0), specs, split="eval",
-                        num_samples=n, tokenizer=tok)
+    seen_sets = [np.load(run / "data" / f"{split}.npz")["input_ids"] for split in ("eval", "calib")]
+    seen = {r.tobytes() for ids in seen_sets for r in ids}
+    ask = n + len(seen_sets[0])
+    ds = load_dataset(DataConfig(name="text", corpus=corpus, num_samples=ask, calib_samples=len(seen_sets[1]), seed=0),
+                      specs, split="eval", num_samples=ask, tokenizer=tok)
+    keep = np.array([i for i, r in enumerate(ds.inputs["input_ids"]) if r.tobytes() not in seen][:n])
+    if len(keep) < n:
+        raise SystemExit(f"{corpus}: only {len(keep)} sentences the run has not seen; lower --samples")
+    return type(ds)(ds.name, {k: v[keep] for k, v in ds.inputs.items()}, None, ds.description)
+
+
+def _name_and_json(item: str):
+    """``NAME={...}`` -> (NAME, dict); the name may hold ``=`` itself (split at the first ``={``)."""
+    name, sep, text = item.partition("={")
+    if not sep:
+        raise SystemExit(f"--extra-configs {item!r}: expected NAME={{json}}")
+    return name, json.loads("{" + text)
 
 
 def main() -> None:
@@ -72,9 +92,9 @@ def main() -> None:
     for item in args.extra_plans:
         name, _, path = item.partition("=")
         variants[f"plan {name}"] = QuantConfig(plan=path)
-    for item in args.extra_configs:
-        name, _, text = item.partition("=")
-        variants[name] = QuantConfig(**json.loads(text))
+    configs = dict(_name_and_json(item) for item in args.extra_configs)
+    for name, settings in configs.items():
+        variants[name] = QuantConfig(**settings)
     rows = {}
     for corpus in args.corpora:
         ds = _eval_set(args.run, corpus, args.samples)
@@ -99,7 +119,7 @@ def main() -> None:
         "extra_plans": {item.partition("=")[0]: {"path": item.partition("=")[2],
                                                    "float_layers": json.loads(Path(item.partition("=")[2]).read_text())["float_layers"]}
                         for item in args.extra_plans},
-        "extra_configs": {item.partition("=")[0]: json.loads(item.partition("=")[2]) for item in args.extra_configs},
+        "extra_configs": configs,
         "budget_check": "embedding_cosine >= 0.99 and nn_agreement >= 0.95 against FP32", "results": rows})
 
 
