@@ -136,7 +136,8 @@ plan_runs() {
 
 case "$PHASE" in
   plan)
-    # Issue 11: the MiniLM precision plan's engine against full INT8 and FP16 (files in /tmp/i11, from chunks).
+    # Issue 11: the MiniLM precision plan's engine against full INT8 and FP16 (files in /tmp/i11, from the sets that
+    # scripts/pack_run.sh makes on the CPU machine, one device call per set).
     cat /tmp/i11/minilm.onnx.part-* > /tmp/i11/minilm.onnx && sha256sum -c /tmp/i11/minilm.onnx.sha256 || exit 1
     plan_runs /tmp/i11
     ;;
