@@ -250,6 +250,17 @@ def test_met_plan_with_holdout_miss(tmp_path) -> None:
     assert "The chosen plan is the one with the fewest float layers that meets the budget." in sec
 
 
+def test_holdout_used_by_the_search_and_pooled_nn_are_said(tmp_path, rendered) -> None:
+    assert "Held-out check on 128 samples the search never saw:" in _section(rendered["md"])
+    sens = make_sensitivity()
+    sens["search"]["holdout"].update(in_search=True, nn_pool=512)
+    sec = _section(_rendered(_run_folder(tmp_path / "run", sens))["md"])
+    assert ("Held-out check on 128 samples, which also validated every plan during the search "
+            "(sensitivity.validate), so this check is not independent of it:") in sec
+    assert "never saw" not in sec
+    assert "looks for each sample's neighbour among all 512 samples (search and held out)" in sec
+
+
 def test_without_sensitivity_renders_as_before(tmp_path) -> None:
     plain = _rendered(_run_folder(tmp_path / "a", None))
     assert "sensitivity" not in assemble_report(tmp_path / "a") and "sensitivity" not in plain["json"]

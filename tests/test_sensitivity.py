@@ -397,7 +397,7 @@ def test_stage_measures_nn_agreement_among_all_samples_for_an_embedder(tmp_path)
               SensitivitySettings(cfg, QuantConfig(calib="max")), tmp_path, progress=False)
     res = json.loads(out.results.read_text())
     held = res["search"]["holdout"]
-    assert res["task"] == "embedding" and held["nn_pool"] == 48 and held["samples"] == 12
+    assert res["task"] == "embedding" and held["nn_pool"] == 48 and held["samples"] == 12 and held["in_search"]
     # The held-out number is its 12 queries' agreement among all 48 samples, recomputed here from the outputs.
     from pipeline.core.accuracy import nn_agreement_among
     from pipeline.sensitivity.inputs import split_samples as split

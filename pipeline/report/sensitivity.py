@@ -274,7 +274,9 @@ def _holdout(s: Mapping[str, Any]) -> List[Block]:
         ok = held.get(f"{which}_meets")
         return "meets" if ok else ("MISSES" if ok is False else "unknown vs")
 
-    text = (f"Held-out check on {fmt_value(held.get('samples'))} samples the search never saw: the plan has "
+    seen = (", which also validated every plan during the search (sensitivity.validate), so this check is not "
+            "independent of it" if held.get("in_search") else " the search never saw")
+    text = (f"Held-out check on {fmt_value(held.get('samples'))} samples{seen}: the plan has "
             f"{_name(key)} {_mval(held.get('plan'), key)} and {verdict('plan')} the budget "
             f"({_budget_text(b, full=False)}); all INT8 has {_mval(held.get('all_int8'), key)} and "
             f"{verdict('all_int8')} it.")

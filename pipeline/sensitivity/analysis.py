@@ -216,7 +216,8 @@ class Analysis:
         held, budget = self._held_sweep()
         plan_m, full_m = (self._pair_metrics(self.sweep, held, ly)[1] for ly in (float_layers, ()))
         out = {"samples": int(len(self.held_idx)), "plan": _short(plan_m), "plan_meets": budget.meets(plan_m),
-               "all_int8": _short(full_m), "all_int8_meets": budget.meets(full_m), "budget": budget.to_dict()}
+               "all_int8": _short(full_m), "all_int8_meets": budget.meets(full_m), "budget": budget.to_dict(),
+               "in_search": bool(self.cfg.validate)}
         if "nn_pool" in plan_m:
             out["nn_pool"] = plan_m["nn_pool"]
         return out
