@@ -72,6 +72,8 @@ def main() -> None:
     ap.add_argument("--extra-configs", nargs="*", default=[], metavar="NAME=JSON",
                     help="other quant.* settings to compare, as JSON (e.g. 'ffn+attention={\"calib\": \"max\", "
                          "\"keep_float\": [\"ffn\", \"attention_scores\"]}'): how far float layers alone can go")
+    ap.add_argument("--only", nargs="*", default=None, metavar="NAME",
+                    help="run only these variants (e.g. 'plan' 'plan v7' 'keep_float=[ffn], max')")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "sensitivity_minilm_corpora.json")
     args = ap.parse_args()
 
@@ -95,6 +97,11 @@ def main() -> None:
     configs = dict(_name_and_json(item) for item in args.extra_configs)
     for name, settings in configs.items():
         variants[name] = QuantConfig(**settings)
+    if args.only is not None:
+        unknown = sorted(set(args.only) - set(variants))
+        if unknown:
+            raise SystemExit(f"--only: unknown variant(s) {unknown}; known: {sorted(variants)}")
+        variants = {k: v for k, v in variants.items() if k in args.only}
     rows = {}
     for corpus in args.corpora:
         ds = _eval_set(args.run, corpus, args.samples)
