@@ -21,7 +21,7 @@ import pytest
 trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (GPU tests need it)")
 
 from pipeline.core.config import BuildConfig, PrecisionConfig  # noqa: E402
-from pipeline.trt import engine_from_onnx, tensorrt_status  # noqa: E402
+from pipeline.trt import engine_from_onnx  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 REPO = Path(__file__).resolve().parents[2]
@@ -30,14 +30,6 @@ _spec = importlib.util.spec_from_file_location("build_engine_tests", REPO / "tes
 _mod = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_mod)
 tiny_onnx = _mod.tiny_onnx
-
-
-@pytest.fixture(scope="module")
-def ready():
-    ok, why = tensorrt_status()
-    if not ok:
-        pytest.skip(why)
-    return why
 
 
 @pytest.fixture(scope="module")

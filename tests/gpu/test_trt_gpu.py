@@ -15,7 +15,7 @@ import pytest
 
 trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (GPU tests need it)")
 
-from pipeline.trt import detect_features, engine_from_onnx, tensorrt_status  # noqa: E402
+from pipeline.trt import detect_features, engine_from_onnx  # noqa: E402
 from pipeline.core.config import BuildConfig, PrecisionConfig, ProfileConfig  # noqa: E402
 from pipeline.trt import profile_engine  # noqa: E402
 
@@ -27,14 +27,6 @@ _spec.loader.exec_module(_mod)
 tiny_onnx = _mod.tiny_onnx
 
 FAST = ProfileConfig(warmup_s=0.1, duration_s=0.2, min_iterations=20, layer_runs=3)
-
-
-@pytest.fixture(scope="module")
-def ready():
-    ok, why = tensorrt_status()
-    if not ok:
-        pytest.skip(why)
-    return why
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (GPU tes
 
 from pipeline.core.config import BuildConfig, PrecisionConfig, ProfileConfig  # noqa: E402
 from pipeline.core.errors import PipelineError  # noqa: E402
-from pipeline.trt import engine_from_onnx, profile_engine, tensorrt_status  # noqa: E402
+from pipeline.trt import engine_from_onnx, profile_engine  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -28,10 +28,7 @@ FAST = ProfileConfig(warmup_s=0.1, duration_s=0.2, min_iterations=20, layer_runs
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    ok, why = tensorrt_status()
-    if not ok:
-        pytest.skip(why)
+def built(ready, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("int64")
     onnx_file = _mod.tiny_transformer(tmp / "tiny_transformer.onnx")
     art = engine_from_onnx(onnx_file, PrecisionConfig(name="fp32"), BuildConfig(workspace_mb=256), 4, tmp / "engines",
