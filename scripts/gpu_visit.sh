@@ -14,7 +14,7 @@
 # the torch interpreter, then scripts/gpu_evidence.py profiles the same engine again and times it with
 # benchmarks/trt_execute_loop.py. Results go to outputs/gpu/ and, if $OUT is set, to $OUT.
 set -uo pipefail
-PHASE=${1:?phase: plan | plan2 | split | explain | streams | sweep1 | tput | lat | i13prune | i13build | i13wide | i12bert | small | fp16tf32 | int8 | qdq | qdq1 | probe | main | cache | tokens | bert-fp16 | bert-int8 | rn50}
+PHASE=${1:?phase: plan | plan2 | split | explain | streams | sweep1 | tput | lat | i13prune | i13digits | i13build | i13wide | i12bert | small | fp16tf32 | int8 | qdq | qdq1 | probe | main | cache | tokens | bert-fp16 | bert-int8 | rn50}
 G=outputs/gpu
 mkdir -p "$G/onnx" "$G/results" "$G/runs"
 OUTDIR=${OUT:-$G/out}
@@ -251,6 +251,28 @@ case "$PHASE" in
       echo "   prune $name rc=$? after $((SECONDS - t0)) s"
       cp $G/prune/$name/prune.json "$OUTDIR/prune-$name.json" 2>/dev/null || true
     done
+    ;;
+  i13digits)
+    # Issue 13: digits_resnet made on the CPU machine by the user's command with stages=[export,(prune,)quantize,qat]
+    # (.gpukit/dr/dense and .gpukit/dr/c50 = prune.channels=0.5; this machine has no scikit-learn for the digits), then
+    # the rest of the chain here: the QAT Q/DQ (the run's own) and the PTQ Q/DQ engines, unpruned and pruned, INT8 at
+    # batch 2048, and FP16 unpruned.
+    common="model=digits_resnet data=digits batch_size=2048 backend=tensorrt stages=[analyze,build,profile,report] \
+      profile.warmup_s=2 profile.duration_s=4 engines_dir=$PWD/engines"
+    D=$PWD/.gpukit/dr
+    for run in "dr-dense-qat precision=int8 inputs.run=$D/dense" \
+               "dr-dense-ptq precision=int8 inputs.run=$D/dense inputs.qdq_onnx=$D/dense/digits_resnet.int8.qdq.onnx" \
+               "dr-c50-qat precision=int8 inputs.run=$D/c50" \
+               "dr-c50-ptq precision=int8 inputs.run=$D/c50 inputs.qdq_onnx=$D/c50/digits_resnet.pruned.int8.qdq.onnx" \
+               "dr-dense-fp16 precision=fp16 inputs.run=$D/dense" \
+               "dr-c50-fp16 precision=fp16 inputs.run=$D/c50"; do
+      set -- $run; name=$1; shift; t0=$SECONDS
+      echo "== $name: pipeline/run.py $*"
+      timeout 90 gpukit-trt pipeline/run.py $common "$@" hydra.run.dir=$G/runs/$name
+      echo "   run.py rc=$? after $((SECONDS - t0)) s"
+    done
+    (cd $G && tar -cf "$OUTDIR/i13digits.tar" runs/dr-*/report.* runs/dr-*/run.json runs/dr-*/measurement.json \
+      runs/dr-*/*.log 2>/dev/null)
     ;;
   i13build)
     # Part 2 (TensorRT interpreter): ResNet-50 INT8 at batch 256, dense vs 2:4 (and half channels when pruned), sparse
