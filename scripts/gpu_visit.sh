@@ -138,12 +138,12 @@ case "$PHASE" in
   plan)
     # Issue 11: the MiniLM precision plan's engine against full INT8 and FP16 (files in /tmp/i11, from the sets that
     # scripts/pack_run.sh makes on the CPU machine, one device call per set).
-    cat /tmp/i11/minilm.onnx.part-* > /tmp/i11/minilm.onnx && sha256sum -c /tmp/i11/minilm.onnx.sha256 || exit 1
+    cat /tmp/i11/minilm.onnx.part-* > /tmp/i11/minilm.onnx && (cd /tmp/i11 && sha256sum -c minilm.onnx.sha256) || exit 1
     plan_runs /tmp/i11
     ;;
   plan2)
     # Issue 11, second visit: the final plan's engine, then Polygraphy's debug precision anchor (files in .gpukit/pgdp).
-    cat /tmp/i11/minilm.onnx.part-* > /tmp/i11/minilm.onnx && sha256sum -c /tmp/i11/minilm.onnx.sha256 || exit 1
+    cat /tmp/i11/minilm.onnx.part-* > /tmp/i11/minilm.onnx && (cd /tmp/i11 && sha256sum -c minilm.onnx.sha256) || exit 1
     PLAN_RUNS="minilm-int8plan-v3-bs32" plan_runs /tmp/i11
     printf '#!/bin/sh\nexec gpukit-trt -c "import sys; from polygraphy.tools import main; sys.argv[0] = \\"polygraphy\\"; sys.exit(main())" "$@"\n' > /opt/gpukit/bin/polygraphy
     chmod +x /opt/gpukit/bin/polygraphy
@@ -155,7 +155,7 @@ case "$PHASE" in
   split)
     # Issue 11, third visit: outlier channel splitting (quant.split_outliers) on MiniLM: full INT8 without and with
     # the split, the v5 plan (split + float layers) and FP16, one engine each.
-    cat /tmp/i11/minilm.onnx.part-* > /tmp/i11/minilm.onnx && sha256sum -c /tmp/i11/minilm.onnx.sha256 || exit 1
+    cat /tmp/i11/minilm.onnx.part-* > /tmp/i11/minilm.onnx && (cd /tmp/i11 && sha256sum -c minilm.onnx.sha256) || exit 1
     PLAN_RUNS="${PLAN_RUNS:-minilm-int8split-bs32 minilm-int8plan-v5-bs32 minilm-int8nosplit-bs32 minilm-fp16-bs32}" plan_runs /tmp/i11
     ;;
   explain)

@@ -133,3 +133,26 @@ def test_label_accuracy_and_one_cosine():
     ref = np.array([[0.0, 0.0], [1.0, 0.0]], np.float32)
     test = np.array([[0.0, 0.0], [1.0, 1.0]], np.float32)
     assert accuracy.precision_check(ref, test, "int8")["cosine"] == pytest.approx((1.0 + 0.5 ** 0.5) / 2)
+
+
+def test_engine_check_speaks_the_task_of_the_model():
+    # Four embeddings in two tight pairs (0,1) and (2,3); the test moves sample 1 next to sample 2 but keeps every
+    # row's cosine to its reference high, and keeps each row's arg-max dimension.
+    ref = np.array([[1.0, 0.10, 0.0], [1.0, 0.12, 0.0], [1.0, 0.3, 0.02], [1.0, 0.32, 0.0]], np.float32)
+    test = ref.copy()
+    test[1] = [1.0, 0.29, 0.02]
+    cls = accuracy.precision_check(ref, test, "int8", "classification")
+    assert cls["top1_agreement"] == 1.0 and "nn_agreement" not in cls and cls["passed"]
+    # an embedder: arg-max of the embedding is not checked; its nearest neighbours are (1 -> 2 now, 0 -> 2 too)
+    emb = accuracy.precision_check(ref, test, "int8", "embedding")
+    nn_ref, nn_test = accuracy.nearest_neighbours(ref), accuracy.nearest_neighbours(test)
+    assert "top1_agreement" not in emb and emb["nn_agreement"] == pytest.approx((nn_ref == nn_test).mean())
+    assert emb["nn_agreement"] < accuracy.EMBEDDING_MIN_NN_AGREEMENT and not emb["passed"]
+    assert emb["cosine"] > 0.99 and any(c.startswith("nn_agreement=") for c in emb["failed_checks"])
+    assert emb["tolerance"]["nn_agreement"] == accuracy.EMBEDDING_MIN_NN_AGREEMENT and emb["task"] == "embedding"
+    # float precisions keep their relative-error limit only; feature maps get no arg-max check
+    assert "nn_agreement" not in accuracy.precision_check(ref, test, "fp16", "embedding")["tolerance"]
+    feats = accuracy.precision_check(ref, test, "int8", "features")
+    assert "top1_agreement" not in feats and "top1_agreement" not in feats["tolerance"] and feats["passed"]
+    # unknown task (no export summary): as before, 2-D outputs get the top-1 check
+    assert "top1_agreement" in accuracy.precision_check(ref, test, "int8")

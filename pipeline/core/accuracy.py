@@ -46,6 +46,10 @@ TOLERANCES: Dict[str, Dict[str, float]] = {
     "best": {"cosine": 0.99, "top1_agreement": 0.99},
 }
 
+#: Nearest-neighbour agreement an embedding model's quantized engine must keep against FP32 (each sample's nearest
+#: neighbour among the checked samples, by cosine): the retrieval-level counterpart of top-1 agreement.
+EMBEDDING_MIN_NN_AGREEMENT = 0.95
+
 
 # ------------------------------------------------------------------------------------------- primitives
 def rows(x: np.ndarray) -> np.ndarray:
@@ -173,17 +177,21 @@ def int8_verdict(metrics: Mapping[str, Any], task: Optional[str]) -> Dict[str, A
     return out
 
 
-def precision_check(ref: np.ndarray, test: np.ndarray, precision: str) -> Dict[str, Any]:
-    """Accuracy of ``test`` against ``ref`` with the precision's tolerance.
+def precision_check(ref: np.ndarray, test: np.ndarray, precision: str, task: Optional[str] = None) -> Dict[str, Any]:
+    """Accuracy of ``test`` against ``ref`` with the precision's tolerance, in the terms of the model's task.
 
     Args:
         ref: reference output (ONNX Runtime, FP32), leading dimension = batch.
         test: output under test, same shape.
         precision: selects :data:`TOLERANCES` (unknown names get the FP32 limit).
+        task: the export summary's task. ``classification`` or unknown (None): top-1 agreement of 2-D outputs is
+            checked. ``embedding``: the arg-max of an embedding means nothing, so nearest-neighbour agreement
+            (:func:`nearest_neighbours` over the samples, 3 or more) is checked instead, against
+            :data:`EMBEDDING_MIN_NN_AGREEMENT` for quantized precisions. ``features``: neither.
 
     Returns:
-        ``{rel_l2, cosine, max_abs, top1_agreement?, ref_max_abs, tolerance, passed, failed_checks}``;
-        ``top1_agreement`` only for 2-D outputs with more than one class.
+        ``{rel_l2, cosine, max_abs, top1_agreement? | nn_agreement?, ref_max_abs, tolerance, passed,
+        failed_checks, task}``; ``top1_agreement`` only for 2-D outputs with more than one class.
 
     Raises:
         PipelineError: the shapes differ.
@@ -197,9 +205,17 @@ def precision_check(ref: np.ndarray, test: np.ndarray, precision: str) -> Dict[s
         "cosine": float(cosine_per_sample(r, t).mean()),
         "max_abs": float(np.max(np.abs(r - t))) if r.size else 0.0,
     }
-    if ref.ndim == 2 and ref.shape[1] > 1:
+    tol = dict(TOLERANCES.get(precision, TOLERANCES["fp32"]))
+    if task == "embedding":
+        tol.pop("top1_agreement", None)
+        if len(r) >= 3:
+            out["nn_agreement"] = float((nearest_neighbours(r) == nearest_neighbours(t)).mean())
+            if "cosine" in tol:
+                tol["nn_agreement"] = EMBEDDING_MIN_NN_AGREEMENT
+    elif task in (None, "auto", "classification") and ref.ndim == 2 and ref.shape[1] > 1:
         out["top1_agreement"] = top1_agreement(r, t)
-    tol = TOLERANCES.get(precision, TOLERANCES["fp32"])
+    else:
+        tol.pop("top1_agreement", None)
     failed = []
     for key, limit in tol.items():
         if key not in out:
@@ -213,7 +229,7 @@ def precision_check(ref: np.ndarray, test: np.ndarray, precision: str) -> Dict[s
         # network whose activations vanish) they measure noise, and FP16 flushes values < 6e-8 to 0.
         failed.append(f"reference outputs are ~0 (max |ref| = {ref_max:.3g}): relative metrics are meaningless; "
                       "check the model's weights/inputs")
-    out.update(ref_max_abs=ref_max, tolerance=dict(tol), passed=not failed, failed_checks=failed)
+    out.update(ref_max_abs=ref_max, tolerance=dict(tol), passed=not failed, failed_checks=failed, task=task)
     return out
 
 
@@ -343,7 +359,7 @@ def run_over_batches(runners: Sequence["BaseRunner"], batches: Sequence[Mapping[
 
 
 def compare_runners(test: "BaseRunner", reference: "BaseRunner", batches: Sequence[Mapping[str, np.ndarray]],
-                    precision: str) -> Dict[str, Any]:
+                    precision: str, task: Optional[str] = None) -> Dict[str, Any]:
     """:func:`precision_check` of ``test``'s first output against ``reference``'s, over every sample.
 
     Args:
@@ -352,6 +368,7 @@ def compare_runners(test: "BaseRunner", reference: "BaseRunner", batches: Sequen
         batches: feed dicts; outputs are concatenated before comparing, so top-1 agreement and cosine
             are over every sample.
         precision: selects the tolerance (:data:`TOLERANCES`).
+        task: the model's task (:func:`precision_check`).
 
     Returns:
         :func:`precision_check`'s dict plus ``output``, ``batches``, ``samples``, ``runner``.
@@ -362,14 +379,14 @@ def compare_runners(test: "BaseRunner", reference: "BaseRunner", batches: Sequen
     if not batches:
         raise PipelineError("No input batches for the accuracy check.", "Set data.num_samples >= 1.")
     (ref_name, ref), (name, out) = run_over_batches([reference, test], batches)
-    res = precision_check(ref, out.astype(np.float32, copy=False), precision)
+    res = precision_check(ref, out.astype(np.float32, copy=False), precision, task)
     res.update(output=ref_name, batches=len(batches), samples=int(out.shape[0]) if out.ndim else 1,
                runner=test.name)
     return res
 
 
 def compare_with_onnxruntime(test: "BaseRunner", batches: Sequence[Mapping[str, np.ndarray]],
-                             onnx_path: str | Path, precision: str) -> Dict[str, Any]:
+                             onnx_path: str | Path, precision: str, task: Optional[str] = None) -> Dict[str, Any]:
     """:func:`compare_runners` with ONNX Runtime (CPU, the FP32 ONNX) as the reference.
 
     Returns:
@@ -379,6 +396,6 @@ def compare_with_onnxruntime(test: "BaseRunner", batches: Sequence[Mapping[str, 
 
     if not batches:
         raise PipelineError("No input batches for the accuracy check.", "Set data.num_samples >= 1.")
-    res = compare_runners(test, onnxrt_runner(onnx_path, batches[0]), batches, precision)
+    res = compare_runners(test, onnxrt_runner(onnx_path, batches[0]), batches, precision, task)
     res["reference"] = "onnxruntime (CPU, FP32 ONNX)"
     return res

@@ -88,7 +88,7 @@ def _read(path: Optional[Path]) -> Optional[Dict[str, Any]]:
     return json.loads(Path(path).read_text()) if path else None
 
 
-def _profile_tensorrt(inputs: ProfileInputs, settings: ProfileSettings, evals, analysis, hw) -> Dict[str, Any]:
+def _profile_tensorrt(inputs: ProfileInputs, settings: ProfileSettings, evals, analysis, hw, task) -> Dict[str, Any]:
     from pipeline.trt import profile_engine
 
     if inputs.engine is None:
@@ -103,7 +103,7 @@ def _profile_tensorrt(inputs: ProfileInputs, settings: ProfileSettings, evals, a
     # says nothing about top-1 agreement.
     prof = profile_engine(inputs.engine, batches_of(evals.inputs, bs)[0], settings.profile, onnx_path=inputs.onnx,
                           precision=settings.precision, onnx_costs=costs, peak_ops_per_s=peak,
-                          accuracy_batches=batches_of(evals.inputs, bs))
+                          accuracy_batches=batches_of(evals.inputs, bs), task=task)
     measured = prof.measured_dict()
     measured["streams"] = max(1, settings.profile.streams)
     return {"measured": measured, "layer_times": dict(prof.layer_times),
@@ -210,7 +210,7 @@ def run(inputs: ProfileInputs, settings: ProfileSettings, out: Path) -> ProfileO
     task = summary.get("task")
     hw = resolve_hardware(settings.hardware)
     if settings.backend == "tensorrt":
-        result = _profile_tensorrt(inputs, settings, evals, analysis, hw)
+        result = _profile_tensorrt(inputs, settings, evals, analysis, hw, task)
     else:
         result = _profile_onnxruntime(inputs, settings, evals, task)
     achieved_vs_peak(result["measured"], analysis, settings, hw)

@@ -286,14 +286,14 @@ def time_session(sess: Any, cuda: Any, profile: ProfileConfig, batch: int, devic
 
 
 def _check_accuracy(trt: ModuleType, engine: Any, cuda: Any, checked: List[Mapping[str, np.ndarray]], onnx_path: Any,
-                    precision: str, log: Callable[[str], None]) -> Dict[str, Any]:
+                    precision: str, log: Callable[[str], None], task: Optional[str] = None) -> Dict[str, Any]:
     """The engine's outputs against ONNX Runtime's on ``checked`` (Polygraphy's Comparator)."""
     from pipeline.core.accuracy import compare_with_onnxruntime  # noqa: PLC0415
     from pipeline.trt.runtime import engine_runner  # noqa: PLC0415
 
     log(f"[profile] accuracy: engine vs ONNX Runtime on {len(checked)} batch(es) (Polygraphy Comparator)")
     runner = engine_runner(trt, engine, cuda, {n: np.asarray(a).dtype for n, a in checked[0].items()})
-    accuracy = compare_with_onnxruntime(runner, checked, onnx_path, precision)
+    accuracy = compare_with_onnxruntime(runner, checked, onnx_path, precision, task)
     accuracy["runner"] = "pipeline.trt engine runner (inputs in the engine dtypes) via Polygraphy Comparator"
     return accuracy
 
@@ -336,6 +336,7 @@ def profile_engine(
     log: Callable[[str], None] = print,
     accuracy_batches: Optional[Sequence[Mapping[str, np.ndarray]]] = None,
     trt: Optional[ModuleType] = None,
+    task: Optional[str] = None,
 ) -> TrtProfile:
     """Check, time and per-layer profile a serialized TensorRT engine.
 
@@ -355,6 +356,8 @@ def profile_engine(
         accuracy_batches: feed dicts (each of ``inputs``' shapes) for the accuracy check; default
             ``[inputs]``.
         trt: the tensorrt module; imported when None.
+        task: the model's task from the export summary (which accuracy checks apply:
+            :func:`pipeline.core.accuracy.precision_check`).
 
     Returns:
         :class:`TrtProfile`.
@@ -385,7 +388,7 @@ def profile_engine(
     try:
         if profile.accuracy_check and onnx_path is not None:
             accuracy = _check_accuracy(trt, engine, cuda, list(accuracy_batches) if accuracy_batches else [inputs],
-                                       onnx_path, prec, log)
+                                       onnx_path, prec, log, task)
         sess = EngineSession(trt, engine, inputs, cuda)
         log(f"[profile] timing {plan_path.name}: warm-up {profile.warmup_s} s, >= {profile.duration_s} s"
             + (f", {profile.streams} streams" if profile.streams > 1 else ""))

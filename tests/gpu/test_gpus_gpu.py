@@ -68,7 +68,7 @@ def test_a_pinned_job_records_its_gpu(ready, tmp_path):
     code = ("import json; from pipeline.optimize import gpus; gpus.pin_job(%r, log=lambda m: None); "
             "print(json.dumps(gpus.job_gpu()))" % str(tmp_path))
     env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(env, PYTHONPATH=str(REPO)),
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(env, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))),
                          capture_output=True, text=True, timeout=120, check=True)
     rec = json.loads(out.stdout.strip().splitlines()[-1])
     assert rec["id"] == "0" and rec["uuid"] == uuids[0] and rec["name"] and rec["max_sm_clock_mhz"]
