@@ -19,9 +19,9 @@ import json
 import logging
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from pipeline.core.artifacts import write_json
 from pipeline.core.config import KNOWN_STAGES, PipelineConfig
@@ -659,9 +659,10 @@ def stage_profile(run: Run) -> StageRecord:
 
 def _explain_engine(run: Run, measurement: Path, engine: Optional[Path], measured_onnx: Optional[Path]) -> str:
     """The measured model's per-layer gap to the roofline (``explain.json`` / ``explain.md`` in the run folder):
-    a TensorRT engine (its sidecar names the ONNX it was built from) or the model ONNX Runtime ran. A note, never
-    a failure, when the files do not allow it."""
-    from pipeline.explain.stage import EngineRun, ExplainInputs, ExplainSettings
+    a TensorRT engine (its sidecar names the ONNX it was built from) or the model ONNX Runtime ran; with
+    ``profile.compare_to``, against that run's engine (the engine diff). A note, never a failure, when the files do
+    not allow it."""
+    from pipeline.explain.stage import EngineRun, ExplainInputs, ExplainSettings, engine_run
     from pipeline.explain.stage import run as explain
 
     try:
@@ -670,12 +671,32 @@ def _explain_engine(run: Run, measurement: Path, engine: Optional[Path], measure
             sidecar = Path(str(engine) + ".json")
             built = json.loads(sidecar.read_text()).get("built_from") if sidecar.is_file() else None
             onnx = Path(built) if built and Path(built).is_file() else run.need("onnx", "profile")
-        res = explain(ExplainInputs(EngineRun(measurement, sidecar, onnx, run.cfg.precision.name)),
+        this = EngineRun(measurement, sidecar, onnx, run.cfg.precision.name)
+        base, note = _baseline(run, engine_run)
+        if base is not None and base.label == this.label:
+            base, this = replace(base, label=f"baseline {base.label}"), replace(this, label=f"this run {this.label}")
+        res = explain(ExplainInputs(base, this) if base is not None else ExplainInputs(this),
                       ExplainSettings(hardware=None), run.out)
     except (PipelineError, OSError, ValueError, KeyError) as err:
         return f"not explained: {err}"
     run.add("explain", res.results)
-    return str(res.markdown)
+    return str(res.markdown) + note
+
+
+def _baseline(run: Run, engine_run: Any) -> Tuple[Optional[Any], str]:
+    """``profile.compare_to``'s engine (labelled by its precision), or None and why it was left out."""
+    folder = run.cfg.profile.compare_to
+    if not folder:
+        return None, ""
+    try:
+        base = engine_run(Path(folder))
+        measured = json.loads(base.measurement.read_text()).get("measured") or {}
+        return replace(base, label=str(measured.get("precision_executed") or "baseline")), ""
+    except (PipelineError, OSError, ValueError) as err:
+        msg = (f"profile.compare_to={folder} left out: {err} (point it at an earlier run folder with a profiled "
+               "engine of the same model)")
+        run.note(msg)
+        return None, f"; {msg}"
 
 
 def _require_requested(run: Run, stage: str, what: str) -> None:

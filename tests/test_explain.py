@@ -715,3 +715,56 @@ def test_the_main_command_explains_its_measured_layers_in_the_report(tmp_path):
     report = json.loads((run / "report.json").read_text())
     assert report["explain"]["engines"][0]["planned_int8"] == len(convs)
     assert "Per-layer gap to the roofline" in (run / "report.md").read_text()
+
+
+def test_profile_compare_to_puts_the_engine_diff_in_the_report(tmp_path):
+    from tests.test_pipeline_e2e import FAST, _run
+
+    base = _run(["precision=fp32", "model=digits_cnn", "data=digits", "backend=onnxruntime", *FAST], tmp_path / "a")
+    assert base.returncode == 0, base.stderr[-3000:]
+    res = _run(["precision=int8", "model=digits_cnn", "data=digits", "backend=onnxruntime", *FAST,
+                f"profile.compare_to={tmp_path / 'a' / 'run'}"], tmp_path / "b")
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp_path / "b" / "run"
+    ex = json.loads((run / "explain.json").read_text())
+    assert [e["label"] for e in ex["engines"]] == ["fp32", "int8"] and ex["diff"]["labels"] == ["fp32", "int8"]
+    rows, summary = ex["diff"]["rows"], ex["diff"]["summary"]
+    for i, lab in enumerate(("fp32", "int8")):  # every measured layer of each run lands in exactly one diff row
+        assert sum(r[lab]["ms"] for r in rows) == pytest.approx(summary["total_ms"][lab], rel=1e-9)
+        assert summary["total_ms"][lab] == pytest.approx(ex["engines"][i]["breakdown"]["layers_sum_s"] * 1e3, rel=1e-6)
+    assert (run / "explain_diff.png").is_file()
+    report = json.loads((run / "report.json").read_text())["explain"]["diff"]
+    assert report["labels"] == ["fp32", "int8"] and 0 < len(report["top"]) <= len(rows)
+    assert report["top"][0]["delta_ms"] == pytest.approx(rows[0]["delta_ms"])  # largest difference first
+    md = (run / "report.md").read_text()
+    assert "Engine diff: int8 against fp32" in md and "largest differences" in md
+    # a folder without a profiled engine: this run is explained alone, and the run says why
+    bad = _run(["precision=fp32", "model=digits_cnn", "data=digits", "backend=onnxruntime", *FAST,
+                f"profile.compare_to={tmp_path / 'nowhere'}"], tmp_path / "c")
+    assert bad.returncode == 0, bad.stderr[-3000:]
+    assert "profile.compare_to=" in bad.stdout and "left out" in bad.stdout
+    assert "diff" not in json.loads((tmp_path / "c" / "run" / "explain.json").read_text())
+
+
+def test_sparsity_lines_say_what_the_builder_told_and_what_it_did_not():
+    from pipeline.explain.markdown import _engine
+
+    def text(sparsity):
+        e = {"label": "2:4", "hardware": "h200", "batch_size": 32, "tensorrt": "8.6.0", "end_to_end_ms": 3.1,
+             "breakdown": {"layers_sum_s": 3e-3, "bound_sum_s": 1e-3, "by_cause": {}, "share_of_gap": {}},
+             "rates": {"peak_ops_s": 1e15, "peak_key": "fp16_tensor", "clock_note": "rated", "bandwidth_bytes_s": 4.8e12},
+             "layers": [], "sparsity": sparsity}
+        return "\n".join(_engine(e, 5))
+
+    # a Myelin-only engine built with sparse weights: no builder line exists, and the text says so
+    myelin = text({"layers": [], "myelin_layers_not_predicted": 1, "built": {"eligible": 0, "picked": [], "picked_ms": 0}})
+    assert "not predicted for 1 Myelin layer(s)" in myelin and "printed no sparsity line" in myelin
+    assert "timed slower" not in myelin
+    # eligible layers, none kept: the builder timed every sparse tactic slower
+    kept_none = text({"layers": [], "built": {"eligible": 9, "picked": [], "picked_ms": 0}})
+    assert "found 9 layer(s) eligible" in kept_none and "every sparse tactic timed slower" in kept_none
+    # nothing eligible (dense weights): no claim about timing
+    dense = text({"layers": [], "built": {"eligible": 0, "picked": [], "picked_ms": 0}})
+    assert "found 0 layer(s) eligible" in dense and "timed slower" not in dense
+    picked = text({"layers": [], "built": {"eligible": 2, "picked": ["conv_a"], "picked_ms": 0.2}})
+    assert "kept a sparse tactic in 1, which run 0.200 ms: conv_a" in picked

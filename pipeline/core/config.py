@@ -199,6 +199,9 @@ class ProfileConfig:
         layer_runs: profiled runs averaged for per-layer times (each is slower than a normal run).
         accuracy_check: compare the engine's outputs with ONNX Runtime's on every evaluation sample
             (Polygraphy's Comparator over the engine runner and OnnxrtRunner).
+        compare_to: an earlier profiled run folder of the same model (e.g. the FP16 or dense run): this run's
+            engine is explained against that one's, layer by layer (the engine diff: time, precision, tactic,
+            reformats, unfused Q/DQ), in ``explain.md`` / ``explain_diff.png`` and the report.
     """
 
     warmup_s: float = 0.5
@@ -211,6 +214,7 @@ class ProfileConfig:
     layer_times: bool = True
     layer_runs: int = 10
     accuracy_check: bool = True
+    compare_to: Optional[str] = None
 
 
 @dataclass

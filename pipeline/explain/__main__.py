@@ -8,48 +8,10 @@ A run folder holds the profile's ``measurement.json`` (or a ``report.json``) and
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 from pipeline.core.errors import PipelineError
-
-
-def _first(folder: Path, *names: str) -> Optional[Path]:
-    for n in names:
-        hits = sorted(folder.glob(n))
-        if hits:
-            return hits[0]
-    return None
-
-
-def engine_run(folder: Path, onnx: Optional[Path] = None, label: str = ""):
-    """The :class:`EngineRun` of a run folder."""
-    from pipeline.explain.stage import EngineRun
-
-    folder = Path(folder)
-    meas = _first(folder, "measurement.json", "report.json")
-    if meas is None:
-        raise PipelineError(f"{folder} has no measurement.json or report.json", "point at a profiled run's folder")
-    measured = json.loads(meas.read_text()).get("measured") or {}
-    if measured.get("backend") == "onnxruntime":  # no engine: the model ONNX Runtime ran is in the folder
-        model = folder / str(measured.get("measured_model") or "")
-        return EngineRun(meas, None, Path(onnx) if onnx else model, label)
-    side = _first(folder, "*.plan.json")
-    if side is None and (folder / "engine.json").is_file():
-        record = json.loads((folder / "engine.json").read_text())
-        cand = Path(record.get("engine", "") + ".json")
-        # The engine's own sidecar; else the copy the build stage keeps inside engine.json (a committed run folder).
-        side = cand if cand.is_file() else folder / "engine.json" if isinstance(record.get("sidecar"), dict) else None
-    if side is None:
-        raise PipelineError(f"{folder} has no engine sidecar (*.plan.json)", "copy engines/<engine>.plan.json there")
-    if onnx is None:
-        built = json.loads(side.read_text()).get("built_from")
-        onnx = Path(built) if built and Path(built).is_file() else _first(folder, "*.onnx")
-    if onnx is None:
-        raise PipelineError(f"no ONNX for {folder}", "pass --onnx with the model the engine was built from")
-    return EngineRun(meas, side, Path(onnx), label)
 
 
 def main(argv=None) -> int:
@@ -61,7 +23,7 @@ def main(argv=None) -> int:
     ap.add_argument("--hardware", default=None, help="hardware file name (default: the sidecar's)")
     ap.add_argument("--out", type=Path, default=Path("explain"))
     args = ap.parse_args(argv)
-    from pipeline.explain.stage import ExplainInputs, ExplainSettings, run
+    from pipeline.explain.stage import ExplainInputs, ExplainSettings, engine_run, run
 
     try:
         if len(args.runs) > 2:

@@ -53,21 +53,25 @@ def _engine(e: Mapping[str, Any], top: int) -> List[str]:
         lines.append(f"| {cause} | {v['layers']} | {_ms(v['measured_s'])} | {_ms(v['bound_s'])} | {_ms(v['gap_s'])} | "
                      f"{100 * b['share_of_gap'].get(cause, 0):.0f}% |")
     sp = e.get("sparsity")
-    if sp and sp.get("myelin_layers_not_predicted"):
-        lines += ["", f"2:4 sparsity payoff: not predicted for {sp['myelin_layers_not_predicted']} Myelin layer(s) "
-                  "(TensorRT times its matmuls and the rest as one layer); the build's own sparsity lines below say "
-                  "whether it kept sparse kernels."]
+    myelin = (sp or {}).get("myelin_layers_not_predicted")
+    if myelin:
+        lines += ["", f"2:4 sparsity payoff: not predicted for {myelin} Myelin layer(s) (TensorRT times its matmuls and "
+                  "the rest as one layer)."]
     if sp and sp["layers"]:
         lines += ["", f"2:4 sparsity payoff, predicted from the shapes and these measurements: {sp['eligible']} of "
                   f"{len(sp['layers'])} conv/matmul layers eligible, {sp['likely']} wide enough that TensorRT likely "
                   f"picks a sparse tactic; predicted saving {sp['predicted_saving_ms']:.3f} ms "
                   f"({sp['predicted_speedup']:.2f}x end to end, {sp['model']})."]
-        bt = sp.get("built")
-        if bt:
-            lines += ["", f"Built with 2:4 sparse weights allowed: TensorRT found {bt['eligible']} layer(s) eligible for "
-                      f"sparse math and kept a sparse tactic in {len(bt['picked'])}, which run {bt['picked_ms']:.3f} ms"
-                      + (f": {', '.join(n[:40] for n in bt['picked'][:8])}" if bt["picked"] else
-                         " (every sparse tactic timed slower than the dense one)") + "."]
+    bt = (sp or {}).get("built")
+    if bt and (bt["eligible"] or bt["picked"] or not myelin):
+        lines += ["", f"Built with 2:4 sparse weights allowed: TensorRT found {bt['eligible']} layer(s) eligible for "
+                  f"sparse math and kept a sparse tactic in {len(bt['picked'])}, which run {bt['picked_ms']:.3f} ms"
+                  + (f": {', '.join(n[:40] for n in bt['picked'][:8])}" if bt["picked"] else
+                     " (every sparse tactic timed slower than the dense one)" if bt["eligible"] else "") + "."]
+    elif bt:
+        lines += ["", "Built with 2:4 sparse weights allowed: the builder printed no sparsity line for the Myelin "
+                  "layer(s), so the engine does not say whether sparse kernels run inside them; only the measured "
+                  "time against a dense build answers it."]
     lines += _myelin(e)
     lines += ["", f"Largest gaps (top {top}):", "",
               "| layer | type | precision | cause | measured ms | bound ms | efficiency |", "|---|---|---|---|---:|---:|---:|"]
@@ -124,8 +128,8 @@ def markdown(result: Dict[str, Any], top: int = 12) -> str:
                   f"Total per-layer time {s['total_ms'][a]:.3f} ms ({a}) vs {s['total_ms'][b]:.3f} ms ({b}); reformats "
                   f"{s['reformat_ms'][a]:.3f} vs {s['reformat_ms'][b]:.3f} ms; standalone Q/DQ layers "
                   f"{s['standalone_qdq'][a]} vs {s['standalone_qdq'][b]}. {b} is slower in {s['rows_where_b_is_slower']} "
-                  f"of {s['rows']} pieces (losing {s['time_lost_where_b_is_slower_ms']:.3f} ms) and faster elsewhere "
-                  f"(winning {s['time_won_where_b_is_faster_ms']:.3f} ms).", "",
+                  f"of {s['rows']} pieces (losing {s['time_lost_where_b_is_slower_ms']:.3f} ms) and faster in "
+                  f"{s['rows'] - s['rows_where_b_is_slower']} (winning {s['time_won_where_b_is_faster_ms']:.3f} ms).", "",
                   f"| ONNX nodes | {a} ms | {b} ms | {b}/{a} | {a} precision | {b} precision | {b} reformats |",
                   "|---|---:|---:|---:|---|---|---:|"]
         for r in d["rows"][:top * 2]:

@@ -58,6 +58,41 @@ class ExplainOutputs:
     figures: List[Path] = field(default_factory=list)
 
 
+def _first(folder: Path, *names: str) -> Optional[Path]:
+    for n in names:
+        hits = sorted(folder.glob(n))
+        if hits:
+            return hits[0]
+    return None
+
+
+def engine_run(folder: Path, onnx: Optional[Path] = None, label: str = "") -> EngineRun:
+    """The :class:`EngineRun` of a profiled run folder: its ``measurement.json`` (or ``report.json``), the engine sidecar
+    (``*.plan.json``, else the one ``engine.json`` names) and the ONNX the engine was built from (``onnx`` overrides)."""
+    folder = Path(folder)
+    meas = _first(folder, "measurement.json", "report.json")
+    if meas is None:
+        raise PipelineError(f"{folder} has no measurement.json or report.json", "point at a profiled run's folder")
+    measured = json.loads(meas.read_text()).get("measured") or {}
+    if measured.get("backend") == "onnxruntime":  # no engine: the model ONNX Runtime ran is in the folder
+        model = folder / str(measured.get("measured_model") or "")
+        return EngineRun(meas, None, Path(onnx) if onnx else model, label)
+    side = _first(folder, "*.plan.json")
+    if side is None and (folder / "engine.json").is_file():
+        record = json.loads((folder / "engine.json").read_text())
+        cand = Path(record.get("engine", "") + ".json")
+        # The engine's own sidecar; else the copy the build stage keeps inside engine.json (a committed run folder).
+        side = cand if cand.is_file() else folder / "engine.json" if isinstance(record.get("sidecar"), dict) else None
+    if side is None:
+        raise PipelineError(f"{folder} has no engine sidecar (*.plan.json)", "copy engines/<engine>.plan.json there")
+    if onnx is None:
+        built = json.loads(side.read_text()).get("built_from")
+        onnx = Path(built) if built and Path(built).is_file() else _first(folder, "*.onnx")
+    if onnx is None:
+        raise PipelineError(f"no ONNX for {folder}", "pass --onnx with the model the engine was built from")
+    return EngineRun(meas, side, Path(onnx), label)
+
+
 def _read(path: Path, what: str) -> Dict[str, Any]:
     try:
         return json.loads(Path(path).read_text())

@@ -35,7 +35,23 @@ def compact_explain(raw: Mapping[str, Any]) -> Dict[str, Any]:
             "kernel_floor": _kernel_floor(layers),
             "sparsity": sp or None,
         })
-    return {"engines": engines}
+    out: Dict[str, Any] = {"engines": engines}
+    diff = raw.get("diff")
+    if diff:
+        a, b = diff["labels"]
+        out["diff"] = {"labels": [a, b], "summary": diff.get("summary"),
+                       "top": [{"nodes": len(r.get("nodes") or []), "first_node": (r.get("nodes") or ["(reformats)"])[0],
+                                "delta_ms": r.get("delta_ms"), "ratio": r.get("ratio"),
+                                a: _side(r.get(a) or {}), b: _side(r.get(b) or {})}
+                               for r in list(diff.get("rows") or [])[:TOP]]}
+    return out
+
+
+def _side(side: Mapping[str, Any]) -> Dict[str, Any]:
+    """One engine's part of a diff row, as the report shows it."""
+    return {"ms": side.get("ms"), "precisions": list(side.get("precisions") or []),
+            "tactics": list(side.get("tactics") or [])[:2], "reformats": dict(side.get("reformats") or {}),
+            "standalone_qdq": side.get("standalone_qdq", 0)}
 
 
 def _kernel_floor(layers: List[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
@@ -87,4 +103,43 @@ def explain_section(ex: Mapping[str, Any]) -> Section:
             blocks.append(Para(f"2:4 sparsity, predicted: {sp.get('eligible')} eligible layers, {sp.get('likely')} "
                                f"likely to get sparse tactics, saving {float(sp.get('predicted_saving_ms') or 0):.3f} ms "
                                f"({float(sp.get('predicted_speedup') or 1):.2f}x)."))
+    if ex.get("diff"):
+        blocks += _diff_blocks(ex["diff"])
     return Section("Per-layer gap to the roofline", "explain", blocks)
+
+
+def _diff_blocks(d: Mapping[str, Any]) -> List[Block]:
+    """The engine diff (``profile.compare_to``): where the second engine loses and wins time against the first."""
+    a, b = d["labels"]
+    s = d.get("summary") or {}
+    tot = s.get("total_ms") or {}
+    ta, tb = float(tot.get(a) or 0), float(tot.get(b) or 0)
+    slower, rows = s.get("rows_where_b_is_slower", 0), s.get("rows", 0)
+    blocks: List[Block] = [
+        Para(f"Engine diff: {b} against {a}", "heading"),
+        Para(f"Layer times sum to {ta:.3f} ms ({a}) and {tb:.3f} ms ({b})"
+             + (f", {ta / tb:.2f}x" if tb > 0 else "") + f". Matched by the ONNX nodes each engine layer covers: {b} is "
+             f"slower in {slower} of {rows} pieces (losing {float(s.get('time_lost_where_b_is_slower_ms') or 0):.3f} ms) "
+             f"and faster in {rows - slower} (winning {float(s.get('time_won_where_b_is_faster_ms') or 0):.3f} ms); "
+             f"reformats {float((s.get('reformat_ms') or {}).get(a) or 0):.3f} vs "
+             f"{float((s.get('reformat_ms') or {}).get(b) or 0):.3f} ms, standalone Q/DQ layers "
+             f"{(s.get('standalone_qdq') or {}).get(a, 0)} vs {(s.get('standalone_qdq') or {}).get(b, 0)}. "
+             "Chart: explain_diff.png."),
+    ]
+
+    def tactic(side: Mapping[str, Any]) -> str:
+        return str((side.get("tactics") or ["-"])[0])[:40]
+
+    blocks.append(Table(
+        ["ONNX nodes", f"{a} ms", f"{b} ms", f"{b}/{a}", f"{a} precision", f"{b} precision", f"{a} tactic",
+         f"{b} tactic", f"{b} reformats"],
+        [[str(r["first_node"])[:50] + (f" (+{r['nodes'] - 1})" if r["nodes"] > 1 else ""), _num(r[a]["ms"]),
+          _num(r[b]["ms"]), "-" if r.get("ratio") is None else f"{r['ratio']:.2f}",
+          "/".join(r[a]["precisions"]) or "-", "/".join(r[b]["precisions"]) or "-", tactic(r[a]), tactic(r[b]),
+          f"{(r[b]['reformats'] or {}).get('count', 0)} ({float((r[b]['reformats'] or {}).get('ms') or 0):.3f} ms)"]
+         for r in d.get("top") or []], caption="largest differences"))
+    return blocks
+
+
+def _num(ms: Any) -> str:
+    return "-" if ms is None else f"{float(ms):.3f}"
