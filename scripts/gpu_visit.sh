@@ -14,7 +14,7 @@
 # the torch interpreter, then scripts/gpu_evidence.py profiles the same engine again and times it with
 # benchmarks/trt_execute_loop.py. Results go to outputs/gpu/ and, if $OUT is set, to $OUT.
 set -uo pipefail
-PHASE=${1:?phase: plan | plan2 | split | explain | streams | sweep1 | tput | lat | i13prune | i13digits | i13build | i13wide | i12bert | small | fp16tf32 | int8 | qdq | qdq1 | probe | main | cache | tokens | bert-fp16 | bert-int8 | rn50}
+PHASE=${1:?phase: plan | plan2 | split | explain | streams | sweep1 | tput | lat | i13prune | i13digits | i12diff | i13build | i13wide | i12bert | small | fp16tf32 | int8 | qdq | qdq1 | probe | main | cache | tokens | bert-fp16 | bert-int8 | rn50}
 G=outputs/gpu
 mkdir -p "$G/onnx" "$G/results" "$G/runs"
 OUTDIR=${OUT:-$G/out}
@@ -273,6 +273,19 @@ case "$PHASE" in
     done
     (cd $G && tar -cf "$OUTDIR/i13digits.tar" runs/dr-*/report.* runs/dr-*/run.json runs/dr-*/measurement.json \
       runs/dr-*/*.log 2>/dev/null)
+    ;;
+  i12diff)
+    # Issue 12: the engine diff inside a GPU run's own report (profile.compare_to): digits_resnet FP16, then INT8 (its
+    # QAT Q/DQ) compared against it, from the CPU run in .gpukit/dr/dense (as i13digits).
+    common="model=digits_resnet data=digits batch_size=2048 backend=tensorrt stages=[analyze,build,profile,report] \
+      profile.warmup_s=1 profile.duration_s=3 engines_dir=$PWD/engines inputs.run=$PWD/.gpukit/dr/dense"
+    timeout 120 gpukit-trt pipeline/run.py $common precision=fp16 hydra.run.dir=$G/runs/diff-fp16
+    echo "   fp16 rc=$?"
+    timeout 120 gpukit-trt pipeline/run.py $common precision=int8 profile.compare_to=$PWD/$G/runs/diff-fp16 \
+      hydra.run.dir=$G/runs/diff-int8
+    echo "   int8 vs fp16 rc=$?"
+    (cd $G/runs && tar -cf "$OUTDIR/i12diff.tar" diff-*/report.* diff-*/explain.* diff-*/explain_diff.png \
+      diff-*/measurement.json diff-*/run.json 2>/dev/null)
     ;;
   i13build)
     # Part 2 (TensorRT interpreter): ResNet-50 INT8 at batch 256, dense vs 2:4 (and half channels when pruned), sparse
