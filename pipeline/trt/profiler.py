@@ -344,20 +344,16 @@ def profile_engine(
         plan_path: ``.plan`` file (its ``.plan.json`` sidecar adds layer info when present).
         inputs: one batch of host inputs ``{name: array}`` in the model's dtypes (converted to the
             engine's); the batch is their leading dimension.
-        profile: warmup_s, duration_s, min_iterations, cuda_graph, with_copies, layer_times,
-            layer_runs, accuracy_check.
+        profile: warmup_s, duration_s, min_iterations, cuda_graph, with_copies, layer_times, layer_runs, ...
         onnx_path: the FP32 ONNX: reference for accuracy, and node names for per-layer mapping.
         precision: the engine's precision (tolerances; ``precision_executed``).
-        onnx_costs: the analyze stage's per-node rows (``name, flops, bytes, compute_s, memory_s,
-            bound_s``) for per-layer efficiency.
+        onnx_costs: the analyze stage's per-node rows (``name, flops, bytes, ..., bound_s``): per-layer efficiency.
         peak_ops_per_s: theoretical peak of the precision, ops/s (per-layer ``pct_of_peak``).
         cuda: a CUDA binding with events (:func:`pipeline.trt.cuda.cuda_api` when None).
         log: progress messages.
-        accuracy_batches: feed dicts (each of ``inputs``' shapes) for the accuracy check; default
-            ``[inputs]``.
+        accuracy_batches: feed dicts (each of ``inputs``' shapes) for the accuracy check; default ``[inputs]``.
         trt: the tensorrt module; imported when None.
-        task: the model's task from the export summary (which accuracy checks apply:
-            :func:`pipeline.core.accuracy.precision_check`).
+        task: the model's task (export summary): which checks apply (:func:`~pipeline.core.accuracy.precision_check`).
 
     Returns:
         :class:`TrtProfile`.
