@@ -662,7 +662,7 @@ def _explain_engine(run: Run, measurement: Path, engine: Optional[Path], measure
     a TensorRT engine (its sidecar names the ONNX it was built from) or the model ONNX Runtime ran; with
     ``profile.compare_to``, against that run's engine (the engine diff). A note, never a failure, when the files do
     not allow it."""
-    from pipeline.explain.stage import EngineRun, ExplainInputs, ExplainSettings, engine_run
+    from pipeline.explain.stage import EngineRun, ExplainInputs, ExplainSettings
     from pipeline.explain.stage import run as explain
 
     try:
@@ -672,7 +672,7 @@ def _explain_engine(run: Run, measurement: Path, engine: Optional[Path], measure
             built = json.loads(sidecar.read_text()).get("built_from") if sidecar.is_file() else None
             onnx = Path(built) if built and Path(built).is_file() else run.need("onnx", "profile")
         this = EngineRun(measurement, sidecar, onnx, run.cfg.precision.name)
-        base, note = _baseline(run, engine_run)
+        base, note = _baseline(run)
         if base is not None and base.label == this.label:
             base, this = replace(base, label=f"baseline {base.label}"), replace(this, label=f"this run {this.label}")
         res = explain(ExplainInputs(base, this) if base is not None else ExplainInputs(this),
@@ -683,8 +683,10 @@ def _explain_engine(run: Run, measurement: Path, engine: Optional[Path], measure
     return str(res.markdown) + note
 
 
-def _baseline(run: Run, engine_run: Any) -> Tuple[Optional[Any], str]:
+def _baseline(run: Run) -> Tuple[Optional[Any], str]:
     """``profile.compare_to``'s engine (labelled by its precision), or None and why it was left out."""
+    from pipeline.explain.stage import engine_run
+
     folder = run.cfg.profile.compare_to
     if not folder:
         return None, ""
