@@ -115,3 +115,16 @@ def diff_summary(rows: Sequence[Mapping[str, Any]], labels: Tuple[str, str]) -> 
             "rows": len(rows), "rows_where_b_is_slower": len(slower),
             "time_lost_where_b_is_slower_ms": sum(r["delta_ms"] for r in slower),
             "time_won_where_b_is_faster_ms": -sum(r["delta_ms"] for r in rows if r["delta_ms"] < 0)}
+
+
+def diff_sentence(summary: Mapping[str, Any], labels: Sequence[str]) -> str:
+    """The diff in one sentence (explain.md and the report): totals, where B loses and wins time, reformats, Q/DQ."""
+    a, b = labels
+    s = summary
+    ta, tb = s["total_ms"][a], s["total_ms"][b]
+    return (f"Total per-layer time {ta:.3f} ms ({a}) vs {tb:.3f} ms ({b})" + (f", {ta / tb:.2f}x" if tb > 0 else "")
+            + f"; reformats {s['reformat_ms'][a]:.3f} vs {s['reformat_ms'][b]:.3f} ms; standalone Q/DQ layers "
+            f"{s['standalone_qdq'][a]} vs {s['standalone_qdq'][b]}. Matched through the ONNX nodes each engine layer "
+            f"covers, {b} is slower in {s['rows_where_b_is_slower']} of {s['rows']} pieces (losing "
+            f"{s['time_lost_where_b_is_slower_ms']:.3f} ms) and faster in {s['rows'] - s['rows_where_b_is_slower']} "
+            f"(winning {s['time_won_where_b_is_faster_ms']:.3f} ms).")

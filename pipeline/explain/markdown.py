@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping
 
+from pipeline.explain.diff import diff_sentence
+
 
 def _ms(s: Any) -> str:
     return "-" if s is None else f"{float(s) * 1e3:.3f}"
@@ -123,13 +125,7 @@ def markdown(result: Dict[str, Any], top: int = 12) -> str:
     d = result.get("diff")
     if d:
         a, b = d["labels"]
-        s = d["summary"]
-        lines += [f"## {b} against {a}", "",
-                  f"Total per-layer time {s['total_ms'][a]:.3f} ms ({a}) vs {s['total_ms'][b]:.3f} ms ({b}); reformats "
-                  f"{s['reformat_ms'][a]:.3f} vs {s['reformat_ms'][b]:.3f} ms; standalone Q/DQ layers "
-                  f"{s['standalone_qdq'][a]} vs {s['standalone_qdq'][b]}. {b} is slower in {s['rows_where_b_is_slower']} "
-                  f"of {s['rows']} pieces (losing {s['time_lost_where_b_is_slower_ms']:.3f} ms) and faster in "
-                  f"{s['rows'] - s['rows_where_b_is_slower']} (winning {s['time_won_where_b_is_faster_ms']:.3f} ms).", "",
+        lines += [f"## {b} against {a}", "", diff_sentence(d["summary"], (a, b)), "",
                   f"| ONNX nodes | {a} ms | {b} ms | {b}/{a} | {a} precision | {b} precision | {b} reformats |",
                   "|---|---:|---:|---:|---|---|---:|"]
         for r in d["rows"][:top * 2]:

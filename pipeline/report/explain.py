@@ -110,22 +110,11 @@ def explain_section(ex: Mapping[str, Any]) -> Section:
 
 def _diff_blocks(d: Mapping[str, Any]) -> List[Block]:
     """The engine diff (``profile.compare_to``): where the second engine loses and wins time against the first."""
+    from pipeline.explain.diff import diff_sentence
+
     a, b = d["labels"]
-    s = d.get("summary") or {}
-    tot = s.get("total_ms") or {}
-    ta, tb = float(tot.get(a) or 0), float(tot.get(b) or 0)
-    slower, rows = s.get("rows_where_b_is_slower", 0), s.get("rows", 0)
-    blocks: List[Block] = [
-        Para(f"Engine diff: {b} against {a}", "heading"),
-        Para(f"Layer times sum to {ta:.3f} ms ({a}) and {tb:.3f} ms ({b})"
-             + (f", {ta / tb:.2f}x" if tb > 0 else "") + f". Matched by the ONNX nodes each engine layer covers: {b} is "
-             f"slower in {slower} of {rows} pieces (losing {float(s.get('time_lost_where_b_is_slower_ms') or 0):.3f} ms) "
-             f"and faster in {rows - slower} (winning {float(s.get('time_won_where_b_is_faster_ms') or 0):.3f} ms); "
-             f"reformats {float((s.get('reformat_ms') or {}).get(a) or 0):.3f} vs "
-             f"{float((s.get('reformat_ms') or {}).get(b) or 0):.3f} ms, standalone Q/DQ layers "
-             f"{(s.get('standalone_qdq') or {}).get(a, 0)} vs {(s.get('standalone_qdq') or {}).get(b, 0)}. "
-             "Chart: explain_diff.png."),
-    ]
+    blocks: List[Block] = [Para(f"Engine diff: {b} against {a}", "heading"),
+                           Para(diff_sentence(d["summary"], (a, b)) + " Chart: explain_diff.png.")]
 
     def tactic(side: Mapping[str, Any]) -> str:
         return str((side.get("tactics") or ["-"])[0])[:40]
